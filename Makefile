@@ -1,0 +1,47 @@
+# make test | make run | make bench | make token SUB=alice | make package STAGE=prod | make deploy STAGE=prod
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_DIR := devtools/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+SOKETI_DIR := devtools/soketi
+SOKETI_STAMP := $(SOKETI_DIR)/node_modules/.installed
+STAGE ?= dev
+SUB ?= alice
+
+.PHONY: venv node test run bench token clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(SOKETI_STAMP): $(SOKETI_DIR)/package.json $(SOKETI_DIR)/package-lock.json
+	cd $(SOKETI_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(NODE_STAMP) $(SOKETI_STAMP)
+
+test: venv node
+	$(PY) -m pytest
+
+run: venv node
+	$(PY) -m devtools.stack
+
+bench: venv node
+	$(PY) -m bench
+
+token: venv
+	@$(PY) -m devtools.dev_issuer token $(SUB)
+
+clean:
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache

@@ -1,0 +1,17 @@
+"""Small REST handlers that belong to no other room."""
+from __future__ import annotations
+
+from chalicelib.errors import AppError, json_response, log_error
+from chalicelib.identity import principal_from_request
+
+
+def me(request):
+    """``GET /me``: the caller's principal as ``{"sub", "iss", "scopes", "claims"}``.
+
+    Behind ``jwt_auth``; answers 401 JSON if the authorizer context is unusable.
+    """
+    try:
+        return principal_from_request(request).to_json()
+    except AppError as err:
+        log_error(err, "GET /me")
+        return json_response(err)

@@ -1,0 +1,378 @@
+"""Typed, validated settings read from environment variables (per stage in .chalice/config.json).
+
+Every room of ``chalicelib`` reads its settings through the loaders below, never ``os.environ``
+directly. Each loader reads its section once, when first needed, and caches it; a missing or
+invalid value raises :class:`chalicelib.errors.ConfigError` naming the variable (values are
+never echoed: they may be secrets). :func:`reset` drops the caches (tests, and stage switches
+in Chalice's test client).
+
+Sections: :func:`app_settings` (stage, CORS), :func:`jwt_settings` (token verification),
+:func:`pusher_settings` (Pusher Channels), :func:`websocket_settings` (registry and push).
+Every variable and its default is documented in README.md, "Settings".
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+from urllib.parse import urlsplit
+
+from chalicelib.errors import ConfigError
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+STAGES = ("dev", "staging", "prod")
+
+
+# --- primitive readers ----------------------------------------------------------------------
+
+def _raw(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _required(name: str) -> str:
+    value = _raw(name)
+    if value is None:
+        raise ConfigError(f"{name} is required but not set")
+    return value
+
+
+def _int(name: str, default: int, minimum: int, maximum: int) -> int:
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer") from None
+    if not minimum <= number <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}")
+    return number
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false")
+
+
+def _csv(name: str) -> Tuple[str, ...]:
+    value = _raw(name)
+    if value is None:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _check_url(name: str, url: str) -> str:
+    """Key-set and discovery URLs: https, or plain http for localhost/127.0.0.1 only."""
+    parts = urlsplit(url)
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme == "https" or (parts.scheme == "http" and local):
+        if parts.hostname:
+            return url
+    raise ConfigError(f"{name} must be an https URL (http only for localhost)")
+
+
+# --- app ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Stage-wide settings.
+
+    Attributes:
+        stage: ``STAGE``: ``dev``, ``staging`` or ``prod`` (default ``prod``: dev-only
+            relaxations need an explicit ``STAGE=dev``).
+        cors_allow_origin: ``CORS_ALLOW_ORIGIN``: the origin allowed to call the POST routes
+            from a browser (default ``*`` on dev, none elsewhere).
+    """
+
+    stage: str
+    cors_allow_origin: Optional[str]
+
+    @property
+    def is_dev(self) -> bool:
+        return self.stage == "dev"
+
+
+@functools.lru_cache(maxsize=None)
+def app_settings() -> AppSettings:
+    """Load :class:`AppSettings`. Raises ConfigError for an unknown ``STAGE``."""
+    stage = _raw("STAGE") or "prod"
+    if stage not in STAGES:
+        raise ConfigError(f"STAGE must be one of {', '.join(STAGES)}")
+    origin = _raw("CORS_ALLOW_ORIGIN")
+    if origin is None and stage == "dev":
+        origin = "*"
+    return AppSettings(stage=stage, cors_allow_origin=origin)
+
+
+# --- JWT ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted identity provider.
+
+    Attributes:
+        issuer: the exact ``iss`` value.
+        jwks_uri: key set URL, or None to discover it from
+            ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4).
+        audiences: accepted ``aud`` values (or Cognito ``client_id`` for access tokens).
+    """
+
+    issuer: str
+    jwks_uri: Optional[str]
+    audiences: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """Token verification settings.
+
+    Attributes:
+        issuers: trusted issuers keyed by exact ``iss``.
+        algorithms: allowed JWS ``alg`` values (asymmetric only).
+        leeway_seconds: clock skew tolerated on ``exp``, ``nbf``, ``iat`` (seconds).
+        verify_expiration: False only on the dev stage with ``JWT_VERIFY_EXPIRATION=false``.
+        authorized_apis: API ids the WebSocket authorizer's policy may grant; empty means the
+            API of the method ARN.
+        prefetch: fetch every issuer's key set at cold start (``JWKS_PREFETCH``).
+    """
+
+    issuers: "dict[str, IssuerConfig]" = field(default_factory=dict)
+    algorithms: Tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    leeway_seconds: int = 5
+    verify_expiration: bool = True
+    authorized_apis: Tuple[str, ...] = ()
+    prefetch: bool = False
+
+
+def _issuers_from_json(raw: str) -> "dict[str, IssuerConfig]":
+    name = "JWT_ISSUERS"
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a JSON list") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{name} must be a non-empty JSON list")
+    issuers = {}
+    for index, entry in enumerate(entries):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("issuer"), str) \
+                or not entry["issuer"]:
+            raise ConfigError(f"{where} needs a non-empty string 'issuer'")
+        audiences = entry.get("audiences")
+        if isinstance(audiences, str):
+            audiences = [a.strip() for a in audiences.split(",") if a.strip()]
+        if not isinstance(audiences, list) or not audiences \
+                or not all(isinstance(a, str) and a for a in audiences):
+            raise ConfigError(f"{where} needs a non-empty list of string 'audiences'")
+        jwks_uri = entry.get("jwks_uri")
+        if jwks_uri is not None:
+            if not isinstance(jwks_uri, str):
+                raise ConfigError(f"{where}.jwks_uri must be a string")
+            _check_url(f"{where}.jwks_uri", jwks_uri)
+        else:
+            _check_url(f"{where}.issuer", entry["issuer"])
+        issuers[entry["issuer"]] = IssuerConfig(entry["issuer"], jwks_uri, tuple(audiences))
+    return issuers
+
+
+@functools.lru_cache(maxsize=None)
+def jwt_settings() -> JwtSettings:
+    """Load :class:`JwtSettings` from ``JWT_*``, ``AUTHORIZED_APIS``, ``JWKS_PREFETCH``.
+
+    Raises:
+        ConfigError: naming the variable that is missing or invalid.
+    """
+    stage = app_settings().stage
+    raw_issuers = _raw("JWT_ISSUERS")
+    if raw_issuers is not None:
+        issuers = _issuers_from_json(raw_issuers)
+    else:
+        issuer = _required("JWT_ISSUER")
+        jwks_uri = _raw("JWT_ISSUER_JWKS_URI")
+        if jwks_uri is not None:
+            _check_url("JWT_ISSUER_JWKS_URI", jwks_uri)
+        else:
+            _check_url("JWT_ISSUER", issuer)
+        audiences = _csv("JWT_AUTHORIZED_AUDIENCES")
+        if not audiences:
+            raise ConfigError("JWT_AUTHORIZED_AUDIENCES is required but not set")
+        issuers = {issuer: IssuerConfig(issuer, jwks_uri, audiences)}
+
+    if stage != "dev":
+        for config in issuers.values():
+            for url in (config.issuer, config.jwks_uri or ""):
+                if url.startswith("http://"):
+                    raise ConfigError(
+                        "JWT_ISSUER/JWT_ISSUERS: plain-http (local dev) issuers are only "
+                        "allowed on the dev stage")
+
+    algorithms = _csv("JWT_ALGORITHMS") or ASYMMETRIC_ALGORITHMS
+    for alg in algorithms:
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                "JWT_ALGORITHMS may only list asymmetric algorithms "
+                f"({', '.join(ASYMMETRIC_ALGORITHMS)}); 'none' and HS* are refused")
+
+    verify_expiration = _bool("JWT_VERIFY_EXPIRATION", True)
+    if not verify_expiration and stage != "dev":
+        raise ConfigError("JWT_VERIFY_EXPIRATION=false is only allowed on the dev stage")
+
+    return JwtSettings(
+        issuers=issuers,
+        algorithms=algorithms,
+        leeway_seconds=_int("JWT_LEEWAY_SECONDS", 5, 0, 300),
+        verify_expiration=verify_expiration,
+        authorized_apis=_csv("AUTHORIZED_APIS"),
+        prefetch=_bool("JWKS_PREFETCH", False),
+    )
+
+
+# --- Pusher ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PusherSettings:
+    """Pusher Channels settings.
+
+    Attributes:
+        app_id, key, secret, cluster: the Pusher app (``PUSHER_APP_ID``, ``PUSHER_KEY``,
+            ``PUSHER_SECRET`` or the SSM SecureString named by ``PUSHER_SECRET_PARAMETER``,
+            ``PUSHER_CLUSTER`` default ``mt1``).
+        host, port, ssl: a self-hosted Pusher-protocol server (soketi): ``PUSHER_HOST``,
+            ``PUSHER_PORT``, ``PUSHER_SSL`` (default true).
+        encryption_master_key: 32 bytes from ``PUSHER_ENCRYPTION_MASTER_KEY_BASE64``, or None
+            (encrypted channels are then refused with a clear error).
+        presence_user_info_claims: claims copied into a presence member's ``user_info``
+            (``PUSHER_PRESENCE_USER_INFO_CLAIMS``, default ``name``).
+    """
+
+    app_id: str
+    key: str
+    secret: str
+    cluster: str
+    host: Optional[str]
+    port: Optional[int]
+    ssl: bool
+    encryption_master_key: Optional[bytes]
+    presence_user_info_claims: Tuple[str, ...]
+
+
+def _read_secret_parameter(name: str) -> str:
+    """Read a SecureString from SSM Parameter Store (boto3 imported only here)."""
+    import boto3  # deliberately lazy: only stages that keep the secret in SSM pay for it
+
+    try:
+        response = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
+        return response["Parameter"]["Value"]
+    except Exception as exc:  # botocore errors, missing credentials, ...
+        raise ConfigError(
+            f"PUSHER_SECRET_PARAMETER could not be read from SSM ({type(exc).__name__})"
+        ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def pusher_settings() -> PusherSettings:
+    """Load :class:`PusherSettings`.
+
+    Raises:
+        ConfigError: naming the variable that is missing or invalid.
+    """
+    secret = _raw("PUSHER_SECRET")
+    parameter = _raw("PUSHER_SECRET_PARAMETER")
+    if secret is None:
+        if parameter is None:
+            raise ConfigError("PUSHER_SECRET (or PUSHER_SECRET_PARAMETER) is required but not set")
+        secret = _read_secret_parameter(parameter)
+
+    master_key = None
+    raw_key = _raw("PUSHER_ENCRYPTION_MASTER_KEY_BASE64")
+    if raw_key is not None:
+        try:
+            master_key = base64.b64decode(raw_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("PUSHER_ENCRYPTION_MASTER_KEY_BASE64 must be base64") from None
+        if len(master_key) != 32:
+            raise ConfigError("PUSHER_ENCRYPTION_MASTER_KEY_BASE64 must decode to 32 bytes")
+
+    port = _raw("PUSHER_PORT")
+    return PusherSettings(
+        app_id=_required("PUSHER_APP_ID"),
+        key=_required("PUSHER_KEY"),
+        secret=secret,
+        cluster=_raw("PUSHER_CLUSTER") or "mt1",
+        host=_raw("PUSHER_HOST"),
+        port=_int("PUSHER_PORT", 0, 1, 65535) if port is not None else None,
+        ssl=_bool("PUSHER_SSL", True),
+        encryption_master_key=master_key,
+        presence_user_info_claims=_csv("PUSHER_PRESENCE_USER_INFO_CLAIMS") or ("name",),
+    )
+
+
+# --- WebSocket registry and push --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    """Connection registry and push settings.
+
+    Attributes:
+        connections_table: DynamoDB table (``CONNECTIONS_TABLE``, required when used).
+        api_id, domain, stage: where the management API lives (``WEBSOCKET_API_ID`` or
+            ``WEBSOCKET_DOMAIN``, ``WEBSOCKET_STAGE`` default the app stage).
+        endpoint_url: explicit management endpoint (``WEBSOCKET_ENDPOINT_URL``), for local
+            gateways: Chalice ignores ``AWS_ENDPOINT_URL``.
+        region: ``AWS_REGION`` (default ``us-east-1``).
+        push_max_workers: fan-out thread pool size (``PUSH_MAX_WORKERS``, default 32).
+        push_max_attempts: attempts per post on throttling/5xx (``PUSH_MAX_ATTEMPTS``, default 4).
+    """
+
+    connections_table: str
+    api_id: Optional[str]
+    domain: Optional[str]
+    stage: str
+    endpoint_url: Optional[str]
+    region: str
+    push_max_workers: int
+    push_max_attempts: int
+
+
+@functools.lru_cache(maxsize=None)
+def websocket_settings() -> WebSocketSettings:
+    """Load :class:`WebSocketSettings`. Raises ConfigError naming a bad variable."""
+    return WebSocketSettings(
+        connections_table=_required("CONNECTIONS_TABLE"),
+        api_id=_raw("WEBSOCKET_API_ID"),
+        domain=_raw("WEBSOCKET_DOMAIN"),
+        stage=_raw("WEBSOCKET_STAGE") or app_settings().stage,
+        endpoint_url=_raw("WEBSOCKET_ENDPOINT_URL"),
+        region=_raw("AWS_REGION") or _raw("AWS_DEFAULT_REGION") or "us-east-1",
+        push_max_workers=_int("PUSH_MAX_WORKERS", 32, 1, 256),
+        push_max_attempts=_int("PUSH_MAX_ATTEMPTS", 4, 1, 10),
+    )
+
+
+def push_queue_name() -> str:
+    """The SQS queue the push worker listens to (``PUSH_QUEUE_NAME``, default
+    ``realtime-push-<STAGE>``). Read at import time by app.py's decorator."""
+    return _raw("PUSH_QUEUE_NAME") or f"realtime-push-{_raw('STAGE') or 'dev'}"
+
+
+def reset() -> None:
+    """Forget every cached section (tests; Chalice's test client switching stages)."""
+    for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings):
+        loader.cache_clear()

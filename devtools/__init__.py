@@ -1,0 +1,1 @@
+"""Dev-only tooling (local stack, dev token issuer). Never part of the Lambda zip."""

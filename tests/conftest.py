@@ -1,0 +1,67 @@
+"""Fixtures shared by every test suite.
+
+* settings caches are dropped around every test (``chalicelib.settings.reset``);
+* ``dev_issuer``: a real OIDC issuer (discovery + JWKS over HTTP on 127.0.0.1) with keys for
+  every allowed algorithm, one per test session;
+* ``app_env``: environment variables of a dev-like stage trusting ``dev_issuer``;
+* ``client``: Chalice's test client on the config-less stage ``test``, so the environment the
+  test sets is the one the app sees (named stages would overwrite it with config.json).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chalicelib import settings  # noqa: E402
+from devtools.dev_issuer import DevIssuer  # noqa: E402
+
+PUSHER_ENV = {
+    "PUSHER_APP_ID": "app-id",
+    "PUSHER_KEY": "app-key",
+    "PUSHER_SECRET": "app-secret",
+    "PUSHER_CLUSTER": "mt1",
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    settings.reset()
+    yield
+    settings.reset()
+
+
+@pytest.fixture(scope="session")
+def dev_issuer(tmp_path_factory):
+    issuer = DevIssuer(keys_dir=tmp_path_factory.mktemp("devkeys"), port=0).start()
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture
+def app_env(monkeypatch, dev_issuer):
+    """Environment of a dev-stage deployment trusting ``dev_issuer``; returns the dict."""
+    for name in list(os.environ):
+        if name.startswith(("JWT_", "PUSHER_", "WEBSOCKET_", "CORS_", "JWKS_")) \
+                or name in ("AUTHORIZED_APIS", "CONNECTIONS_TABLE", "STAGE"):
+            monkeypatch.delenv(name, raising=False)
+    env = {"STAGE": "dev", **dev_issuer.env(), **PUSHER_ENV}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def client(app_env):
+    from chalice.test import Client
+
+    import app as app_module
+
+    with Client(app_module.app, stage_name="test") as test_client:
+        yield test_client
