@@ -11,7 +11,7 @@ SOKETI_STAMP := $(SOKETI_DIR)/node_modules/.installed
 STAGE ?= dev
 SUB ?= alice
 
-.PHONY: venv node test run bench token clean
+.PHONY: venv node test run bench token package deploy clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: venv node
 
 token: venv
 	@$(PY) -m devtools.dev_issuer token $(SUB)
+
+# CloudFormation (or FORMAT=terraform) template + Lambda zip in build/$(STAGE)/, size-checked
+package: venv
+	$(PY) -m infra.package --stage $(STAGE) $(if $(FORMAT),--format $(FORMAT))
+
+# infrastructure stack, chalice deploy, $$connect authorizer, endpoints (needs AWS credentials)
+deploy: venv
+	$(PY) -m infra.deploy --stage $(STAGE)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache

@@ -37,14 +37,16 @@ def extract_token(headers: Optional[Mapping[str, Any]],
         query: query string parameters, or None.
     Returns:
         the token text as sent (a ``Bearer`` prefix removed, case-insensitive), or None when
-        no source carries a non-empty value. The token is not validated here: "Bearer " left
+        no source carries a non-empty value (an empty header, or a bare ``Bearer ``, falls
+        through to the query string). The token is not validated here: "Bearer " left
         inside it, trailing whitespace and the like fail verification later.
     """
     value = _header(headers, "authorization")
     if value:
         if value[:7].lower() == "bearer ":
             value = value[7:]
-        return value or None
+        if value:
+            return value
     if query:
         for name in QUERY_TOKEN_PARAMETERS:
             candidate = query.get(name)

@@ -310,9 +310,12 @@ def pusher_settings() -> PusherSettings:
         if len(master_key) != 32:
             raise ConfigError("PUSHER_ENCRYPTION_MASTER_KEY_BASE64 must decode to 32 bytes")
 
+    app_id = _required("PUSHER_APP_ID")
+    if not app_id.isascii() or not app_id.isdigit():
+        raise ConfigError("PUSHER_APP_ID must be the numeric Pusher app id")
     port = _raw("PUSHER_PORT")
     return PusherSettings(
-        app_id=_required("PUSHER_APP_ID"),
+        app_id=app_id,
         key=_required("PUSHER_KEY"),
         secret=secret,
         cluster=_raw("PUSHER_CLUSTER") or "mt1",

@@ -1,4 +1,94 @@
-"""STUB — replaced by the WebSocket work (SQS push worker)."""
+"""The SQS push worker: delivers ``{"connection_id"|"user_id"|"channel", "event", "data"}``
+messages dropped on the push queue by asynchronous work (the seeds' "API enqueues, worker
+finishes, user is told" pattern).
+
+* Malformed messages (not JSON, wrong fields, a frame over 128 KB) are logged and dropped:
+  retrying them could never succeed, and failing the batch would redeliver its good messages.
+* Transient failures (registry unavailable, settings missing, posts still throttled or failing
+  with 5xx after ``PUSH_MAX_ATTEMPTS``) are reported as partial batch failures
+  (``{"batchItemFailures": [{"itemIdentifier": messageId}]}``), so SQS retries only those
+  messages (AWS docs, "Handling errors for an SQS event source in Lambda": reporting batch item
+  failures). This needs ``FunctionResponseTypes: [ReportBatchItemFailures]`` on the event source
+  mapping, which Chalice's ``on_sqs_message`` does not set: the deployment adds it.
+  A retried channel message is delivered again to every subscriber: delivery is at least once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, List
+
+from chalicelib import push
+from chalicelib.errors import AppError, PayloadTooLarge
+
+log = logging.getLogger("realtime.worker")
 
 
-def handle_batch(event, app): raise NotImplementedError
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def handle_record(record: Dict[str, Any]) -> bool:
+    """Deliver one SQS record.
+
+    Args:
+        record: one element of the event's ``Records`` (``messageId``, ``body``...).
+    Returns:
+        True when the record is done (delivered, or malformed and dropped); False when it
+        should be retried.
+    """
+    message_id = record.get("messageId", "-")
+    try:
+        body = json.loads(record.get("body") or "", parse_constant=_reject_constant)
+        notification = push.parse_notification(body)
+    except (ValueError, TypeError):
+        log.warning("push message %s dropped: body is not JSON", message_id)
+        return True
+    except AppError as err:
+        log.warning("push message %s dropped: %s", message_id, err)
+        return True
+    try:
+        summary = push.deliver(notification)
+    except PayloadTooLarge as err:
+        log.warning("push message %s dropped: %s", message_id, err)
+        return True
+    except AppError as err:  # registry unavailable, settings missing: worth a retry
+        log.error("push message %s will be retried: %s (%s)", message_id, err.code, err)
+        return False
+    except Exception:
+        log.exception("push message %s will be retried", message_id)
+        return False
+    log.info("push message %s to %s %s: %s", message_id, notification.target,
+             notification.address, summary)
+    if summary[push.RETRYABLE]:
+        log.warning("push message %s will be retried: %d transient failures", message_id,
+                    summary[push.RETRYABLE])
+        return False
+    return True
+
+
+def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]:
+    """The ``on_sqs_message`` handler.
+
+    Args:
+        event: Chalice ``SQSEvent`` (or the raw Lambda event dict).
+        app: the Chalice app (unused; kept for a uniform handler signature).
+    Returns:
+        ``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}`` listing the records
+        to retry (empty when all are done).
+    """
+    raw = event.to_dict() if hasattr(event, "to_dict") else event
+    records = raw.get("Records") if isinstance(raw, dict) else None
+    failures: List[Dict[str, str]] = []
+    for record in records or []:
+        if not isinstance(record, dict):
+            log.warning("SQS event with a non-object record dropped")
+            continue
+        if handle_record(record):
+            continue
+        message_id = record.get("messageId")
+        if isinstance(message_id, str) and message_id:
+            failures.append({"itemIdentifier": message_id})
+        else:  # an empty identifier would fail the whole batch
+            log.error("a record to retry has no messageId; it is dropped")
+    return {"batchItemFailures": failures}

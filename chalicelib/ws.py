@@ -1,7 +1,336 @@
-"""STUB — replaced by the WebSocket work."""
+"""WebSocket handlers (``$connect``, ``$default``, ``$disconnect``) and ``POST /notifications``.
+
+Frame protocol (text frames, JSON objects; every reply is sent with PostToConnection through
+:mod:`chalicelib.push`, because a ``$default`` route's return value only reaches the client when
+route responses are configured):
+
+=================================================  ===========================================
+client sends                                       server answers
+=================================================  ===========================================
+``{"action": "ping"}``                             ``{"type": "pong"}``
+``{"action": "subscribe", "channel": C}``          ``{"type": "subscribed", "channel": C}``
+``{"action": "unsubscribe", "channel": C}``        ``{"type": "unsubscribed", "channel": C}``
+``{"action": "publish", "channel": C,              ``{"type": "published", "channel": C,
+"event": E, "data": D}``                           "event": E}``; every subscriber of C gets
+                                                   ``{"type": "event", "channel": C,
+                                                   "event": E, "data": D}``
+``{"action": "pushtowebsocket", "message": M}``    ``{"type": "message", "message": M}``
+=================================================  ===========================================
+
+A frame may carry an ``"id"`` (string of at most 64 characters, or integer); replies and error
+frames repeat it. Anything wrong gets ``{"type": "error", "code", "message"}`` (plus ``id`` and
+``action`` when known); the handler never raises. Channels are judged by
+:func:`chalicelib.channels.authorize`, the same rules as Pusher, with the principal stored at
+``$connect``; ``private-encrypted-`` channels are refused (their end-to-end encryption is a
+Pusher feature).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from chalicelib import channels, connections, push
+from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
+                               json_response, log_error)
+from chalicelib.identity import authenticate_request, principal_from_request
+from chalicelib.principal import Principal
+
+log = logging.getLogger("realtime.ws")
+
+#: the scope that lets a caller of ``POST /notifications`` address other users and channels
+NOTIFY_SCOPE = "notifications:send"
+#: largest ``POST /notifications`` body accepted, bytes (a frame is at most 128 KB anyway)
+MAX_NOTIFICATION_BODY_BYTES = push.MAX_FRAME_BYTES + 4096
+MAX_FRAME_ID_LENGTH = 64
+
+ACTIONS = ("ping", "subscribe", "unsubscribe", "publish", "pushtowebsocket")
 
 
-def on_connect(event, app): raise NotImplementedError
-def on_message(event, app): raise NotImplementedError
-def on_disconnect(event, app): raise NotImplementedError
-def notify(request, app): raise NotImplementedError
+class InvalidFrame(BadRequest):
+    """A frame that is not a JSON object with an ``action`` (400)."""
+
+    code = "invalid_frame"
+
+
+class UnknownAction(BadRequest):
+    """An ``action`` this server does not know (400)."""
+
+    code = "unknown_action"
+
+
+def _raw(event: Any) -> Dict[str, Any]:
+    raw = event.to_dict() if hasattr(event, "to_dict") else event
+    return raw if isinstance(raw, dict) else {}
+
+
+def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    context = raw.get("requestContext")
+    return context if isinstance(context, Mapping) else {}
+
+
+# --- $connect ---------------------------------------------------------------------------------
+
+def connect_principal(raw: Mapping[str, Any]) -> Principal:
+    """The principal of a ``$connect`` event.
+
+    Uses ``requestContext.authorizer`` when the ``ws_authorizer`` ran (its context carries
+    ``sub``); otherwise verifies the token of the request itself (``Authorization`` header, or
+    the ``token``/``Auth``/``authorization`` query parameter), so an API deployed without the
+    authorizer is still closed to strangers.
+
+    Raises:
+        Unauthorized: (and every TokenError) no valid credentials.
+        ConfigError: the JWT settings are missing.
+    """
+    authorizer = _context(raw).get("authorizer")
+    if isinstance(authorizer, Mapping) and authorizer.get("sub"):
+        return Principal.from_context(authorizer)
+    return authenticate_request(raw.get("headers"), raw.get("queryStringParameters"))
+
+
+def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
+    """``$connect``: authenticate, then register the connection.
+
+    Args:
+        event: Chalice ``WebsocketEvent`` (or the raw API Gateway event dict).
+        app: the Chalice app (unused; kept for a uniform handler signature).
+    Returns:
+        ``{"statusCode": 200}``; ``401`` without valid credentials and ``503`` when the
+        settings or the registry are unavailable — in both cases nothing is written and
+        API Gateway refuses the handshake.
+    """
+    raw = _raw(event)
+    context = _context(raw)
+    connection_id = context.get("connectionId")
+    try:
+        if not isinstance(connection_id, str) or not connection_id:
+            raise BadRequest("$connect event without requestContext.connectionId")
+        principal = connect_principal(raw)
+        identity = context.get("identity") if isinstance(context.get("identity"), Mapping) \
+            else {}
+        user_agent = identity.get("userAgent") or _header(raw.get("headers"), "user-agent")
+        connected_at = context.get("connectedAt")
+        connections.register(
+            connection_id, principal, source_ip=identity.get("sourceIp"),
+            user_agent=user_agent if isinstance(user_agent, str) else None,
+            connected_at=(connected_at / 1000.0 if isinstance(connected_at, (int, float))
+                          else None))
+    except AppError as err:
+        log_error(err, "$connect")
+        return {"statusCode": err.status}
+    except Exception:  # never a stack trace to API Gateway; the handshake is refused
+        log.exception("$connect failed")
+        return {"statusCode": 500}
+    log.info("connected %s for %s", connection_id, principal.sub)
+    return {"statusCode": 200}
+
+
+def _header(headers: Any, name: str) -> Optional[str]:
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            if isinstance(key, str) and key.lower() == name:
+                return value if isinstance(value, str) else None
+    return None
+
+
+# --- $disconnect ------------------------------------------------------------------------------
+
+def on_disconnect(event: Any, app: Any = None) -> Dict[str, int]:
+    """``$disconnect``: remove the connection and its subscriptions. Idempotent; a registry
+    failure is logged (the TTL removes the items later). Returns ``{"statusCode": 200}``."""
+    connection_id = _context(_raw(event)).get("connectionId")
+    if isinstance(connection_id, str) and connection_id:
+        try:
+            removed = connections.remove_connection(connection_id)
+            log.info("disconnected %s; removed %d registry items", connection_id, removed)
+        except AppError as err:
+            log_error(err, "$disconnect")
+    return {"statusCode": 200}
+
+
+# --- $default ---------------------------------------------------------------------------------
+
+def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON object of a ``$default`` event.
+
+    Raises:
+        InvalidFrame: a binary or empty frame, invalid JSON (NaN/Infinity included), not an
+            object, or no string ``action``.
+        UnknownAction: an action outside :data:`ACTIONS`.
+    """
+    if raw.get("isBase64Encoded"):
+        raise InvalidFrame("binary frames are not supported; send JSON text")
+    body = raw.get("body")
+    if not isinstance(body, str) or not body.strip():
+        raise InvalidFrame("empty frame; send a JSON object with an \"action\"")
+    try:
+        frame = json.loads(body, parse_constant=_reject_constant)
+    except ValueError:
+        raise InvalidFrame("frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise InvalidFrame("frame must be a JSON object")
+    action = frame.get("action")
+    if action is None:
+        raise InvalidFrame("frame has no \"action\"")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise UnknownAction("unknown action; use one of " + ", ".join(ACTIONS))
+    return frame
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _frame_id(frame: Mapping[str, Any]) -> Any:
+    value = frame.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= MAX_FRAME_ID_LENGTH):
+        return value
+    return None
+
+
+def on_message(event: Any, app: Any = None) -> Dict[str, int]:
+    """``$default``: dispatch one frame on its ``action`` (see the module docstring).
+
+    Every reply and error frame goes back through PostToConnection. Returns
+    ``{"statusCode": 200}``; never raises.
+    """
+    raw = _raw(event)
+    connection_id = _context(raw).get("connectionId")
+    if not isinstance(connection_id, str) or not connection_id:
+        log.warning("$default event without requestContext.connectionId")
+        return {"statusCode": 200}
+    frame: Dict[str, Any] = {}
+    try:
+        frame = parse_frame(raw)
+        reply = _HANDLERS[frame["action"]](connection_id, frame, event)
+    except AppError as err:
+        log_error(err, f"$default {frame.get('action', '-')}")
+        reply = err.frame()
+        if isinstance(frame.get("action"), str) and frame["action"] in ACTIONS:
+            reply["action"] = frame["action"]
+    except Exception:
+        log.exception("$default failed")
+        reply = AppError().frame()
+    frame_id = _frame_id(frame)
+    if frame_id is not None:
+        reply["id"] = frame_id
+    _reply(connection_id, reply, event)
+    return {"statusCode": 200}
+
+
+def _reply(connection_id: str, reply: Dict[str, Any], event: Any) -> None:
+    try:
+        push.send_to_connection(connection_id, reply, event=event)
+    except PayloadTooLarge as err:  # an echo of a message near the limit
+        push.send_to_connection(connection_id, {**err.frame(), **{
+            k: reply[k] for k in ("id",) if k in reply}}, event=event)
+    except Exception:
+        log.exception("reply to %s failed", connection_id)
+
+
+def _registered(connection_id: str) -> connections.Connection:
+    connection = connections.get_connection(connection_id)
+    if connection is None:
+        raise Unauthorized(f"connection {connection_id} is not registered",
+                           public_message="Connection not registered; reconnect")
+    return connection
+
+
+def _grant(principal: Principal, channel_name: Any) -> channels.ChannelGrant:
+    if channel_name is None:
+        raise BadRequest('"channel" is required')
+    grant = channels.authorize(principal, channel_name)
+    if grant.kind == channels.PRIVATE_ENCRYPTED:
+        raise BadRequest("private-encrypted channels are only served through Pusher")
+    return grant
+
+
+def _ping(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+    return {"type": "pong"}
+
+
+def _subscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+    connection = _registered(connection_id)
+    grant = _grant(connection.principal, frame.get("channel"))
+    connections.subscribe(connection, grant.channel_name)
+    return {"type": "subscribed", "channel": grant.channel_name}
+
+
+def _unsubscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+    channel = frame.get("channel")
+    if channel is None:
+        raise BadRequest('"channel" is required')
+    name = channels.validate_channel_name(channel)
+    connections.unsubscribe(connection_id, name)
+    return {"type": "unsubscribed", "channel": name}
+
+
+def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+    name_given = frame.get("channel")
+    event_name = push.validate_event_name(frame.get("event"))
+    connection = _registered(connection_id)
+    grant = _grant(connection.principal, name_given)
+    notification = push.Notification("channel", grant.channel_name, event_name,
+                                     frame.get("data"))
+    summary = push.deliver(notification, event=event)
+    log.info("publish by %s to %s: %s", connection.user_id, grant.channel_name, summary)
+    return {"type": "published", "channel": grant.channel_name, "event": event_name}
+
+
+def _echo(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+    if "message" not in frame:
+        raise BadRequest('"message" is required')
+    return {"type": "message", "message": frame["message"]}
+
+
+_HANDLERS = {
+    "ping": _ping,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "publish": _publish,
+    "pushtowebsocket": _echo,
+}
+
+
+# --- POST /notifications ----------------------------------------------------------------------
+
+def notify(request: Any, app: Any = None):
+    """``POST /notifications`` (behind ``jwt_auth``): push an event to a user or a channel.
+
+    Body: ``{"user_id": U | "channel": C, "event": E, "data": D}``. A caller may always notify
+    themself (``user_id`` equal to their ``sub``); any other user, and every channel, needs the
+    scope :data:`NOTIFY_SCOPE`.
+
+    Returns:
+        200 with the delivery summary ``{"delivered", "gone", "failed", "retryable"}``; a JSON
+        error otherwise: 400 (bad JSON or fields), 401, 403 (scope missing), 413 (body over
+        :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a frame over 128 KB), 503 (registry or
+        settings unavailable).
+    """
+    try:
+        principal = principal_from_request(request)
+        raw_body = request.raw_body or b""
+        if len(raw_body) > MAX_NOTIFICATION_BODY_BYTES:
+            raise PayloadTooLarge(f"body is over {MAX_NOTIFICATION_BODY_BYTES} bytes")
+        try:
+            body = json.loads(raw_body, parse_constant=_reject_constant)
+        except ValueError:
+            raise BadRequest("the body is not valid JSON") from None
+        notification = push.parse_notification(body, targets=("user_id", "channel"))
+        own = notification.target == "user_id" and notification.address == principal.sub
+        if not own and not principal.has_scope(NOTIFY_SCOPE):
+            raise Forbidden(f"{principal.sub} lacks {NOTIFY_SCOPE}",
+                            public_message=f"Notifying others needs the scope {NOTIFY_SCOPE}")
+        started = time.monotonic()
+        summary = push.deliver(notification)
+        log.info("notification by %s to %s %s: %s in %.3f s", principal.sub,
+                 notification.target, notification.address, summary,
+                 time.monotonic() - started)
+        return summary
+    except AppError as err:
+        log_error(err, "POST /notifications")
+        return json_response(err)

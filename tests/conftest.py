@@ -23,7 +23,7 @@ from chalicelib import settings  # noqa: E402
 from devtools.dev_issuer import DevIssuer  # noqa: E402
 
 PUSHER_ENV = {
-    "PUSHER_APP_ID": "app-id",
+    "PUSHER_APP_ID": "100001",  # numeric: the pusher library refuses other app ids
     "PUSHER_KEY": "app-key",
     "PUSHER_SECRET": "app-secret",
     "PUSHER_CLUSTER": "mt1",

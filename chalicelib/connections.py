@@ -1,0 +1,444 @@
+"""The WebSocket connection registry: connections and channel subscriptions in one DynamoDB table.
+
+Key schema (single table, one global secondary index; :data:`TABLE_SCHEMA` is the one source
+that :func:`create_table`, the CloudFormation template and README.md follow):
+
+* connection item: table key (``connection_id`` = ``<connection_id>``, ``sk`` =
+  ``connection``); index key (``audience`` = ``user#<user_id>``, ``connection_id``);
+* subscription item: table key (``<connection_id>``, ``channel#<channel_name>``); index key
+  (``audience`` = ``channel#<channel_name>``, ``connection_id``).
+
+* every item of one connection (for removal) is one Query on the table;
+* every connection of a user is one Query on ``audience-index`` with ``audience = user#<sub>``;
+* every subscriber of a channel is one Query on ``audience-index`` with
+  ``audience = channel#<name>``.
+
+The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
+seconds), ``source_ip``, ``user_agent`` and ``principal`` (the principal's flat authorizer
+context as JSON, so ``$default`` frames are judged by the same channel rules without a token).
+Every item carries ``expires_at`` = connection time + API Gateway's 2 hour maximum connection
+duration (AWS docs, "Amazon API Gateway quotas": "Connection duration for WebSocket API")
++ a margin. It is the table's TTL attribute: API Gateway does not guarantee ``$disconnect``, so
+TTL deletion is the backstop; queries also filter out expired items, since DynamoDB deletes
+expired items lazily (AWS docs, "Using time to live (TTL) in DynamoDB").
+
+boto3 is imported lazily (importing ``app`` must not import it). The table name comes from
+``CONNECTIONS_TABLE``; local and test endpoints from boto3's own ``AWS_ENDPOINT_URL_DYNAMODB``.
+Every DynamoDB failure is raised as :class:`RegistryUnavailable` (503).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from chalicelib.errors import AppError
+from chalicelib.principal import Principal
+from chalicelib.settings import websocket_settings
+
+log = logging.getLogger("realtime.connections")
+
+#: API Gateway's maximum WebSocket connection duration, seconds (AWS docs, API Gateway quotas)
+MAX_CONNECTION_SECONDS = 2 * 60 * 60
+#: added to the maximum connection duration to form ``expires_at``, seconds
+TTL_MARGIN_SECONDS = 10 * 60
+#: subscriptions one connection may hold (each costs one item and one index entry)
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 100
+#: user agents are truncated to this many characters before storage
+MAX_USER_AGENT_LENGTH = 512
+
+INDEX_NAME = "audience-index"
+TTL_ATTRIBUTE = "expires_at"
+CONNECTION_SK = "connection"
+CHANNEL_SK_PREFIX = "channel#"
+USER_AUDIENCE_PREFIX = "user#"
+CHANNEL_AUDIENCE_PREFIX = "channel#"
+
+#: The table's schema. Keys are shared by boto3 ``create_table`` and CloudFormation's
+#: ``AWS::DynamoDB::Table`` (``TimeToLiveSpecification`` has the same shape as boto3's
+#: ``update_time_to_live`` argument). Mirror it, never copy it by hand into a second place.
+TABLE_SCHEMA: Dict[str, Any] = {
+    "AttributeDefinitions": [
+        {"AttributeName": "connection_id", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+        {"AttributeName": "audience", "AttributeType": "S"},
+    ],
+    "KeySchema": [
+        {"AttributeName": "connection_id", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ],
+    "GlobalSecondaryIndexes": [
+        {
+            "IndexName": INDEX_NAME,
+            "KeySchema": [
+                {"AttributeName": "audience", "KeyType": "HASH"},
+                {"AttributeName": "connection_id", "KeyType": "RANGE"},
+            ],
+            # fan-out needs the connection id (a key) and expires_at (to skip expired items)
+            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [TTL_ATTRIBUTE]},
+        },
+    ],
+    "BillingMode": "PAY_PER_REQUEST",
+    "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+}
+
+
+class RegistryUnavailable(AppError):
+    """DynamoDB could not be reached or refused the request (503); details go to the log."""
+
+    status = 503
+    code = "registry_unavailable"
+    public_message = "Connection registry unavailable"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One registered WebSocket connection.
+
+    Attributes:
+        connection_id: API Gateway's connection id.
+        user_id: the principal's ``sub``.
+        principal: the verified caller as it was at ``$connect``.
+        connected_at, expires_at: epoch seconds.
+        source_ip, user_agent: from the ``$connect`` request, or None.
+        channels: channel names this connection is subscribed to (sorted).
+    """
+
+    connection_id: str
+    user_id: str
+    principal: Principal
+    connected_at: int
+    expires_at: int
+    source_ip: Optional[str] = None
+    user_agent: Optional[str] = None
+    channels: Tuple[str, ...] = ()
+
+
+# --- clients ----------------------------------------------------------------------------------
+
+_clients: Dict[Tuple[str, int], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _client():
+    """A DynamoDB client for the configured region (one per region and pool size, cached).
+
+    boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB`` itself when the client is created; call
+    :func:`reset_clients` after changing it in a running process.
+    """
+    ws = websocket_settings()
+    key = (ws.region, ws.push_max_workers)
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                import boto3  # lazy: importing app must not import boto3
+                from botocore.config import Config
+
+                client = boto3.session.Session().client(
+                    "dynamodb", region_name=ws.region,
+                    # fan-out threads may each delete a stale connection at once
+                    config=Config(max_pool_connections=max(10, ws.push_max_workers),
+                                  retries={"mode": "standard", "max_attempts": 3},
+                                  connect_timeout=2, read_timeout=5))
+                _clients[key] = client
+    return client
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests; a changed ``AWS_ENDPOINT_URL_DYNAMODB``)."""
+    with _clients_lock:
+        _clients.clear()
+
+
+def _table() -> str:
+    return websocket_settings().connections_table
+
+
+def _call(operation: str, **kwargs) -> Dict[str, Any]:
+    """Call a DynamoDB operation; map every SDK failure to :class:`RegistryUnavailable`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return getattr(_client(), operation)(**kwargs)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        raise RegistryUnavailable(f"DynamoDB {operation} failed: {code}") from None
+    except BotoCoreError as exc:
+        raise RegistryUnavailable(
+            f"DynamoDB {operation} failed: {type(exc).__name__}") from None
+
+
+def _s(value: str) -> Dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> Dict[str, str]:
+    return {"N": str(int(value))}
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+def create_table(table_name: Optional[str] = None, *, client=None) -> str:
+    """Create the registry table from :data:`TABLE_SCHEMA` and enable its TTL (tests, local
+    stacks; deployments create it from the CloudFormation template).
+
+    Args:
+        table_name: defaults to ``CONNECTIONS_TABLE``.
+        client: a boto3 DynamoDB client; defaults to the registry's own.
+    Returns:
+        the table name. An existing table is left as it is.
+    Raises:
+        RegistryUnavailable: DynamoDB refused (other than "already exists").
+    """
+    from botocore.exceptions import ClientError
+
+    name = table_name or _table()
+    dynamodb = client or _client()
+    spec = {k: v for k, v in TABLE_SCHEMA.items() if k != "TimeToLiveSpecification"}
+    try:
+        dynamodb.create_table(TableName=name, **spec)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+            raise RegistryUnavailable(
+                f"create_table failed: {exc.response.get('Error', {}).get('Code')}") from None
+        return name
+    dynamodb.get_waiter("table_exists").wait(
+        TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    dynamodb.update_time_to_live(TableName=name,
+                                 TimeToLiveSpecification=TABLE_SCHEMA["TimeToLiveSpecification"])
+    return name
+
+
+# --- connections ------------------------------------------------------------------------------
+
+def expires_at_for(connected_at: float) -> int:
+    """``expires_at`` (epoch seconds) for a connection opened at ``connected_at`` (seconds):
+    the 2 hour API Gateway maximum plus :data:`TTL_MARGIN_SECONDS`."""
+    return int(connected_at) + MAX_CONNECTION_SECONDS + TTL_MARGIN_SECONDS
+
+
+def register(connection_id: str, principal: Principal, *, source_ip: Optional[str] = None,
+             user_agent: Optional[str] = None, connected_at: Optional[float] = None) -> Connection:
+    """Store a new connection (one PutItem; a repeated ``$connect`` overwrites).
+
+    Args:
+        connection_id: API Gateway's connection id (non-empty).
+        principal: the verified caller.
+        source_ip, user_agent: from the ``$connect`` request (user agent truncated to
+            :data:`MAX_USER_AGENT_LENGTH` characters).
+        connected_at: epoch seconds; defaults to now.
+    Returns:
+        the stored :class:`Connection`.
+    Raises:
+        ValueError: an empty connection id.
+        RegistryUnavailable: DynamoDB failed.
+    """
+    if not connection_id:
+        raise ValueError("connection_id must not be empty")
+    started = int(connected_at if connected_at is not None else time.time())
+    connection = Connection(
+        connection_id=connection_id, user_id=principal.sub, principal=principal,
+        connected_at=started, expires_at=expires_at_for(started),
+        source_ip=source_ip or None,
+        user_agent=(user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None))
+    item = {
+        "connection_id": _s(connection_id),
+        "sk": _s(CONNECTION_SK),
+        "audience": _s(USER_AUDIENCE_PREFIX + principal.sub),
+        "user_id": _s(principal.sub),
+        "principal": _s(json.dumps(principal.flat_context(), separators=(",", ":"))),
+        "connected_at": _n(connection.connected_at),
+        TTL_ATTRIBUTE: _n(connection.expires_at),
+    }
+    if connection.source_ip:
+        item["source_ip"] = _s(connection.source_ip)
+    if connection.user_agent:
+        item["user_agent"] = _s(connection.user_agent)
+    _call("put_item", TableName=_table(), Item=item)
+    return connection
+
+
+def get_connection(connection_id: str, *, now: Optional[float] = None) -> Optional[Connection]:
+    """Read a connection and its subscriptions (one strongly consistent Query).
+
+    Returns:
+        the :class:`Connection`, or None when it is not registered or has expired.
+    Raises:
+        RegistryUnavailable: DynamoDB failed, or the stored principal is unreadable.
+    """
+    if not connection_id:
+        return None
+    items = _query_all(TableName=_table(), ConsistentRead=True,
+                       KeyConditionExpression="connection_id = :c",
+                       ExpressionAttributeValues={":c": _s(connection_id)})
+    current = time.time() if now is None else now
+    meta = None
+    channels: List[str] = []
+    for item in items:
+        if int(item.get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
+            continue
+        sk = item["sk"]["S"]
+        if sk == CONNECTION_SK:
+            meta = item
+        elif sk.startswith(CHANNEL_SK_PREFIX):
+            channels.append(sk[len(CHANNEL_SK_PREFIX):])
+    if meta is None:
+        return None
+    try:
+        principal = Principal.from_context(json.loads(meta["principal"]["S"]))
+    except (KeyError, ValueError, AppError):
+        raise RegistryUnavailable(f"connection item {connection_id} has no usable principal") \
+            from None
+    return Connection(
+        connection_id=connection_id, user_id=meta["user_id"]["S"], principal=principal,
+        connected_at=int(meta["connected_at"]["N"]), expires_at=int(meta[TTL_ATTRIBUTE]["N"]),
+        source_ip=meta.get("source_ip", {}).get("S"),
+        user_agent=meta.get("user_agent", {}).get("S"),
+        channels=tuple(sorted(channels)))
+
+
+def remove_connection(connection_id: str) -> int:
+    """Delete a connection and all its subscriptions; idempotent.
+
+    One Query for the connection's keys, then BatchWriteItem deletes of up to 25 keys each
+    (DynamoDB's batch limit), retrying unprocessed keys with back-off.
+
+    Returns:
+        how many items were deleted (0 when nothing was registered).
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    if not connection_id:
+        return 0
+    items = _query_all(TableName=_table(), ConsistentRead=True,
+                       KeyConditionExpression="connection_id = :c",
+                       ExpressionAttributeValues={":c": _s(connection_id)},
+                       ProjectionExpression="connection_id, sk")
+    keys = [{"connection_id": item["connection_id"], "sk": item["sk"]} for item in items]
+    _batch_delete(keys)
+    return len(keys)
+
+
+def _batch_delete(keys: List[Dict[str, Any]]) -> None:
+    table = _table()
+    for start in range(0, len(keys), 25):
+        requests = [{"DeleteRequest": {"Key": key}} for key in keys[start:start + 25]]
+        for attempt in range(8):
+            response = _call("batch_write_item", RequestItems={table: requests})
+            requests = response.get("UnprocessedItems", {}).get(table) or []
+            if not requests:
+                break
+            time.sleep(min(1.0, 0.05 * (2 ** attempt)))
+        else:
+            raise RegistryUnavailable(f"{len(requests)} deletes left unprocessed")
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+def subscribe(connection: Connection, channel_name: str) -> bool:
+    """Subscribe a registered connection to a channel (one PutItem; idempotent).
+
+    The subscription expires with its connection (same ``expires_at``).
+
+    Args:
+        connection: from :func:`get_connection` (its ``channels`` tell whether this is new).
+        channel_name: an already authorized channel name.
+    Returns:
+        True when the subscription is new, False when it already existed.
+    Raises:
+        SubscriptionLimit: the connection already holds
+            :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` subscriptions.
+        RegistryUnavailable: DynamoDB failed.
+    """
+    if channel_name in connection.channels:
+        return False
+    if len(connection.channels) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        raise SubscriptionLimit(
+            f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection")
+    _call("put_item", TableName=_table(), Item={
+        "connection_id": _s(connection.connection_id),
+        "sk": _s(CHANNEL_SK_PREFIX + channel_name),
+        "audience": _s(CHANNEL_AUDIENCE_PREFIX + channel_name),
+        "channel": _s(channel_name),
+        "user_id": _s(connection.user_id),
+        "subscribed_at": _n(time.time()),
+        TTL_ATTRIBUTE: _n(connection.expires_at),
+    })
+    return True
+
+
+class SubscriptionLimit(AppError):
+    """A connection asked for more than :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` channels
+    (400)."""
+
+    status = 400
+    code = "subscription_limit"
+    public_message = "Too many subscriptions"
+    expose_message = True
+
+
+def unsubscribe(connection_id: str, channel_name: str) -> bool:
+    """Remove one subscription (one DeleteItem; idempotent).
+
+    Returns:
+        True when a subscription was removed, False when there was none.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    response = _call("delete_item", TableName=_table(), ReturnValues="ALL_OLD", Key={
+        "connection_id": _s(connection_id), "sk": _s(CHANNEL_SK_PREFIX + channel_name)})
+    return bool(response.get("Attributes"))
+
+
+# --- audiences --------------------------------------------------------------------------------
+
+def connections_of_user(user_id: str, *, now: Optional[float] = None) -> List[str]:
+    """Connection ids of every live connection of a user (one Query on the index, paginated).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    return _audience(USER_AUDIENCE_PREFIX + user_id, now)
+
+
+def subscribers_of_channel(channel_name: str, *, now: Optional[float] = None) -> List[str]:
+    """Connection ids of every live subscriber of a channel (one Query on the index,
+    paginated).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    return _audience(CHANNEL_AUDIENCE_PREFIX + channel_name, now)
+
+
+def _audience(audience: str, now: Optional[float]) -> List[str]:
+    current = int(time.time() if now is None else now)
+    items = _query_all(TableName=_table(), IndexName=INDEX_NAME,
+                       KeyConditionExpression="audience = :a",
+                       FilterExpression="#ttl > :now",
+                       ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+                       ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
+                       ProjectionExpression="connection_id")
+    return [item["connection_id"]["S"] for item in items]
+
+
+def _query_all(**kwargs) -> List[Dict[str, Any]]:
+    """Every item of a Query, following ``LastEvaluatedKey`` (1 MB pages)."""
+    items: List[Dict[str, Any]] = []
+    while True:
+        response = _call("query", **kwargs)
+        items.extend(response.get("Items", []))
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return items
+        kwargs["ExclusiveStartKey"] = last
+
+
+def remove_connections(connection_ids: Iterable[str]) -> int:
+    """:func:`remove_connection` for several ids; returns the items deleted in total."""
+    return sum(remove_connection(connection_id) for connection_id in connection_ids)

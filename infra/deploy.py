@@ -1,0 +1,411 @@
+"""``make deploy STAGE=prod``: the whole ``chalice deploy`` path, from an empty account.
+
+``chalice deploy`` creates the functions, both APIs and the SQS subscription, but it cannot
+create a table or a queue, attach a WebSocket authorizer, or ask for partial batch responses.
+This script does the rest, in order:
+
+1. the infrastructure stack (table, push queue, dead-letter queue) with CloudFormation
+   (:func:`infra.templates.infrastructure_template`);
+2. a check that the Pusher secret exists in SSM as a SecureString (staging/prod);
+3. ``chalice deploy --stage <stage>``;
+4. converges what Chalice left out: the ``ws_authorizer`` REQUEST authorizer on ``$connect``
+   and API Gateway's permission to invoke it, ``ReportBatchItemFailures`` on the push
+   worker's event source mapping, ``WEBSOCKET_API_ID`` for the functions that push outside a
+   WebSocket handler, log retention; then redeploys the WebSocket stage if the API changed;
+5. prints the endpoints.
+
+Step 4 reads before it writes and writes only what differs, so running it on a deployment that
+already has everything makes no write call at all (``--attach-only`` runs steps 4-5 alone).
+Note that every ``chalice deploy`` deletes and re-creates the WebSocket routes, so after step 3
+the new ``$connect`` route is re-attached and the stage redeployed each time; Chalice itself
+does not redeploy the stage on updates, so the live stage keeps its authorizer in between.
+
+Every AWS call goes through clients from ``client_factory`` so tests can hand in moto or
+botocore-Stubber clients.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from infra import templates  # noqa: E402
+from infra.templates import StageConfig  # noqa: E402
+
+#: statement id of the authorizer's invoke permission on ws_authorizer
+PERMISSION_STATEMENT_ID = "apigateway-ws-connect-authorizer"
+BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
+
+
+class DeployError(Exception):
+    """A deployment step cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DeployedApp:
+    """What ``chalice deploy`` recorded in ``.chalice/deployed/<stage>.json``.
+
+    Attributes:
+        functions: Chalice function name -> Lambda ARN.
+        websocket_api_id, websocket_url, rest_api_id, rest_url: the two APIs.
+        sqs_event_uuid: the push worker's event source mapping UUID.
+    """
+
+    functions: Dict[str, str]
+    websocket_api_id: str
+    websocket_url: str
+    rest_api_id: Optional[str]
+    rest_url: Optional[str]
+    sqs_event_uuid: str
+
+    @classmethod
+    def load(cls, path: Path) -> "DeployedApp":
+        """Parse a Chalice deployed-values file. Raises DeployError when a part is missing."""
+        if not path.exists():
+            raise DeployError(f"{path} not found: did `chalice deploy` succeed?")
+        resources = json.loads(path.read_text()).get("resources", [])
+        functions, ws, rest, sqs = {}, None, None, None
+        for resource in resources:
+            kind = resource.get("resource_type")
+            if kind == "lambda_function":
+                functions[resource["name"]] = resource["lambda_arn"]
+            elif kind == "websocket_api":
+                ws = resource
+            elif kind == "rest_api":
+                rest = resource
+            elif kind == "sqs_event":
+                sqs = resource
+        if ws is None or sqs is None or "ws_authorizer" not in functions:
+            raise DeployError(f"{path} lacks the WebSocket API, the SQS subscription or "
+                              "ws_authorizer: is app.py the realtime app?")
+        return cls(functions=functions, websocket_api_id=ws["websocket_api_id"],
+                   websocket_url=ws["websocket_api_url"],
+                   rest_api_id=(rest or {}).get("rest_api_id"),
+                   rest_url=(rest or {}).get("rest_api_url"),
+                   sqs_event_uuid=sqs["event_uuid"])
+
+
+def _region_of(arn: str) -> str:
+    return arn.split(":")[3]
+
+
+def _partition_of(arn: str) -> str:
+    return arn.split(":")[1]
+
+
+def _account_of(arn: str) -> str:
+    return arn.split(":")[4]
+
+
+class Deployer:
+    """One stage's ``make deploy``.
+
+    Args:
+        cfg: the stage (:func:`infra.templates.load_stage`).
+        client_factory: ``service name -> boto3 client`` (one client per service is reused).
+        project_dir: the Chalice project (``.chalice/`` lives there).
+        run: runs a command list (``subprocess.run``-like); used for ``chalice deploy``.
+        echo: progress output (one line per step).
+    """
+
+    def __init__(self, cfg: StageConfig, client_factory: Callable[[str], Any], *,
+                 project_dir: Path = ROOT, run: Callable[..., Any] = subprocess.run,
+                 echo: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self._factory = client_factory
+        self._clients: Dict[str, Any] = {}
+        self.project_dir = project_dir
+        self._run = run
+        self.echo = echo
+        self.changes: List[str] = []
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self._factory(service)
+        return self._clients[service]
+
+    def _changed(self, what: str) -> None:
+        self.changes.append(what)
+        self.echo(f"  changed: {what}")
+
+    # --- 1. infrastructure stack ---------------------------------------------------------------
+
+    def deploy_infrastructure(self, *, waiter_delay: int = 5) -> str:
+        """Create or update the table/queue stack. Returns ``created``, ``updated`` or
+        ``unchanged``. Raises DeployError when the stack is in a state that needs a human."""
+        cfn = self.client("cloudformation")
+        name = self.cfg.infrastructure_stack_name
+        body = json.dumps(templates.infrastructure_template(self.cfg))
+        tags = [{"Key": k, "Value": v} for k, v in sorted(self.cfg.tags.items())]
+        from botocore.exceptions import ClientError
+
+        try:
+            stacks = cfn.describe_stacks(StackName=name)["Stacks"]
+        except ClientError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            stacks = []
+        wait = {"StackName": name, "WaiterConfig": {"Delay": waiter_delay, "MaxAttempts": 360}}
+        if not stacks:
+            cfn.create_stack(StackName=name, TemplateBody=body, Tags=tags,
+                             OnFailure="ROLLBACK",
+                             EnableTerminationProtection=self.cfg.stage != "dev")
+            cfn.get_waiter("stack_create_complete").wait(**wait)
+            self._changed(f"stack {name} created")
+            return "created"
+        status = stacks[0]["StackStatus"]
+        if status == "ROLLBACK_COMPLETE" or status.endswith("_IN_PROGRESS"):
+            raise DeployError(f"stack {name} is {status}: wait for it, or delete a "
+                              "ROLLBACK_COMPLETE stack, then run again")
+        try:
+            cfn.update_stack(StackName=name, TemplateBody=body, Tags=tags)
+        except ClientError as exc:
+            if "No updates are to be performed" in str(exc):
+                self.echo(f"  stack {name}: unchanged")
+                return "unchanged"
+            raise
+        cfn.get_waiter("stack_update_complete").wait(**wait)
+        self._changed(f"stack {name} updated")
+        return "updated"
+
+    # --- 2. the secret -------------------------------------------------------------------------
+
+    def check_secret(self) -> None:
+        """The ``PUSHER_SECRET_PARAMETER`` must exist as a SecureString (never read here).
+        Raises DeployError with the command that creates it."""
+        name = self.cfg.secret_parameter
+        if not name:
+            return
+        found = self.client("ssm").describe_parameters(
+            ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"]
+        hint = (f"create it: aws ssm put-parameter --name {name} --type SecureString "
+                "--value \"$PUSHER_SECRET\"")
+        if not found:
+            raise DeployError(f"SSM parameter {name} does not exist; {hint}")
+        if found[0].get("Type") != "SecureString":
+            raise DeployError(f"SSM parameter {name} is {found[0].get('Type')}, not "
+                              f"SecureString; delete it and {hint}")
+
+    # --- 3. chalice deploy ---------------------------------------------------------------------
+
+    def chalice_deploy(self) -> None:
+        chalice = Path(sys.executable).parent / "chalice"
+        command = [str(chalice) if chalice.exists() else "chalice", "--project-dir",
+                   str(self.project_dir), "deploy", "--stage", self.cfg.stage]
+        self.echo("$ " + " ".join(command[0:1] + command[3:]))
+        self._run(command, check=True, cwd=self.project_dir)
+
+    def deployed(self) -> DeployedApp:
+        return DeployedApp.load(
+            self.project_dir / ".chalice" / "deployed" / f"{self.cfg.stage}.json")
+
+    # --- 4. what Chalice cannot do -------------------------------------------------------------
+
+    def ensure_authorizer(self, api_id: str, function_arn: str) -> str:
+        """The REQUEST authorizer named ``<app>-<stage>-ws-authorizer`` pointing at
+        ``function_arn`` with no identity source. Returns its id."""
+        apigw = self.client("apigatewayv2")
+        uri = (f"arn:{_partition_of(function_arn)}:apigateway:{_region_of(function_arn)}:"
+               f"lambda:path/2015-03-31/functions/{function_arn}/invocations")
+        wanted = {"AuthorizerType": "REQUEST", "AuthorizerUri": uri,
+                  "IdentitySource": list(templates.IDENTITY_SOURCE)}
+        existing = [item for item in _paginate(apigw.get_authorizers, "Items", ApiId=api_id)
+                    if item.get("Name") == self.cfg.authorizer_name]
+        if not existing:
+            created = apigw.create_authorizer(ApiId=api_id, Name=self.cfg.authorizer_name,
+                                              **wanted)
+            self._changed(f"authorizer {self.cfg.authorizer_name} created")
+            return created["AuthorizerId"]
+        current = existing[0]
+        if any(current.get(key, [] if key == "IdentitySource" else None) != value
+               for key, value in wanted.items()):
+            apigw.update_authorizer(ApiId=api_id, AuthorizerId=current["AuthorizerId"],
+                                    **wanted)
+            self._changed(f"authorizer {self.cfg.authorizer_name} updated")
+        return current["AuthorizerId"]
+
+    def ensure_authorizer_permission(self, function_arn: str, api_id: str,
+                                     authorizer_id: str) -> None:
+        """API Gateway may invoke ``ws_authorizer`` through this authorizer, and only it."""
+        lam = self.client("lambda")
+        source_arn = (f"arn:{_partition_of(function_arn)}:execute-api:"
+                      f"{_region_of(function_arn)}:{_account_of(function_arn)}:"
+                      f"{api_id}/authorizers/{authorizer_id}")
+        try:
+            policy = json.loads(lam.get_policy(FunctionName=function_arn)["Policy"])
+        except lam.exceptions.ResourceNotFoundException:
+            policy = {"Statement": []}
+        for statement in policy.get("Statement", []):
+            if statement.get("Sid") != PERMISSION_STATEMENT_ID:
+                continue
+            current = statement.get("Condition", {}).get("ArnLike", {}).get("AWS:SourceArn")
+            if current == source_arn:
+                return
+            lam.remove_permission(FunctionName=function_arn,
+                                  StatementId=PERMISSION_STATEMENT_ID)
+        lam.add_permission(FunctionName=function_arn, StatementId=PERMISSION_STATEMENT_ID,
+                           Action="lambda:InvokeFunction",
+                           Principal="apigateway.amazonaws.com", SourceArn=source_arn)
+        self._changed("permission for API Gateway to invoke ws_authorizer")
+
+    def ensure_connect_route(self, api_id: str, authorizer_id: str) -> None:
+        """``$connect`` uses the authorizer (``AuthorizationType`` CUSTOM)."""
+        apigw = self.client("apigatewayv2")
+        routes = [r for r in _paginate(apigw.get_routes, "Items", ApiId=api_id)
+                  if r.get("RouteKey") == "$connect"]
+        if not routes:
+            raise DeployError("the WebSocket API has no $connect route: "
+                              "did `chalice deploy` finish?")
+        route = routes[0]
+        if route.get("AuthorizationType") == "CUSTOM" \
+                and route.get("AuthorizerId") == authorizer_id:
+            return
+        apigw.update_route(ApiId=api_id, RouteId=route["RouteId"],
+                           AuthorizationType="CUSTOM", AuthorizerId=authorizer_id)
+        self._changed("$connect route uses the authorizer")
+
+    def ensure_batch_item_failures(self, uuid: str) -> None:
+        """The push worker's event source mapping reports partial batch failures."""
+        lam = self.client("lambda")
+        mapping = lam.get_event_source_mapping(UUID=uuid)
+        if BATCH_ITEM_FAILURES in (mapping.get("FunctionResponseTypes") or []):
+            return
+        lam.update_event_source_mapping(UUID=uuid, FunctionResponseTypes=[BATCH_ITEM_FAILURES])
+        self._changed("push worker event source mapping: ReportBatchItemFailures")
+
+    def ensure_environment(self, function_arn: str, extra: Dict[str, str]) -> None:
+        """Add ``extra`` to a function's environment, keeping every other variable."""
+        lam = self.client("lambda")
+        config = lam.get_function_configuration(FunctionName=function_arn)
+        variables = dict((config.get("Environment") or {}).get("Variables") or {})
+        if all(variables.get(k) == v for k, v in extra.items()):
+            return
+        variables.update(extra)
+        lam.get_waiter("function_updated_v2").wait(
+            FunctionName=function_arn, WaiterConfig={"Delay": 2, "MaxAttempts": 60})
+        lam.update_function_configuration(FunctionName=function_arn,
+                                          Environment={"Variables": variables})
+        self._changed(f"environment of {function_arn.rsplit(':', 1)[-1]}: "
+                      f"{', '.join(sorted(extra))}")
+
+    def ensure_log_retention(self, function_names: List[str]) -> None:
+        """Each function's log group exists with the stage's retention (days)."""
+        logs = self.client("logs")
+        days = self.cfg.log_retention_days
+        for function in function_names:
+            group = f"/aws/lambda/{function}"
+            found = [g for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+                     if g["logGroupName"] == group]
+            if not found:
+                logs.create_log_group(logGroupName=group)
+            elif found[0].get("retentionInDays") == days:
+                continue
+            logs.put_retention_policy(logGroupName=group, retentionInDays=days)
+            self._changed(f"log retention {days} days: {group}")
+
+    def redeploy_stage(self, api_id: str) -> str:
+        """A new deployment of the WebSocket API on the stage; returns its id."""
+        deployment = self.client("apigatewayv2").create_deployment(
+            ApiId=api_id, StageName=self.cfg.api_gateway_stage,
+            Description="make deploy: routes with the $connect authorizer")
+        self._changed(f"stage {self.cfg.api_gateway_stage} redeployed")
+        return deployment["DeploymentId"]
+
+    def attach(self, app: DeployedApp) -> List[str]:
+        """Step 4. Returns the list of changes made (empty when all was in place)."""
+        before = len(self.changes)
+        authorizer_arn = app.functions["ws_authorizer"]
+        authorizer_id = self.ensure_authorizer(app.websocket_api_id, authorizer_arn)
+        self.ensure_connect_route(app.websocket_api_id, authorizer_id)
+        api_changed = len(self.changes) > before
+        self.ensure_authorizer_permission(authorizer_arn, app.websocket_api_id, authorizer_id)
+        if api_changed:  # a WebSocket stage serves a snapshot: new routes need a deployment
+            self.redeploy_stage(app.websocket_api_id)
+        self.ensure_batch_item_failures(app.sqs_event_uuid)
+        for function in templates.PUSHING_FUNCTIONS:
+            if function in app.functions:
+                self.ensure_environment(app.functions[function],
+                                        {"WEBSOCKET_API_ID": app.websocket_api_id})
+        self.ensure_log_retention([self.cfg.function_name(f) for f in templates.FUNCTIONS
+                                   if f in app.functions])
+        return self.changes[before:]
+
+    # --- 5. endpoints --------------------------------------------------------------------------
+
+    def endpoints(self, app: DeployedApp) -> Dict[str, Optional[str]]:
+        return {"WebSocket": app.websocket_url, "HTTP": app.rest_url}
+
+    def run(self, *, attach_only: bool = False) -> Dict[str, Optional[str]]:
+        """The whole path (or steps 4-5 with ``attach_only``). Returns the endpoints."""
+        if not attach_only:
+            self.echo(f"[1/5] infrastructure stack {self.cfg.infrastructure_stack_name}")
+            self.deploy_infrastructure()
+            self.echo("[2/5] Pusher secret in SSM")
+            self.check_secret()
+            self.echo(f"[3/5] chalice deploy --stage {self.cfg.stage}")
+            self.chalice_deploy()
+        app = self.deployed()
+        self.echo("[4/5] $connect authorizer, partial batch responses, settings")
+        if not self.attach(app):
+            self.echo("  nothing to change")
+        endpoints = self.endpoints(app)
+        self.echo("[5/5] endpoints")
+        for name, url in endpoints.items():
+            self.echo(f"  {name:<10} {url}")
+        return endpoints
+
+
+def _paginate(method: Callable[..., Dict[str, Any]], key: str, **kwargs) -> List[Any]:
+    """Follow ``NextToken`` through an apigatewayv2 listing."""
+    items: List[Any] = []
+    while True:
+        page = method(**kwargs)
+        items.extend(page.get(key, []))
+        token = page.get("NextToken")
+        if not token:
+            return items
+        kwargs["NextToken"] = token
+
+
+def boto3_client_factory(region: Optional[str] = None) -> Callable[[str], Any]:
+    """Real AWS clients from the default credential chain."""
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    if session.region_name is None:
+        raise DeployError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION), "
+                          "or run `aws configure`")
+    return session.client
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Deploy one stage to AWS (see README).")
+    parser.add_argument("--stage", default=os.environ.get("STAGE", "prod"))
+    parser.add_argument("--region", default=None)
+    parser.add_argument("--attach-only", action="store_true",
+                        help="skip the stack and chalice deploy; converge step 4 only")
+    args = parser.parse_args(argv)
+    try:
+        cfg = templates.load_stage(args.stage)
+        deployer = Deployer(cfg, boto3_client_factory(args.region))
+        deployer.run(attach_only=args.attach_only)
+    except DeployError as exc:
+        print(f"deploy failed: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"deploy failed: {exc.cmd[0]} exited with {exc.returncode}", file=sys.stderr)
+        return exc.returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

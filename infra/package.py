@@ -1,0 +1,227 @@
+"""``make package STAGE=prod``: the CloudFormation (SAM) template and Lambda zip of one stage.
+
+Steps: write the stage's merge template (:func:`infra.templates.merge_template`), run
+``chalice package --stage <stage> --merge-template … build/<stage>/cloudformation``, then check
+the zip: no development packages inside (boto3 is in the Lambda runtime; moto, pytest and the
+rest never belong there), and a size within :data:`SIZE_LIMIT_FACTOR` of a reference zip of the
+runtime requirements alone (``pip install --target`` + zip, the way Chalice builds its own), and
+finally ``cfn-lint`` on the template when it is installed. ``--format terraform`` runs
+``chalice package --pkg-format terraform`` instead (no merge template there: see README,
+"Terraform").
+
+Deploy the result with::
+
+    aws cloudformation package --template-file build/prod/cloudformation/sam.json \\
+        --s3-bucket <bucket> --output-template-file build/prod/packaged.yaml
+    aws cloudformation deploy --template-file build/prod/packaged.yaml \\
+        --stack-name realtime-prod --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from infra import templates  # noqa: E402
+
+#: the zip may be at most this many times the reference zip (issue 6)
+SIZE_LIMIT_FACTOR = 1.10
+#: top-level names that must never be in the Lambda zip (``chalice/`` is allowed: Chalice adds
+#: its small runtime, ``chalice/app.py``, to every zip)
+FORBIDDEN_TOP_LEVEL = (
+    "boto3", "botocore", "s3transfer", "moto", "pytest", "_pytest", "hypothesis", "websockets", "cfnlint", "playwright", "devtools", "tests", "bench", "infra",
+)
+#: what the reference zip holds: the issue's yardstick, pyjwt[crypto] + pusher
+REFERENCE_REQUIREMENTS = ("pyjwt[crypto]", "pusher")
+#: the Lambda platform Chalice builds for (python3.11 runtime, x86_64)
+LAMBDA_PIP_PLATFORM = ("--platform", "manylinux2014_x86_64", "--implementation", "cp",
+                       "--python-version", "3.11", "--only-binary=:all:")
+
+
+def _tool(name: str) -> str:
+    """A console script of this virtualenv (``chalice``, ``cfn-lint``), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} is not installed (pip install -r requirements-dev.txt)")
+    return found
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    # chalice package needs a region for ARNs it leaves to CloudFormation; no credentials
+    env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION", "us-east-1"))
+    return env
+
+
+def write_merge_template(stage: str, out_dir: Path, project_dir: Path = ROOT) -> Path:
+    """Write ``merge-template.json`` for ``stage`` into ``out_dir``; return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "merge-template.json"
+    cfg = templates.load_stage(stage, project_dir)
+    path.write_text(json.dumps(templates.merge_template(cfg), indent=2) + "\n")
+    return path
+
+
+def chalice_package(stage: str, out_dir: Path, *, pkg_format: str = "cloudformation",
+                    project_dir: Path = ROOT) -> Path:
+    """Run ``chalice package`` for ``stage`` into ``out_dir/<pkg_format>``.
+
+    Returns:
+        the output directory (``sam.json`` or ``chalice.tf.json`` plus ``deployment.zip``).
+    Raises:
+        subprocess.CalledProcessError: chalice failed (its output is on stderr).
+    """
+    target = out_dir / pkg_format
+    if target.exists():
+        shutil.rmtree(target)
+    command = [_tool("chalice"), "--project-dir", str(project_dir), "package",
+               "--stage", stage]
+    if pkg_format == "terraform":
+        command += ["--pkg-format", "terraform"]
+    else:
+        command += ["--merge-template", str(write_merge_template(stage, out_dir, project_dir))]
+    command.append(str(target))
+    subprocess.run(command, check=True, cwd=project_dir, env=_env())
+    return target
+
+
+def zip_directory(source: Path, destination: Path) -> Path:
+    """Zip every file under ``source`` (deflated, like Chalice's own packager)."""
+    with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(source).as_posix())
+    return destination
+
+
+def reference_zip(cache_dir: Path, requirements: Sequence[str] = None) -> Path:
+    """A zip of ``pyjwt[crypto]`` + ``pusher`` alone, at the versions requirements.txt pins,
+    installed with ``pip install --target`` for the Lambda platform; cached in ``cache_dir``
+    by the requirement list."""
+    requirements = list(requirements or _pinned_reference_requirements())
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:12]
+    destination = cache_dir / f"reference-{key}.zip"
+    if destination.exists():
+        return destination
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reference-", dir=cache_dir) as tmp:
+        site = Path(tmp) / "site"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+                        "--disable-pip-version-check", "--target", str(site),
+                        *LAMBDA_PIP_PLATFORM, *requirements],
+                       check=True, capture_output=True, text=True)
+        shutil.rmtree(site / "bin", ignore_errors=True)
+        zip_directory(site, Path(tmp) / "reference.zip").replace(destination)
+    return destination
+
+
+def _pinned_reference_requirements() -> List[str]:
+    """``pyjwt[crypto]`` and ``pusher`` with the pins of requirements.txt (and the
+    ``cryptography`` pin that ``[crypto]`` pulls in), so both zips hold the same versions."""
+    pins = []
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        name = line.split("==", 1)[0].split("[", 1)[0].lower()
+        if line and name in ("pyjwt", "pusher", "cryptography"):
+            pins.append(line)
+    return pins or list(REFERENCE_REQUIREMENTS)
+
+
+@dataclass(frozen=True)
+class ZipReport:
+    """Size check of a Lambda zip.
+
+    Attributes:
+        zip_bytes, reference_bytes: sizes in bytes.
+        forbidden: top-level names found in the zip that must not be there.
+    """
+
+    zip_bytes: int
+    reference_bytes: int
+    forbidden: List[str]
+
+    @property
+    def ratio(self) -> float:
+        return self.zip_bytes / self.reference_bytes
+
+    @property
+    def ok(self) -> bool:
+        return not self.forbidden and self.ratio <= SIZE_LIMIT_FACTOR
+
+    def describe(self) -> str:
+        mib = 1024 * 1024
+        lines = [f"Lambda zip:      {self.zip_bytes / mib:6.2f} MiB ({self.zip_bytes} bytes)",
+                 f"reference zip:   {self.reference_bytes / mib:6.2f} MiB "
+                 f"(pyjwt[crypto] + pusher alone)",
+                 f"ratio:           {self.ratio:6.3f} (limit {SIZE_LIMIT_FACTOR:.2f})"]
+        if self.forbidden:
+            lines.append(f"FORBIDDEN in the zip: {', '.join(self.forbidden)}")
+        return "\n".join(lines)
+
+
+def top_level_names(zip_path: Path) -> List[str]:
+    """The distinct first path components in a zip (packages, modules, dist-info dirs)."""
+    with zipfile.ZipFile(zip_path) as archive:
+        return sorted({name.split("/", 1)[0] for name in archive.namelist()})
+
+
+def check_zip(zip_path: Path, reference: Path) -> ZipReport:
+    """Compare ``zip_path`` with the reference zip and list forbidden contents."""
+    forbidden = []
+    for name in top_level_names(zip_path):
+        base = name.split("-", 1)[0].split(".", 1)[0].lower()
+        if base in FORBIDDEN_TOP_LEVEL:
+            forbidden.append(name)
+    return ZipReport(zip_path.stat().st_size, reference.stat().st_size, forbidden)
+
+
+def cfn_lint(template: Path) -> subprocess.CompletedProcess:
+    """Run cfn-lint on ``template`` (offline; a region is set if none is)."""
+    return subprocess.run([_tool("cfn-lint"), "--", str(template)], env=_env(),
+                          capture_output=True, text=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Package one stage for CloudFormation "
+                                                 "or Terraform and check the Lambda zip.")
+    parser.add_argument("--stage", default="prod")
+    parser.add_argument("--format", choices=("cloudformation", "terraform"),
+                        default="cloudformation")
+    parser.add_argument("--out", type=Path, default=None, help="default build/<stage>")
+    args = parser.parse_args(argv)
+    out_dir = args.out or ROOT / "build" / args.stage
+
+    target = chalice_package(args.stage, out_dir, pkg_format=args.format)
+    report = check_zip(target / "deployment.zip", reference_zip(ROOT / "build" / "reference"))
+    print(report.describe())
+    status = 0 if report.ok else 1
+    if args.format == "cloudformation":
+        lint = cfn_lint(target / "sam.json")
+        print("cfn-lint:        " + ("passed" if lint.returncode == 0 else "FAILED"))
+        if lint.returncode != 0:
+            print(lint.stdout + lint.stderr)
+            status = 1
+        print(f"template:        {target / 'sam.json'}")
+    else:
+        print(f"terraform:       {target / 'chalice.tf.json'} (add the authorizer: README)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""CloudFormation for what Chalice cannot create: the connection table, the push queue and its
+dead-letter queue, the ``$connect`` REQUEST authorizer, and the settings Chalice has no word for.
+
+Two products, both built from ``.chalice/config.json`` (names, per-function timeouts, the
+``infra`` block of each stage) and from :data:`chalicelib.connections.TABLE_SCHEMA`, so that a
+name or a key schema lives in exactly one place:
+
+* :func:`infrastructure_template`: a standalone stack (table, queue, DLQ) for the
+  ``make deploy`` path, where ``chalice deploy`` creates the functions and APIs itself;
+* :func:`merge_template`: the file handed to ``chalice package --merge-template`` for the
+  ``make package`` path. Chalice deep-merges it into its SAM template: dictionaries merge key by
+  key, any other value (string, list) replaces Chalice's.
+
+Why no identity source on the authorizer: API Gateway checks every listed identity source
+before it calls a REQUEST authorizer and answers 401 *without calling it* when one is missing
+or empty (API Gateway V2 API reference, ``Authorizer.identitySource``). Our clients send the
+token either in the ``Authorization`` header (servers, mobile) or in the query string
+(browsers cannot set headers on a WebSocket handshake), so listing
+``route.request.header.Authorization`` would lock out every browser and listing
+``route.request.querystring.token`` every header client. Identity sources are optional for
+REQUEST authorizers and WebSocket authorizers have no result cache that would need them as a
+key, so none are listed: every ``$connect`` reaches ``ws_authorizer``, which applies the one
+extraction rule of :func:`chalicelib.identity.extract_token` and raises ``Unauthorized`` (401)
+itself when no source carries a token.
+
+Run ``python -m infra.templates {infrastructure,merge} --stage prod`` to print either one.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # ``python infra/templates.py`` as well as ``-m``
+    sys.path.insert(0, str(ROOT))
+
+from chalicelib.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
+
+#: every Lambda function of app.py by its Chalice name (``lambda_functions`` keys in
+#: config.json); tests check this against the packaged template so a new handler is noticed.
+FUNCTIONS = (
+    "api_handler", "jwt_auth", "ws_authorizer",
+    "websocket_connect", "websocket_message", "websocket_disconnect",
+    "push_worker",
+)
+#: functions that push to connections outside a WebSocket handler, so need the API id
+PUSHING_FUNCTIONS = ("api_handler", "push_worker")
+#: logical id Chalice gives the SQS event of ``push_worker`` inside its SAM function
+SQS_EVENT_NAME = "PushWorkerSqsEventSource"
+AUTHORIZER_ID = "WsConnectAuthorizer"
+#: what ``identitySource`` is set to, on purpose (see the module docstring)
+IDENTITY_SOURCE: List[str] = []
+#: receives before a push message moves to the dead-letter queue
+MAX_RECEIVE_COUNT = 5
+#: dead-letter retention: SQS's maximum, 14 days in seconds
+DLQ_RETENTION_SECONDS = 14 * 24 * 60 * 60
+#: AWS's advice for Lambda event sources: visibility timeout >= 6 x the function timeout
+#: (Lambda Developer Guide, "Using Lambda with Amazon SQS")
+VISIBILITY_TIMEOUT_FACTOR = 6
+DEFAULT_LOG_RETENTION_DAYS = 30
+
+
+# --- stage configuration ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What infra needs to know about one stage of ``.chalice/config.json``.
+
+    Attributes:
+        app_name: Chalice ``app_name`` (``realtime``).
+        stage: the Chalice stage (``dev``, ``staging``, ``prod``).
+        api_gateway_stage: the API Gateway stage name of both APIs.
+        environment: the stage's merged ``environment_variables``.
+        table_name, queue_name: ``CONNECTIONS_TABLE``, ``PUSH_QUEUE_NAME``.
+        secret_parameter: ``PUSHER_SECRET_PARAMETER`` or None.
+        log_retention_days: ``stages.<stage>.infra.log_retention_in_days`` (days).
+        push_worker_timeout: the worker's Lambda timeout (seconds).
+        policy_files: Chalice function name -> IAM policy file path for that function.
+    """
+
+    app_name: str
+    stage: str
+    api_gateway_stage: str
+    environment: Dict[str, str]
+    table_name: str
+    queue_name: str
+    secret_parameter: Optional[str]
+    log_retention_days: int
+    push_worker_timeout: int
+    policy_files: Dict[str, Path]
+
+    @property
+    def dlq_name(self) -> str:
+        return f"{self.queue_name}-dlq"
+
+    @property
+    def authorizer_name(self) -> str:
+        return f"{self.app_name}-{self.stage}-ws-authorizer"
+
+    @property
+    def infrastructure_stack_name(self) -> str:
+        return f"{self.app_name}-{self.stage}-infrastructure"
+
+    def function_name(self, name: str) -> str:
+        """The deployed Lambda name: Chalice's own scheme, ``<app>-<stage>[-<function>]``."""
+        if name == "api_handler":
+            return f"{self.app_name}-{self.stage}"
+        return f"{self.app_name}-{self.stage}-{name}"
+
+    @property
+    def tags(self) -> Dict[str, str]:
+        return {"app": self.app_name, "stage": self.stage}
+
+
+def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
+    """Read ``stage`` from ``<project_dir>/.chalice/config.json``.
+
+    Raises:
+        SystemExit: unknown stage or a missing name (the message names what is missing).
+    """
+    config = json.loads((project_dir / ".chalice" / "config.json").read_text())
+    stages = config.get("stages", {})
+    if stage not in stages:
+        raise SystemExit(f"unknown stage {stage!r}: .chalice/config.json has {sorted(stages)}")
+    stage_cfg = stages[stage]
+    env = {**config.get("environment_variables", {}), **stage_cfg.get("environment_variables", {})}
+    for name in ("CONNECTIONS_TABLE", "PUSH_QUEUE_NAME"):
+        if not env.get(name):
+            raise SystemExit(f"stage {stage}: environment_variables.{name} is required")
+
+    def lookup(function: str, key: str) -> Any:
+        # Chalice's own order: stage.lambda_functions, stage, lambda_functions, top level
+        for source in (stage_cfg.get("lambda_functions", {}).get(function, {}), stage_cfg,
+                       config.get("lambda_functions", {}).get(function, {}), config):
+            if source.get(key) is not None:
+                return source[key]
+        return None
+
+    policy_files = {}
+    for function in FUNCTIONS:
+        filename = lookup(function, "iam_policy_file") or f"policy-{stage}.json"
+        policy_files[function] = project_dir / ".chalice" / filename
+    return StageConfig(
+        app_name=config["app_name"],
+        stage=stage,
+        api_gateway_stage=stage_cfg.get("api_gateway_stage") or config.get(
+            "api_gateway_stage", "api"),
+        environment=env,
+        table_name=env["CONNECTIONS_TABLE"],
+        queue_name=env["PUSH_QUEUE_NAME"],
+        secret_parameter=env.get("PUSHER_SECRET_PARAMETER"),
+        log_retention_days=int(stage_cfg.get("infra", {}).get(
+            "log_retention_in_days", DEFAULT_LOG_RETENTION_DAYS)),
+        push_worker_timeout=int(lookup("push_worker", "lambda_timeout") or 60),
+        policy_files=policy_files,
+    )
+
+
+# --- shared resources ---------------------------------------------------------------------------
+
+def _tag_list(cfg: StageConfig) -> List[Dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted(cfg.tags.items())]
+
+
+def table_resource(cfg: StageConfig) -> Dict[str, Any]:
+    """``AWS::DynamoDB::Table``: :data:`TABLE_SCHEMA` as is (its keys are CloudFormation's),
+    plus the name and tags. On-demand billing and the TTL come from the schema."""
+    properties = {"TableName": cfg.table_name, **copy.deepcopy(TABLE_SCHEMA),
+                  "Tags": _tag_list(cfg)}
+    return {"Type": "AWS::DynamoDB::Table", "Properties": properties}
+
+
+def queue_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
+    """The push queue and its dead-letter queue (SQS-managed encryption on both)."""
+    return {
+        "PushDeadLetterQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": cfg.dlq_name,
+                "MessageRetentionPeriod": DLQ_RETENTION_SECONDS,
+                "SqsManagedSseEnabled": True,
+                "Tags": _tag_list(cfg),
+            },
+        },
+        "PushQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": cfg.queue_name,
+                "VisibilityTimeout": VISIBILITY_TIMEOUT_FACTOR * cfg.push_worker_timeout,
+                "SqsManagedSseEnabled": True,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": {"Fn::GetAtt": ["PushDeadLetterQueue", "Arn"]},
+                    "maxReceiveCount": MAX_RECEIVE_COUNT,
+                },
+                "Tags": _tag_list(cfg),
+            },
+        },
+    }
+
+
+def _data_outputs() -> Dict[str, Any]:
+    return {
+        "ConnectionsTableName": {"Value": {"Ref": "ConnectionsTable"}},
+        "PushQueueUrl": {"Value": {"Ref": "PushQueue"}},
+        "PushQueueArn": {"Value": {"Fn::GetAtt": ["PushQueue", "Arn"]}},
+        "PushDeadLetterQueueUrl": {"Value": {"Ref": "PushDeadLetterQueue"}},
+    }
+
+
+def infrastructure_template(cfg: StageConfig) -> Dict[str, Any]:
+    """The standalone stack of the ``make deploy`` path: table, queue, dead-letter queue."""
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": f"{cfg.app_name} {cfg.stage}: connection table and push queue",
+        "Resources": {"ConnectionsTable": table_resource(cfg), **queue_resources(cfg)},
+        "Outputs": _data_outputs(),
+    }
+
+
+# --- IAM ----------------------------------------------------------------------------------------
+
+_ARN = re.compile(r"^arn:aws:(?P<service>[a-z0-9-]+):(?P<region>\*):(?P<account>\*):(?P<rest>.*)$")
+
+
+def scope_resource(arn: str) -> Any:
+    """Pin a policy file ARN to the stack: partition, region, account and (for execute-api)
+    the WebSocket API id become CloudFormation references. Returns a ``Fn::Sub`` or the ARN
+    unchanged when it has no wildcard region/account."""
+    match = _ARN.match(arn)
+    if not match:
+        return arn
+    rest = match["rest"]
+    if match["service"] == "execute-api" and rest.startswith("*/"):
+        rest = "${WebsocketAPI}" + rest[1:]
+    return {"Fn::Sub": f"arn:${{AWS::Partition}}:{match['service']}:${{AWS::Region}}:"
+                       f"${{AWS::AccountId}}:{rest}"}
+
+
+def scoped_policy(document: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of an IAM policy document with every resource passed through
+    :func:`scope_resource`."""
+    scoped = copy.deepcopy(dict(document))
+    for statement in scoped["Statement"]:
+        resources = statement["Resource"]
+        if isinstance(resources, str):
+            resources = [resources]
+        statement["Resource"] = [scope_resource(r) for r in resources]
+    return scoped
+
+
+def _cfn_name(name: str) -> str:
+    """Chalice's logical id for a function (``chalice.utils.to_cfn_resource_name``)."""
+    from chalice.utils import to_cfn_resource_name
+
+    return "APIHandler" if name == "api_handler" else to_cfn_resource_name(name)
+
+
+# --- the merge template -------------------------------------------------------------------------
+
+def authorizer_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
+    """The ``$connect`` REQUEST authorizer (no identity source: see the module docstring) and
+    the permission for API Gateway to invoke ``ws_authorizer`` through it."""
+    return {
+        AUTHORIZER_ID: {
+            "Type": "AWS::ApiGatewayV2::Authorizer",
+            "Properties": {
+                "ApiId": {"Ref": "WebsocketAPI"},
+                "Name": cfg.authorizer_name,
+                "AuthorizerType": "REQUEST",
+                "AuthorizerUri": {"Fn::Sub": (
+                    "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/"
+                    "functions/${WsAuthorizer.Arn}/invocations")},
+                **({"IdentitySource": IDENTITY_SOURCE} if IDENTITY_SOURCE else {}),
+            },
+        },
+        "WsAuthorizerInvokePermission": {
+            "Type": "AWS::Lambda::Permission",
+            "Properties": {
+                "FunctionName": {"Fn::GetAtt": ["WsAuthorizer", "Arn"]},
+                "Action": "lambda:InvokeFunction",
+                "Principal": "apigateway.amazonaws.com",
+                # Lambda authorizer source ARN: <api>/authorizers/<authorizer id>
+                "SourceArn": {"Fn::Sub": (
+                    "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
+                    "${WebsocketAPI}/authorizers/${" + AUTHORIZER_ID + "}")},
+            },
+        },
+    }
+
+
+def _deployment_id(fingerprint: Any) -> str:
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    return f"WebsocketAPIDeployment{digest[:12]}"
+
+
+def merge_template(cfg: StageConfig) -> Dict[str, Any]:
+    """The ``--merge-template`` for ``chalice package --stage <stage>``.
+
+    Adds the table, the queues, the authorizer and its permission, log groups with the stage's
+    retention; attaches the authorizer to ``$connect``; points the stage at a new deployment
+    whose logical id hashes the authorizer and route settings, so CloudFormation creates a
+    fresh deployment (a real redeployment) whenever they change, including when this merge is
+    first applied to a stack packaged without it (``AWS::ApiGatewayV2::Deployment`` has no
+    property whose update would re-snapshot the API); sets ``ReportBatchItemFailures`` on the
+    SQS event and points it at the queue created here; names every function as
+    ``chalice deploy`` does and pins the policy files' resources to this stack.
+    """
+    resources: Dict[str, Any] = {"ConnectionsTable": table_resource(cfg),
+                                 **queue_resources(cfg), **authorizer_resources(cfg)}
+
+    for function in FUNCTIONS:
+        logical = _cfn_name(function)
+        properties: Dict[str, Any] = {"FunctionName": cfg.function_name(function)}
+        if function in PUSHING_FUNCTIONS:
+            properties["Environment"] = {"Variables": {
+                "WEBSOCKET_API_ID": {"Ref": "WebsocketAPI"}}}
+        resources[logical] = {"Properties": properties}
+        policy = json.loads(cfg.policy_files[function].read_text())
+        role_logical = _cfn_name(f"{function}_role")
+        resources[role_logical] = {"Properties": {"Policies": [{
+            "PolicyName": f"{role_logical}Policy", "PolicyDocument": scoped_policy(policy)}]}}
+        resources[f"{logical}LogGroup"] = {
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {"LogGroupName": {"Fn::Sub": f"/aws/lambda/${{{logical}}}"},
+                           "RetentionInDays": cfg.log_retention_days},
+        }
+
+    resources["PushWorker"]["Properties"]["Events"] = {SQS_EVENT_NAME: {"Properties": {
+        # a string replaces Chalice's hand-built ARN: the reference orders the queue first
+        "Queue": {"Fn::Sub": "${PushQueue.Arn}"},
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+    }}}
+
+    route = {"AuthorizationType": "CUSTOM", "AuthorizerId": {"Ref": AUTHORIZER_ID}}
+    resources["WebsocketConnectRoute"] = {"Properties": route}
+    deployment = _deployment_id({"authorizer": resources[AUTHORIZER_ID], "route": route})
+    resources[deployment] = {
+        "Type": "AWS::ApiGatewayV2::Deployment",
+        "DependsOn": [AUTHORIZER_ID, "WebsocketConnectRoute", "WebsocketMessageRoute",
+                      "WebsocketDisconnectRoute"],
+        "Properties": {"ApiId": {"Ref": "WebsocketAPI"},
+                       "Description": "routes with the $connect authorizer"},
+    }
+    resources["WebsocketAPIStage"] = {"Properties": {"DeploymentId": {"Ref": deployment}}}
+
+    suffix = "${AWS::URLSuffix}"
+    outputs = {
+        "WebSocketURL": {"Description": "clients connect here (token in the Authorization "
+                                        "header or ?token=)",
+                         "Value": {"Fn::Sub": f"wss://${{WebsocketAPI}}.execute-api."
+                                              f"${{AWS::Region}}.{suffix}/"
+                                              f"{cfg.api_gateway_stage}"}},
+        "HttpURL": {"Description": "REST API: /me, /pusher/auth, /notifications ...",
+                    "Value": {"Fn::Sub": f"https://${{RestAPI}}.execute-api.${{AWS::Region}}."
+                                         f"{suffix}/{cfg.api_gateway_stage}/"}},
+        **_data_outputs(),
+    }
+    return {"Resources": resources, "Outputs": outputs}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("template", choices=("infrastructure", "merge"))
+    parser.add_argument("--stage", default="prod")
+    args = parser.parse_args(argv)
+    cfg = load_stage(args.stage)
+    build = infrastructure_template if args.template == "infrastructure" else merge_template
+    json.dump(build(cfg), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

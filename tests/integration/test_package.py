@@ -1,0 +1,264 @@
+"""``make package``: the real ``chalice package`` output of the prod stage, merged with
+infra's template, checked offline (no AWS credentials): cfn-lint, the ``$connect`` authorizer,
+the redeployment, the table (== chalicelib's schema), the queues, partial batch responses,
+outputs, IAM scoping, the Lambda zip's contents and size; and the Terraform format.
+
+Packaging runs once per module (about 5-15 s; pip may download wheels the first time).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import pytest
+
+from chalicelib.connections import TABLE_SCHEMA, TTL_ATTRIBUTE
+from infra import package, templates
+
+STAGE = "prod"
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("package")
+    target = package.chalice_package(STAGE, out)
+    template = json.loads((target / "sam.json").read_text())
+    return {"dir": target, "template": template, "resources": template["Resources"],
+            "cfg": templates.load_stage(STAGE)}
+
+
+def _ref(value):
+    return value.get("Ref") if isinstance(value, dict) else None
+
+
+def test_cfn_lint_passes_on_the_packaged_template(packaged):
+    result = package.cfn_lint(packaged["dir"] / "sam.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cfn_lint_is_not_a_rubber_stamp(packaged, tmp_path):
+    broken = copy.deepcopy(packaged["template"])
+    broken["Resources"]["PushQueue"]["Properties"]["VisibilityTimeout"] = 99999  # max 43200
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = package.cfn_lint(path)
+    assert result.returncode != 0
+    assert "VisibilityTimeout" in result.stdout or "43200" in result.stdout
+
+
+def test_every_function_of_the_app_is_known_to_infra(packaged):
+    functions = {name for name, r in packaged["resources"].items()
+                 if r["Type"] == "AWS::Serverless::Function"}
+    assert functions == {templates._cfn_name(f) for f in templates.FUNCTIONS}
+    cfg = packaged["cfg"]
+    for function in templates.FUNCTIONS:
+        props = packaged["resources"][templates._cfn_name(function)]["Properties"]
+        assert props["FunctionName"] == cfg.function_name(function)
+
+
+def test_connect_route_uses_a_request_authorizer_on_ws_authorizer(packaged):
+    resources = packaged["resources"]
+    authorizer = resources[templates.AUTHORIZER_ID]
+    assert authorizer["Type"] == "AWS::ApiGatewayV2::Authorizer"
+    props = authorizer["Properties"]
+    assert props["AuthorizerType"] == "REQUEST"
+    assert _ref(props["ApiId"]) == "WebsocketAPI"
+    assert "${WsAuthorizer.Arn}" in props["AuthorizerUri"]["Fn::Sub"]
+    # no identity source: a browser's ?token= and a server's Authorization header both reach
+    # the function (a listed source that is missing means 401 without calling it)
+    assert not props.get("IdentitySource")
+
+    route = resources["WebsocketConnectRoute"]["Properties"]
+    assert route["RouteKey"] == "$connect"
+    assert route["AuthorizationType"] == "CUSTOM"
+    assert _ref(route["AuthorizerId"]) == templates.AUTHORIZER_ID
+    for other in ("WebsocketMessageRoute", "WebsocketDisconnectRoute"):
+        assert "AuthorizerId" not in resources[other]["Properties"]
+
+
+def test_api_gateway_may_invoke_the_authorizer_and_only_through_it(packaged):
+    permissions = [r["Properties"] for r in packaged["resources"].values()
+                   if r["Type"] == "AWS::Lambda::Permission"
+                   and r["Properties"]["FunctionName"] == {"Fn::GetAtt": ["WsAuthorizer", "Arn"]}]
+    assert len(permissions) == 1
+    permission = permissions[0]
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert permission["SourceArn"]["Fn::Sub"].endswith(
+        "${WebsocketAPI}/authorizers/${%s}" % templates.AUTHORIZER_ID)
+
+
+def test_stage_is_redeployed_with_the_authorizer(packaged):
+    resources = packaged["resources"]
+    deployment_id = _ref(resources["WebsocketAPIStage"]["Properties"]["DeploymentId"])
+    # Chalice's own deployment keeps its logical id: pointing the stage at a new logical id
+    # is what makes CloudFormation create a deployment on a stack packaged before this merge
+    assert deployment_id != "WebsocketAPIDeployment"
+    deployment = resources[deployment_id]
+    assert deployment["Type"] == "AWS::ApiGatewayV2::Deployment"
+    assert _ref(deployment["Properties"]["ApiId"]) == "WebsocketAPI"
+    assert {templates.AUTHORIZER_ID, "WebsocketConnectRoute"} <= set(deployment["DependsOn"])
+
+
+def test_changing_the_authorizer_changes_the_deployment(packaged, monkeypatch):
+    cfg = packaged["cfg"]
+    before = templates.merge_template(cfg)["Resources"]["WebsocketAPIStage"]
+    monkeypatch.setattr(templates, "IDENTITY_SOURCE", ["route.request.header.Authorization"])
+    after = templates.merge_template(cfg)["Resources"]["WebsocketAPIStage"]
+    assert before["Properties"]["DeploymentId"] != after["Properties"]["DeploymentId"]
+
+
+def test_connections_table_is_chalicelibs_schema(packaged):
+    table = packaged["resources"]["ConnectionsTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    props = table["Properties"]
+    assert props["TableName"] == packaged["cfg"].table_name
+    for key, value in TABLE_SCHEMA.items():
+        assert props[key] == value, key
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert TTL_ATTRIBUTE == "expires_at"
+    assert [i["IndexName"] for i in props["GlobalSecondaryIndexes"]] == \
+        [i["IndexName"] for i in TABLE_SCHEMA["GlobalSecondaryIndexes"]]
+
+
+def test_standalone_infrastructure_template_has_the_same_table_and_queues(packaged):
+    standalone = templates.infrastructure_template(packaged["cfg"])["Resources"]
+    for name in ("ConnectionsTable", "PushQueue", "PushDeadLetterQueue"):
+        assert standalone[name] == packaged["resources"][name]
+
+
+def test_push_queue_has_a_dead_letter_queue_and_room_for_the_worker(packaged):
+    resources = packaged["resources"]
+    queue = resources["PushQueue"]["Properties"]
+    dlq = resources["PushDeadLetterQueue"]["Properties"]
+    cfg = packaged["cfg"]
+    assert queue["QueueName"] == cfg.queue_name == cfg.environment["PUSH_QUEUE_NAME"]
+    assert dlq["QueueName"] == f"{cfg.queue_name}-dlq"
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["PushDeadLetterQueue", "Arn"]}
+    assert 1 < queue["RedrivePolicy"]["maxReceiveCount"] <= 10
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    worker_timeout = resources["PushWorker"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * worker_timeout
+
+
+def test_push_worker_reports_batch_item_failures_on_the_stack_queue(packaged):
+    events = packaged["resources"]["PushWorker"]["Properties"]["Events"]
+    sqs = events[templates.SQS_EVENT_NAME]
+    assert sqs["Type"] == "SQS"
+    props = sqs["Properties"]
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["Queue"] == {"Fn::Sub": "${PushQueue.Arn}"}  # not a hand-built ARN
+    assert props["BatchSize"] == 10
+
+
+def test_outputs_give_both_urls(packaged):
+    outputs = packaged["template"]["Outputs"]
+    ws = outputs["WebSocketURL"]["Value"]["Fn::Sub"]
+    http = outputs["HttpURL"]["Value"]["Fn::Sub"]
+    assert ws.startswith("wss://${WebsocketAPI}.execute-api.${AWS::Region}.")
+    assert ws.endswith("/prod")
+    assert http.startswith("https://${RestAPI}.execute-api.${AWS::Region}.")
+    assert http.endswith("/prod/")
+    assert _ref(outputs["ConnectionsTableName"]["Value"]) == "ConnectionsTable"
+    assert _ref(outputs["PushQueueUrl"]["Value"]) == "PushQueue"
+
+
+def test_pushing_functions_know_the_websocket_api(packaged):
+    resources = packaged["resources"]
+    for function in templates.FUNCTIONS:
+        variables = resources[templates._cfn_name(function)]["Properties"][
+            "Environment"]["Variables"]
+        if function in templates.PUSHING_FUNCTIONS:
+            assert _ref(variables["WEBSOCKET_API_ID"]) == "WebsocketAPI"
+        # staging/prod read the Pusher secret from SSM: it is never in the template
+        assert "PUSHER_SECRET" not in variables
+        assert variables["PUSHER_SECRET_PARAMETER"] == "/realtime/prod/pusher-secret"
+
+
+def test_authorizers_are_small_fast_and_log_only(packaged):
+    resources = packaged["resources"]
+    for function in ("jwt_auth", "ws_authorizer"):
+        props = resources[templates._cfn_name(function)]["Properties"]
+        assert props["MemorySize"] <= 256 and props["Timeout"] <= 5
+        role = resources[templates._cfn_name(f"{function}_role")]["Properties"]
+        actions = {a for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]
+                   for a in s["Action"]}
+        assert actions == {"logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def test_role_policies_are_pinned_to_this_stack(packaged):
+    roles = {name: r for name, r in packaged["resources"].items()
+             if r["Type"] == "AWS::IAM::Role"}
+    assert len(roles) == len(templates.FUNCTIONS)
+    for name, role in roles.items():
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                for resource in statement["Resource"]:
+                    assert resource != "*", name
+                    arn = resource["Fn::Sub"]
+                    assert arn.startswith("arn:${AWS::Partition}:")
+                    assert ":${AWS::Region}:${AWS::AccountId}:" in arn
+                    if ":execute-api:" in arn:
+                        assert "${WebsocketAPI}/prod/POST/@connections/*" in arn
+
+
+def test_log_groups_keep_the_stage_retention(packaged):
+    groups = {name: r["Properties"] for name, r in packaged["resources"].items()
+              if r["Type"] == "AWS::Logs::LogGroup"}
+    assert len(groups) == len(templates.FUNCTIONS)
+    assert {g["RetentionInDays"] for g in groups.values()} == {90}
+
+
+def test_lambda_zip_holds_runtime_dependencies_only_and_stays_small(packaged):
+    zip_path = packaged["dir"] / "deployment.zip"
+    names = package.top_level_names(zip_path)
+    assert "app.py" in names and "chalicelib" in names and "jwt" in names and "pusher" in names
+    reference = package.reference_zip(package.ROOT / "build" / "reference")
+    report = package.check_zip(zip_path, reference)
+    print("\n" + report.describe())
+    assert report.forbidden == []
+    assert report.ratio <= package.SIZE_LIMIT_FACTOR
+
+
+def test_zip_check_flags_development_packages(tmp_path):
+    import zipfile
+
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("app.py", "")
+        archive.writestr("boto3/__init__.py", "")
+        archive.writestr("moto-5.2.5.dist-info/METADATA", "")
+    report = package.check_zip(bad, bad)
+    assert report.forbidden == ["boto3", "moto-5.2.5.dist-info"]
+    assert not report.ok
+
+
+def test_terraform_format_packages_the_same_app(tmp_path):
+    target = package.chalice_package(STAGE, tmp_path, pkg_format="terraform")
+    terraform = json.loads((target / "chalice.tf.json").read_text())
+    resources = terraform["resource"]
+    cfg = templates.load_stage(STAGE)
+    names = {r["function_name"] for r in resources["aws_lambda_function"].values()}
+    assert names == {cfg.function_name(f) for f in templates.FUNCTIONS}
+    # the README's Terraform override targets these two resources by name
+    assert resources["aws_apigatewayv2_route"]["websocket_connect_route"]["route_key"] == \
+        "$connect"
+    assert "push_worker-sqs-event-source" in resources["aws_lambda_event_source_mapping"]
+    assert (target / "deployment.zip").exists()
+
+
+def test_make_package_reports_size_and_lint(packaged, monkeypatch, capsys):
+    # `make package`'s entry point on the session's package (packaging once per session)
+    calls = []
+
+    def already_packaged(stage, out_dir, *, pkg_format="cloudformation", project_dir=None):
+        calls.append((stage, pkg_format))
+        return packaged["dir"]
+
+    monkeypatch.setattr(package, "chalice_package", already_packaged)
+    assert package.main(["--stage", STAGE]) == 0
+    out = capsys.readouterr().out
+    assert calls == [(STAGE, "cloudformation")]
+    assert "Lambda zip:" in out and "ratio:" in out
+    assert "cfn-lint:        passed" in out

@@ -1,0 +1,69 @@
+"""Pytest fixtures for the WebSocket side: a moto DynamoDB registry and a real management API.
+
+Import the fixtures you use into a test module::
+
+    from tests.support.websocket import aws_env, registry, management_api  # noqa: F401
+
+* ``aws_env``: ``app_env`` plus fake AWS credentials, ``AWS_REGION=us-east-1``,
+  ``CONNECTIONS_TABLE`` and no ``AWS_ENDPOINT_URL*`` (so moto, not a local stack, answers);
+* ``registry``: ``mock_aws`` with the connections table created by
+  :func:`chalicelib.connections.create_table`;
+* ``management_api``: a :class:`tests.support.management_api.ManagementAPI` on 127.0.0.1
+  that ``WEBSOCKET_ENDPOINT_URL`` points to.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.management_api import ManagementAPI
+
+TABLE = "realtime-connections-test"
+
+
+def _reset_clients() -> None:
+    from chalicelib import connections, push, settings
+
+    settings.reset()
+    connections.reset_clients()
+    push.reset_clients()
+
+
+@pytest.fixture
+def aws_env(app_env, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("AWS_ENDPOINT_URL") or name in ("AWS_PROFILE",
+                                                           "PUSH_MAX_WORKERS",
+                                                           "PUSH_MAX_ATTEMPTS"):
+            monkeypatch.delenv(name, raising=False)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_SESSION_TOKEN": "testing", "AWS_REGION": "us-east-1",
+           "AWS_DEFAULT_REGION": "us-east-1", "CONNECTIONS_TABLE": TABLE}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _reset_clients()
+    yield {**app_env, **env}
+    _reset_clients()
+
+
+@pytest.fixture
+def registry(aws_env):
+    from moto import mock_aws
+
+    from chalicelib import connections
+
+    with mock_aws():
+        _reset_clients()
+        connections.create_table()
+        yield TABLE
+    _reset_clients()
+
+
+@pytest.fixture
+def management_api(aws_env, monkeypatch):
+    with ManagementAPI(stage="test") as api:
+        monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", api.endpoint_url)
+        _reset_clients()
+        yield api
+    _reset_clients()

@@ -1,0 +1,173 @@
+"""The DynamoDB connection registry (chalicelib.connections) against moto."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from chalicelib import connections
+from chalicelib.connections import (MAX_CONNECTION_SECONDS, MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                                    TABLE_SCHEMA, RegistryUnavailable, SubscriptionLimit)
+from chalicelib.principal import Principal
+from tests.conftest import ROOT
+from tests.support.websocket import TABLE, aws_env, registry  # noqa: F401
+
+ALICE = Principal(sub="alice", issuer="https://issuer.example", scopes=("read", "write"),
+                  claims={"name": "Alice", "groups": ["admins"]})
+BOB = Principal(sub="bob", issuer="https://issuer.example")
+
+
+def _raw_items():
+    client = connections._client()
+    return client.scan(TableName=TABLE)["Items"]
+
+
+class _CallCounter:
+    """Counts DynamoDB API calls made through the registry's client."""
+
+    def __init__(self):
+        self.calls = []
+        connections._client().meta.events.register("before-call.dynamodb", self._seen)
+
+    def _seen(self, model, **kwargs):
+        self.calls.append(model.name)
+
+    def count(self, name):
+        return self.calls.count(name)
+
+    def close(self):
+        connections._client().meta.events.unregister("before-call.dynamodb", self._seen)
+
+
+@pytest.fixture
+def calls(registry):
+    counter = _CallCounter()
+    yield counter
+    counter.close()
+
+
+def test_create_table_follows_the_schema_with_ttl(registry):
+    client = connections._client()
+    table = client.describe_table(TableName=TABLE)["Table"]
+    assert table["KeySchema"] == TABLE_SCHEMA["KeySchema"]
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "audience-index"
+    assert index["KeySchema"] == [{"AttributeName": "audience", "KeyType": "HASH"},
+                                  {"AttributeName": "connection_id", "KeyType": "RANGE"}]
+    ttl = client.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    # a second call leaves the existing table alone
+    assert connections.create_table() == TABLE
+
+
+def test_register_writes_one_item_with_ttl_ip_and_user_agent(registry):
+    stored = connections.register("conn-1=", ALICE, source_ip="198.51.100.4",
+                                  user_agent="x" * 2000, connected_at=1_700_000_000)
+    (item,) = _raw_items()
+    assert item["connection_id"] == {"S": "conn-1="}
+    assert item["user_id"] == {"S": "alice"}
+    assert item["connected_at"] == {"N": "1700000000"}
+    expires = int(item["expires_at"]["N"])
+    assert 1_700_000_000 + MAX_CONNECTION_SECONDS < expires <= 1_700_000_000 + 3 * 3600
+    assert item["source_ip"] == {"S": "198.51.100.4"}
+    assert len(item["user_agent"]["S"]) == connections.MAX_USER_AGENT_LENGTH
+    assert stored.expires_at == expires
+
+
+def test_get_connection_returns_principal_and_channels(registry):
+    connection = connections.register("conn-1=", ALICE, source_ip="198.51.100.4")
+    connections.subscribe(connection, "news")
+    connections.subscribe(connection, "presence-lobby")
+    loaded = connections.get_connection("conn-1=")
+    assert loaded.principal == ALICE
+    assert loaded.user_id == "alice"
+    assert loaded.channels == ("news", "presence-lobby")
+    assert loaded.source_ip == "198.51.100.4"
+    assert connections.get_connection("unknown=") is None
+
+
+def test_subscribe_is_idempotent_and_unsubscribe_reports_removal(registry):
+    connection = connections.register("conn-1=", ALICE)
+    assert connections.subscribe(connection, "news") is True
+    assert connections.subscribe(connections.get_connection("conn-1="), "news") is False
+    assert connections.subscribers_of_channel("news") == ["conn-1="]
+    assert connections.unsubscribe("conn-1=", "news") is True
+    assert connections.unsubscribe("conn-1=", "news") is False
+    assert connections.subscribers_of_channel("news") == []
+
+
+def test_user_connections_and_channel_subscribers_are_one_query_each(registry, calls):
+    for index in range(5):
+        connection = connections.register(f"a{index}=", ALICE)
+        connections.subscribe(connection, "news")
+    connections.subscribe(connections.register("b0=", BOB), "news")
+    connections.register("b1=", BOB)
+
+    before = calls.count("Query")
+    assert sorted(connections.connections_of_user("alice")) == [f"a{i}=" for i in range(5)]
+    assert calls.count("Query") == before + 1
+    assert sorted(connections.connections_of_user("bob")) == ["b0=", "b1="]
+    assert calls.count("Query") == before + 2
+    assert sorted(connections.subscribers_of_channel("news")) == \
+        sorted([f"a{i}=" for i in range(5)] + ["b0="])
+    assert calls.count("Query") == before + 3
+    assert connections.subscribers_of_channel("other") == []
+
+
+def test_expired_connections_are_not_audience(registry):
+    old = connections.register("old=", ALICE, connected_at=time.time() - 3 * 3600)
+    connections.subscribe(old, "news")
+    connections.subscribe(connections.register("new=", ALICE), "news")
+    assert connections.connections_of_user("alice") == ["new="]
+    assert connections.subscribers_of_channel("news") == ["new="]
+    assert connections.get_connection("old=") is None
+
+
+def test_remove_connection_deletes_subscriptions_in_batches_and_is_idempotent(registry, calls):
+    connection = connections.register("conn-1=", ALICE)
+    names = [f"room-{i}" for i in range(60)]
+    for name in names:
+        connections.subscribe(connection, name)
+        connection = connections.Connection(**{**connection.__dict__,
+                                               "channels": connection.channels + (name,)})
+    connections.subscribe(connections.register("other=", BOB), "room-1")
+
+    assert connections.remove_connection("conn-1=") == 61
+    assert calls.count("BatchWriteItem") == 3  # 61 deletes in batches of 25
+    assert connections.get_connection("conn-1=") is None
+    assert connections.subscribers_of_channel("room-1") == ["other="]
+    assert [item["connection_id"]["S"] for item in _raw_items()] == ["other=", "other="]
+    assert connections.remove_connection("conn-1=") == 0
+
+
+def test_subscription_limit(registry):
+    connection = connections.register("conn-1=", ALICE)
+    full = connections.Connection(**{**connection.__dict__, "channels": tuple(
+        f"c{i}" for i in range(MAX_SUBSCRIPTIONS_PER_CONNECTION))})
+    with pytest.raises(SubscriptionLimit) as caught:
+        connections.subscribe(full, "one-more")
+    assert caught.value.status == 400
+    assert connections.subscribers_of_channel("one-more") == []
+
+
+def test_missing_table_is_registry_unavailable(registry, monkeypatch):
+    monkeypatch.setenv("CONNECTIONS_TABLE", "no-such-table")
+    from chalicelib import settings
+    settings.reset()
+    with pytest.raises(RegistryUnavailable) as caught:
+        connections.register("conn-1=", ALICE)
+    assert caught.value.status == 503
+    assert "ResourceNotFoundException" in str(caught.value)
+    assert caught.value.body() == {"error": "registry_unavailable",
+                                   "message": "Connection registry unavailable"}
+
+
+def test_importing_app_does_not_import_boto3():
+    code = ("import sys, app, chalicelib.connections, chalicelib.push, chalicelib.ws, "
+            "chalicelib.worker; print('boto3' in sys.modules, 'botocore' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]

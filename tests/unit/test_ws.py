@@ -1,0 +1,276 @@
+"""The WebSocket handlers through Chalice's test client (``lambda_.invoke``) with API-Gateway-shaped
+events, a moto registry, real tokens from ``dev_issuer`` and replies read back from a real
+management API on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chalicelib import connections, settings
+from chalicelib.principal import Principal
+from tests.support import events
+from tests.support.websocket import TABLE, aws_env, management_api, registry  # noqa: F401
+
+
+@pytest.fixture
+def ws(registry, management_api, client):
+    """(client, management api)."""
+    return client, management_api
+
+
+def _items():
+    return connections._client().scan(TableName=TABLE)["Items"]
+
+
+def connect(client, **kwargs):
+    event = events.connect_event(**kwargs)
+    response = client.lambda_.invoke("ws_connect", event).payload
+    return event["requestContext"]["connectionId"], response
+
+
+def send(client, api, connection_id, body=None, **kwargs):
+    """Send one frame; returns the frames the sender received in reply."""
+    before = len(api.received[connection_id])
+    response = client.lambda_.invoke(
+        "ws_message", events.message_event(connection_id, body, **kwargs)).payload
+    assert response == {"statusCode": 200}
+    return [json.loads(b) for b in api.received[connection_id][before:]]
+
+
+def connected(client, dev_issuer, sub="alice", **claims):
+    connection_id, response = connect(client, token=dev_issuer.mint(sub, **claims))
+    assert response == {"statusCode": 200}
+    return connection_id
+
+
+# --- $connect ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("source", ["bearer-header", "raw-header", "lowercase-header", "token",
+                                    "Auth", "authorization"])
+def test_connect_accepts_every_token_source(ws, dev_issuer, source):
+    client, _ = ws
+    token = dev_issuer.mint("alice", name="Alice")
+    kwargs = {
+        "bearer-header": {"headers": {"Authorization": f"Bearer {token}"}},
+        "raw-header": {"headers": {"Authorization": token}},
+        "lowercase-header": {"headers": {"authorization": f"bearer {token}"}},
+    }.get(source, {"query": {source: token}})
+
+    connection_id, response = connect(client, **kwargs)
+
+    assert response == {"statusCode": 200}
+    stored = connections.get_connection(connection_id)
+    assert stored.user_id == "alice"
+    assert stored.principal.claims == {"name": "Alice"}
+    assert stored.source_ip == events.SOURCE_IP
+    assert stored.user_agent == events.USER_AGENT
+    assert stored.expires_at - stored.connected_at > 2 * 3600
+
+
+def test_connect_uses_the_authorizer_context(ws):
+    client, _ = ws
+    principal = Principal(sub="carol", issuer="https://issuer.example",
+                          scopes=("notifications:send",), claims={"email": "c@example.com"})
+    connection_id, response = connect(client, authorizer=principal.flat_context())
+    assert response == {"statusCode": 200}
+    assert connections.get_connection(connection_id).principal == principal
+
+
+@pytest.mark.parametrize("case", ["none", "garbage", "expired", "wrong-audience", "tampered",
+                                  "empty-query"])
+def test_connect_rejects_without_writing(ws, dev_issuer, case):
+    client, api = ws
+    token = dev_issuer.mint("alice")
+    kwargs = {
+        "none": {},
+        "garbage": {"headers": {"Authorization": "Bearer not.a.jwt"}},
+        "expired": {"token": dev_issuer.mint("alice", ttl=-3600)},
+        "wrong-audience": {"token": dev_issuer.mint("alice", aud="someone-else")},
+        "tampered": {"token": token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB")},
+        "empty-query": {"query": {"token": ""}},
+    }[case]
+    _, response = connect(client, **kwargs)
+    assert response == {"statusCode": 401}
+    assert _items() == []
+    assert api.attempts == {}
+
+
+def test_connect_with_registry_down_is_refused(ws, dev_issuer, monkeypatch):
+    client, _ = ws
+    monkeypatch.setenv("CONNECTIONS_TABLE", "missing-table")
+    settings.reset()
+    _, response = connect(client, token=dev_issuer.mint("alice"))
+    assert response == {"statusCode": 503}
+
+
+# --- $default ---------------------------------------------------------------------------------
+
+def test_ping_pong_with_id(ws, dev_issuer):
+    client, api = ws
+    connection_id = connected(client, dev_issuer)
+    assert send(client, api, connection_id, {"action": "ping"}) == [{"type": "pong"}]
+    assert send(client, api, connection_id, {"action": "ping", "id": "r1"}) == \
+        [{"type": "pong", "id": "r1"}]
+    assert send(client, api, connection_id, {"action": "ping", "id": 7}) == \
+        [{"type": "pong", "id": 7}]
+
+
+def test_subscribe_publish_unsubscribe(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    bob = connected(client, dev_issuer, "bob")
+    carol = connected(client, dev_issuer, "carol")
+
+    assert send(client, api, alice, {"action": "subscribe", "channel": "news"}) == \
+        [{"type": "subscribed", "channel": "news"}]
+    assert send(client, api, bob, {"action": "subscribe", "channel": "news", "id": "s"}) == \
+        [{"type": "subscribed", "channel": "news", "id": "s"}]
+    assert sorted(connections.subscribers_of_channel("news")) == sorted([alice, bob])
+
+    replies = send(client, api, carol, {"action": "publish", "channel": "news",
+                                        "event": "headline", "data": {"title": "Hi"}})
+    assert replies == [{"type": "published", "channel": "news", "event": "headline"}]
+    event_frame = {"type": "event", "channel": "news", "event": "headline",
+                   "data": {"title": "Hi"}}
+    assert api.frames(alice)[-1] == event_frame
+    assert api.frames(bob)[-1] == event_frame
+
+    assert send(client, api, bob, {"action": "unsubscribe", "channel": "news"}) == \
+        [{"type": "unsubscribed", "channel": "news"}]
+    assert send(client, api, bob, {"action": "unsubscribe", "channel": "news"}) == \
+        [{"type": "unsubscribed", "channel": "news"}]
+    assert connections.subscribers_of_channel("news") == [alice]
+    send(client, api, carol, {"action": "publish", "channel": "news", "event": "again"})
+    assert api.frames(alice)[-1]["event"] == "again"
+    assert [f["event"] for f in api.frames(bob) if f["type"] == "event"] == ["headline"]
+
+
+def test_channel_rules_apply_to_subscriptions(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    ok = [
+        ("private-user-alice", {"type": "subscribed", "channel": "private-user-alice"}),
+        ("presence-lobby", {"type": "subscribed", "channel": "presence-lobby"}),
+    ]
+    for channel, expected in ok:
+        assert send(client, api, alice, {"action": "subscribe", "channel": channel}) == [expected]
+    denied = [("private-user-bob", "forbidden"), ("private-admins", "forbidden"),
+              ("private-encrypted-user-alice", "bad_request"), ("bad name!", "bad_request"),
+              ("x" * 165, "bad_request"), (None, "bad_request"), (42, "bad_request")]
+    for channel, code in denied:
+        body = {"action": "subscribe"}
+        if channel is not None:
+            body["channel"] = channel
+        (reply,) = send(client, api, alice, body)
+        assert reply["type"] == "error" and reply["code"] == code, (channel, reply)
+        assert reply["action"] == "subscribe"
+        assert reply["message"]
+    assert connections.get_connection(alice).channels == ("presence-lobby",
+                                                          "private-user-alice")
+
+
+def test_publish_is_judged_by_the_channel_rules(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    bob = connected(client, dev_issuer, "bob")
+    send(client, api, bob, {"action": "subscribe", "channel": "private-user-bob"})
+    (reply,) = send(client, api, alice, {"action": "publish", "channel": "private-user-bob",
+                                         "event": "spoof", "data": 1})
+    assert reply["code"] == "forbidden"
+    assert api.frames(bob) == [{"type": "subscribed", "channel": "private-user-bob"}]
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"action": "publish", "channel": "news"}, "bad_request"),
+    ({"action": "publish", "channel": "news", "event": ""}, "bad_request"),
+    ({"action": "publish", "channel": "news", "event": "e" * 201}, "bad_request"),
+    ({"action": "publish", "event": "e"}, "bad_request"),
+    ({"action": "publish", "channel": "news", "event": "e", "data": "x" * 140_000},
+     "payload_too_large"),
+    ({"action": "pushtowebsocket"}, "bad_request"),
+])
+def test_bad_action_fields_get_error_frames(ws, dev_issuer, body, code):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    listener = connected(client, dev_issuer, "bob")
+    send(client, api, listener, {"action": "subscribe", "channel": "news"})
+    (reply,) = send(client, api, alice, body)
+    assert reply["type"] == "error"
+    assert reply["code"] == code
+    assert reply["action"] == body["action"]
+    assert len(api.frames(listener)) == 1  # only its "subscribed": nothing was published
+
+
+def test_pushtowebsocket_echoes_through_post_to_connection(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer)
+    assert send(client, api, alice, {"action": "pushtowebsocket", "message": "hello"}) == \
+        [{"type": "message", "message": "hello"}]
+    assert send(client, api, alice, {"action": "pushtowebsocket",
+                                     "message": {"nested": [1, 2]}}) == \
+        [{"type": "message", "message": {"nested": [1, 2]}}]
+    (reply,) = send(client, api, alice, {"action": "pushtowebsocket",
+                                         "message": "é" * 65_530, "id": "big"})
+    assert reply["code"] == "payload_too_large" and reply["id"] == "big"
+
+
+@pytest.mark.parametrize("kwargs, code", [
+    ({"raw": "{not json"}, "invalid_frame"),
+    ({"raw": ""}, "invalid_frame"),
+    ({"raw": '{"action": "ping", "n": NaN}'}, "invalid_frame"),
+    ({"body": ["ping"]}, "invalid_frame"),
+    ({"body": "ping"}, "invalid_frame"),
+    ({"body": {"channel": "news"}}, "invalid_frame"),
+    ({"body": {"action": "dance"}}, "unknown_action"),
+    ({"body": {"action": 5}}, "unknown_action"),
+    ({"body": {"action": "PING"}}, "unknown_action"),
+    ({"binary": b"\x00\x01"}, "invalid_frame"),
+])
+def test_bad_frames_get_error_frames(ws, dev_issuer, kwargs, code):
+    client, api = ws
+    alice = connected(client, dev_issuer)
+    (reply,) = send(client, api, alice, **kwargs)
+    assert set(reply) >= {"type", "code", "message"}
+    assert reply["type"] == "error" and reply["code"] == code
+    assert isinstance(reply["message"], str) and reply["message"]
+
+
+def test_unregistered_connection_is_told_to_reconnect(ws):
+    client, api = ws
+    (reply,) = send(client, api, "ghost=", {"action": "subscribe", "channel": "news"})
+    assert reply == {"type": "error", "code": "unauthorized",
+                     "message": "Connection not registered; reconnect", "action": "subscribe"}
+    assert connections.subscribers_of_channel("news") == []
+
+
+# --- $disconnect ------------------------------------------------------------------------------
+
+def test_disconnect_removes_everything_and_is_idempotent(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    other = connected(client, dev_issuer, "alice")
+    for channel in ("news", "presence-lobby", "private-user-alice"):
+        send(client, api, alice, {"action": "subscribe", "channel": channel})
+
+    for _ in range(2):
+        response = client.lambda_.invoke("ws_disconnect", events.disconnect_event(alice))
+        assert response.payload == {"statusCode": 200}
+
+    assert connections.get_connection(alice) is None
+    assert connections.connections_of_user("alice") == [other]
+    assert connections.subscribers_of_channel("news") == []
+    assert {item["connection_id"]["S"] for item in _items()} == {other}
+
+
+def test_disconnect_with_registry_down_still_answers(ws, dev_issuer, monkeypatch, caplog):
+    client, _ = ws
+    alice = connected(client, dev_issuer)
+    monkeypatch.setenv("CONNECTIONS_TABLE", "missing-table")
+    settings.reset()
+    response = client.lambda_.invoke("ws_disconnect", events.disconnect_event(alice))
+    assert response.payload == {"statusCode": 200}
+    assert "registry_unavailable" in caplog.text
+    monkeypatch.setenv("CONNECTIONS_TABLE", TABLE)
+    settings.reset()
+    assert connections.get_connection(alice) is not None  # left for the TTL
