@@ -94,6 +94,16 @@ class RegistryUnavailable(AppError):
     public_message = "Connection registry unavailable"
 
 
+class SubscriptionLimit(AppError):
+    """A connection asked for more than :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` channels
+    (400)."""
+
+    status = 400
+    code = "subscription_limit"
+    public_message = "Too many subscriptions"
+    expose_message = True
+
+
 @dataclass(frozen=True)
 class Connection:
     """One registered WebSocket connection.
@@ -370,16 +380,6 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
         TTL_ATTRIBUTE: _n(connection.expires_at),
     })
     return True
-
-
-class SubscriptionLimit(AppError):
-    """A connection asked for more than :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` channels
-    (400)."""
-
-    status = 400
-    code = "subscription_limit"
-    public_message = "Too many subscriptions"
-    expose_message = True
 
 
 def unsubscribe(connection_id: str, channel_name: str) -> bool:

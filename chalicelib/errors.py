@@ -34,6 +34,8 @@ class AppError(Exception):
     public_message = "Internal error"
     #: when True, the detailed message is safe and useful to show the caller
     expose_message = False
+    #: the code the caller sees, when it must differ from ``code`` (the log's reason)
+    public_code: Optional[str] = None
 
     def __init__(self, message: str = "", *, public_message: Optional[str] = None):
         super().__init__(message or self.public_message)
@@ -44,11 +46,12 @@ class AppError(Exception):
 
     def body(self) -> Dict[str, Any]:
         """The JSON body a REST route answers: ``{"error": code, "message": text}``."""
-        return {"error": self.code, "message": self.public_message}
+        return {"error": self.public_code or self.code, "message": self.public_message}
 
     def frame(self) -> Dict[str, Any]:
         """The WebSocket error frame: ``{"type": "error", "code", "message"}``."""
-        return {"type": "error", "code": self.code, "message": self.public_message}
+        return {"type": "error", "code": self.public_code or self.code,
+                "message": self.public_message}
 
 
 class BadRequest(AppError):
@@ -65,6 +68,7 @@ class Unauthorized(AppError):
 
     status = 401
     code = "unauthorized"
+    public_code = "unauthorized"
     public_message = "Unauthorized"
 
 

@@ -66,6 +66,12 @@ monotonic = time.monotonic
 Verifier = Callable[[bytes, bytes], None]
 
 
+def _kid(kid: str) -> str:
+    """A kid for a log message: repr (no raw newlines), at most 80 characters."""
+    text = repr(kid)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class FetchError(Exception):
     """A key set or discovery document could not be fetched or understood (message for logs)."""
 
@@ -152,7 +158,7 @@ class KeyEntry:
 
     def _make(self, alg: str):
         """A verifier, or a refusal reason (str)."""
-        where = f"key {self.kid!r}"
+        where = f"key {_kid(self.kid)}"
         if self.refusal is not None:
             return f"{where}: {self.refusal}"
         if self.alg is not None and self.alg != alg:
@@ -473,7 +479,7 @@ class KeySet:
                     return entry
                 if now < self.next_fetch_at:
                     raise UnknownKeyId(
-                        f"kid {kid!r} not in the key set of {self.issuer} (refetch cooling "
+                        f"kid {_kid(kid)} not in the key set of {self.issuer} (refetch cooling "
                         f"down for {self.next_fetch_at - now:.0f} s)")
             elif now < self.next_fetch_at:
                 # missing or stale keys, and the last attempt was moments ago
@@ -481,7 +487,7 @@ class KeySet:
                     entry = keys.get(kid)
                     if entry is not None:
                         return entry
-                    raise UnknownKeyId(f"kid {kid!r} not in the (stale) key set of "
+                    raise UnknownKeyId(f"kid {_kid(kid)} not in the (stale) key set of "
                                        f"{self.issuer}")
                 raise KeySetUnavailable(f"key set of {self.issuer} unavailable: "
                                         f"{self.last_error or 'not fetched'}")
@@ -493,13 +499,13 @@ class KeySet:
                     entry = keys.get(kid)
                     if entry is not None:
                         return entry
-                    raise UnknownKeyId(f"kid {kid!r} not in the key set of {self.issuer} "
+                    raise UnknownKeyId(f"kid {_kid(kid)} not in the key set of {self.issuer} "
                                        f"(refetch failed: {exc})") from None
                 raise KeySetUnavailable(f"key set of {self.issuer} unavailable: {exc}") \
                     from None
             entry = self.keys.get(kid)
             if entry is None:
-                raise UnknownKeyId(f"kid {kid!r} not in the key set of {self.issuer}")
+                raise UnknownKeyId(f"kid {_kid(kid)} not in the key set of {self.issuer}")
             return entry
 
 

@@ -19,6 +19,9 @@ SELECTED_CLAIMS = ("name", "email", "email_verified", "preferred_username", "gro
 
 FlatValue = Union[str, int, float, bool]
 
+#: ``json.dumps(..., separators=(",", ":"), sort_keys=True)`` without building an encoder per call
+_compact_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
 
 def scopes_from_claims(claims: Mapping[str, Any]) -> Tuple[str, ...]:
     """Scopes from ``scope`` (RFC 8693 §4.2: space-separated string) or ``scp`` (Okta, Azure:
@@ -74,7 +77,7 @@ class Principal:
             "sub": self.sub,
             "iss": self.issuer,
             "scopes": " ".join(self.scopes),
-            "claims": json.dumps(self.claims, separators=(",", ":"), sort_keys=True),
+            "claims": _compact_json(self.claims),
         }
         for name, value in self.claims.items():
             if isinstance(value, (str, int, float, bool)) and name not in flat:

@@ -38,7 +38,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from chalicelib import channels, connections
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge

@@ -306,7 +306,8 @@ def user_info(principal: Principal, claim_names: Tuple[str, ...]) -> Dict[str, A
 
 
 def presence_member(principal: Principal, config: PusherSettings) -> Dict[str, Any]:
-    """The presence member signed into ``channel_data``: ``{"user_id": sub, "user_info": {...}}``."""
+    """The presence member signed into ``channel_data``:
+    ``{"user_id": sub, "user_info": {...}}``."""
     return {"user_id": principal.sub,
             "user_info": user_info(principal, config.presence_user_info_claims)}
 

@@ -77,16 +77,22 @@ def _describe_bad_segment(segment: str, what: str) -> str:
 
 def _b64decode(segment: str, what: str) -> bytes:
     """Strict base64url (RFC 4648 §5, unpadded as RFC 7515 §2 requires) to bytes."""
-    if not _BASE64URL(segment):
+    # '+', '/' and '=' are refused here; strict_mode refuses every other stray character
+    if "+" in segment or "/" in segment or "=" in segment:
         raise MalformedToken(_describe_bad_segment(segment, what))
     rem = len(segment) & 3
     if rem:
-        if rem == 1:
-            raise MalformedToken(f"token {what} segment has an impossible base64url length")
-        if segment[-1] not in _CANONICAL_LAST[rem]:
+        if rem == 1 or segment[-1] not in _CANONICAL_LAST[rem]:
+            if not _BASE64URL(segment):
+                raise MalformedToken(_describe_bad_segment(segment, what))
+            if rem == 1:
+                raise MalformedToken(f"token {what} segment has an impossible base64url length")
             raise MalformedToken(f"token {what} segment is not canonical base64url")
         segment += _PADDING[rem]
-    return _a2b(segment.replace("-", "+").replace("_", "/"))
+    try:
+        return _a2b(segment.replace("-", "+").replace("_", "/"), strict_mode=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise MalformedToken(_describe_bad_segment(segment.rstrip("="), what)) from None
 
 
 def _no_duplicates(pairs):
@@ -181,30 +187,6 @@ def check_claims(claims: Dict[str, Any], config: IssuerConfig, settings: JwtSett
     sub = claims.get("sub")
     if sub.__class__ is not str or not sub:
         raise InvalidClaim("claim 'sub' must be a non-empty string")
-
-
-def decode_unverified(token: str):
-    """Parse a compact JWS without verifying anything but its shape.
-
-    Args:
-        token: compact JWS text.
-    Returns:
-        ``(header, payload, signing_input, signature)``: two dicts, ASCII bytes, bytes.
-    Raises:
-        TokenTooLarge, MalformedToken.
-    """
-    if token.__class__ is not str:
-        raise MalformedToken("token is not a string")
-    if len(token) > MAX_TOKEN_CHARS:
-        raise TokenTooLarge(f"token is {len(token)} characters, over the {MAX_TOKEN_CHARS} "
-                            "limit")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise MalformedToken(f"a compact JWS has 3 segments, this token has {len(parts)}")
-    header = _json_object(_b64decode(parts[0], "header"), "header")
-    payload = _json_object(_b64decode(parts[1], "payload"), "payload")
-    signature = _b64decode(parts[2], "signature")
-    return header, payload, token[:len(parts[0]) + len(parts[1]) + 1].encode("ascii"), signature
 
 
 def verify(token: str, settings: JwtSettings, now: Optional[float] = None) -> Dict[str, Any]:

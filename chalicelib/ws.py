@@ -4,18 +4,14 @@ Frame protocol (text frames, JSON objects; every reply is sent with PostToConnec
 :mod:`chalicelib.push`, because a ``$default`` route's return value only reaches the client when
 route responses are configured):
 
-=================================================  ===========================================
-client sends                                       server answers
-=================================================  ===========================================
-``{"action": "ping"}``                             ``{"type": "pong"}``
-``{"action": "subscribe", "channel": C}``          ``{"type": "subscribed", "channel": C}``
-``{"action": "unsubscribe", "channel": C}``        ``{"type": "unsubscribed", "channel": C}``
-``{"action": "publish", "channel": C,              ``{"type": "published", "channel": C,
-"event": E, "data": D}``                           "event": E}``; every subscriber of C gets
-                                                   ``{"type": "event", "channel": C,
-                                                   "event": E, "data": D}``
-``{"action": "pushtowebsocket", "message": M}``    ``{"type": "message", "message": M}``
-=================================================  ===========================================
+* ``{"action": "ping"}`` -> ``{"type": "pong"}``;
+* ``{"action": "subscribe", "channel": C}`` -> ``{"type": "subscribed", "channel": C}``;
+* ``{"action": "unsubscribe", "channel": C}`` -> ``{"type": "unsubscribed", "channel": C}``;
+* ``{"action": "publish", "channel": C, "event": E, "data": D}`` ->
+  ``{"type": "published", "channel": C, "event": E}``, and every subscriber of C receives
+  ``{"type": "event", "channel": C, "event": E, "data": D}``;
+* ``{"action": "pushtowebsocket", "message": M}`` (the seeds' echo route) ->
+  ``{"type": "message", "message": M}``.
 
 A frame may carry an ``"id"`` (string of at most 64 characters, or integer); replies and error
 frames repeat it. Anything wrong gets ``{"type": "error", "code", "message"}`` (plus ``id`` and

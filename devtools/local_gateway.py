@@ -870,6 +870,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    for noisy in ("botocore", "boto3", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app = load_app(args.project_dir, args.stage)
     config = GatewayConfig(
         host=args.host, port=args.port, management_port=args.management_port,

@@ -518,6 +518,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="pick free ports instead of the dev stage's fixed ones")
     parser.add_argument("--post-latency", type=float, default=0.0,
                         help="seconds the management API waits per call (benchmarks)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run",
+                        help="lock file and generated files (default .run/)")
     args = parser.parse_args(argv)
 
     def terminate(signum, frame):
@@ -527,7 +529,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
     ports = Ports.free() if args.ports_free else Ports()
     gateway_args = ["--post-latency", str(args.post_latency)] if args.post_latency else []
-    stack = Stack(ports, gateway_args=gateway_args)
+    stack = Stack(ports, run_dir=args.run_dir, gateway_args=gateway_args)
     try:
         stack.start()
         print(stack.banner(stack.mint("alice", name="Alice")), flush=True)

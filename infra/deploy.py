@@ -166,6 +166,16 @@ class Deployer:
         if status == "ROLLBACK_COMPLETE" or status.endswith("_IN_PROGRESS"):
             raise DeployError(f"stack {name} is {status}: wait for it, or delete a "
                               "ROLLBACK_COMPLETE stack, then run again")
+        current = cfn.get_template(StackName=name, TemplateStage="Original")["TemplateBody"]
+        if isinstance(current, str):  # botocore decodes JSON bodies itself; YAML stays text
+            try:
+                current = json.loads(current)
+            except ValueError:
+                current = None
+        current_tags = sorted((t["Key"], t["Value"]) for t in stacks[0].get("Tags", []))
+        if current == json.loads(body) and current_tags == sorted(self.cfg.tags.items()):
+            self.echo(f"  stack {name}: unchanged")
+            return "unchanged"
         try:
             cfn.update_stack(StackName=name, TemplateBody=body, Tags=tags)
         except ClientError as exc:
@@ -335,6 +345,11 @@ class Deployer:
             if function in app.functions:
                 self.ensure_environment(app.functions[function],
                                         {"WEBSOCKET_API_ID": app.websocket_api_id})
+        if self.cfg.environment.get("WEBSOCKET_API_ID") != app.websocket_api_id:
+            # chalice deploy resets the environment to config.json's, so until step 4 runs
+            # again pushes from /notifications and the worker cannot find the API
+            self.echo(f"  hint: add \"WEBSOCKET_API_ID\": \"{app.websocket_api_id}\" to "
+                      f"stages.{self.cfg.stage}.environment_variables in .chalice/config.json")
         self.ensure_log_retention([self.cfg.function_name(f) for f in templates.FUNCTIONS
                                    if f in app.functions])
         return self.changes[before:]

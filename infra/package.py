@@ -207,8 +207,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     out_dir = args.out or ROOT / "build" / args.stage
 
-    target = chalice_package(args.stage, out_dir, pkg_format=args.format)
-    report = check_zip(target / "deployment.zip", reference_zip(ROOT / "build" / "reference"))
+    try:
+        target = chalice_package(args.stage, out_dir, pkg_format=args.format)
+        reference = reference_zip(ROOT / "build" / "reference")
+    except subprocess.CalledProcessError as exc:
+        print(f"package failed: {' '.join(map(str, exc.cmd[:3]))} … exited with "
+              f"{exc.returncode}\n{exc.stderr or ''}", file=sys.stderr)
+        return 1
+    report = check_zip(target / "deployment.zip", reference)
     print(report.describe())
     status = 0 if report.ok else 1
     if args.format == "cloudformation":

@@ -43,10 +43,10 @@ PROCESS_TIMEOUT = "240"   # seconds: the outer bound of every server process
 CLIENT_TIMEOUT = "60"     # seconds: the outer bound of every Node client
 
 NODE = shutil.which("node")
-missing = [str(p) for p in (NODE_DIR / "node_modules" / "pusher-js",
-                            NODE_DIR / "node_modules" / "pusher-js-auth",
-                            NODE_DIR / "node_modules" / "jsdom",
-                            SOKETI_DIR / "node_modules" / ".bin" / "soketi", CHALICE) if not p.exists()]
+REQUIRED = (NODE_DIR / "node_modules" / "pusher-js", NODE_DIR / "node_modules" / "pusher-js-auth",
+            NODE_DIR / "node_modules" / "jsdom", SOKETI_DIR / "node_modules" / ".bin" / "soketi",
+            CHALICE)
+missing = [str(p) for p in REQUIRED if not p.exists()]
 if NODE is None or missing:
     pytest.skip(f"e2e prerequisites missing (run `make node venv`): {missing or 'node'}",
                 allow_module_level=True)
@@ -87,7 +87,8 @@ class Server:
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n"
                                    f"{self.output()[-3000:]}")
             try:
-                request = urllib.request.Request(url, method="OPTIONS" if "pusher" in url else "GET")
+                method = "OPTIONS" if "pusher" in url else "GET"
+                request = urllib.request.Request(url, method=method)
                 with urllib.request.urlopen(request, timeout=2) as response:
                     if response.status in accept:
                         return

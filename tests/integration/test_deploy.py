@@ -166,6 +166,7 @@ def test_first_deploy_builds_everything_from_an_empty_account(setup):
     assert endpoints == {"WebSocket": f"wss://{API_ID}.execute-api.{REGION}.amazonaws.com/prod/",
                          "HTTP": f"https://rest123.execute-api.{REGION}.amazonaws.com/prod/"}
     assert any(f"wss://{API_ID}" in line for line in setup["lines"])
+    assert any(f'"WEBSOCKET_API_ID": "{API_ID}"' in line for line in setup["lines"])
     assert len(setup["chalice"].calls) == 1
 
     # the infrastructure stack: table with its TTL and index, queue with its DLQ

@@ -131,7 +131,8 @@ def test_single_auth_status_follows_the_rules(client, token, socket_id, channel)
 @SETTINGS
 @given(callback=st.one_of(st.text(max_size=140),
                           st.from_regex(r"\APusher\.auth_callbacks\['[0-9]{1,10}'\]\Z"),
-                          st.from_regex(r"\A[a-z_$][a-z0-9_$]{0,8}(\.[a-z_$][a-z0-9_$]{0,8}){0,3}\Z")),
+                          st.from_regex(r"\A[a-z_$][a-z0-9_$]{0,8}"
+                                        r"(\.[a-z_$][a-z0-9_$]{0,8}){0,3}\Z")),
        socket_id=socket_ids, channel=channel_names, with_token=st.booleans())
 def test_jsonp_never_reflects_a_bad_callback(client, token, callback, socket_id, channel,
                                               with_token):
