@@ -115,7 +115,7 @@ class JwksServer:
     """An issuer whose discovery and key-set endpoints the test controls (see module doc)."""
 
     def __init__(self, document: Optional[Dict[str, Any]] = None,
-                 cache_control: Optional[str] = "max-age=3600"):
+                 cache_control: Optional[str] = "max-age=3600", tls=None):
         self.document: Any = document if document is not None else {"keys": []}
         self.cache_control = cache_control
         self.fault: Optional[str] = None
@@ -125,11 +125,12 @@ class JwksServer:
         self._server: Optional[ThreadingHTTPServer] = None
         self._refused: Optional[socket.socket] = None
         self.port = 0
+        self.tls = tls  # an ssl.SSLContext (server side): serve https instead of http
 
     # -- addresses
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def jwks_uri(self) -> str:
@@ -209,6 +210,8 @@ class JwksServer:
                 pass  # clients that hang up mid-answer are part of the tests
 
         self._server = Server(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()

@@ -308,6 +308,27 @@ def _certificate(key, days=30):
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def test_https_certificates_are_verified(app_env, monkeypatch, tmp_path):
+    """A key set behind a certificate the trust store does not know is never used."""
+    import ssl
+
+    key = private_key("tls", "P-256")
+    (tmp_path / "cert.pem").write_text(_certificate(key))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    document = {"keys": [public_jwk(private_key("rsa-a"), "key-a", alg="RS256")]}
+    with JwksServer(document, tls=context) as tls_server:
+        for name, value in tls_server.env(AUD).items():
+            monkeypatch.setenv(name, value)
+        assert refused_code(verify, token_for(tls_server)) == "jwks_unavailable"
+        assert "CERTIFICATE_VERIFY_FAILED" in jwks.key_set(
+            jwt_settings().issuers[tls_server.issuer]).last_error
+        assert tls_server.jwks_fetches == 0
+
+
 def test_firebase_x509_map(server, env, client):
     server.document = {"fb-1": _certificate(private_key("rsa-a")),
                        "fb-weak": _certificate(private_key("rsa-weak", bits=1024))}
