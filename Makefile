@@ -25,8 +25,10 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# soketi: `npm ci` (npm 11) rejects this lock file for its optional platform builds of
+# msgpackr-extract; `npm install --no-save` installs the locked tree without rewriting it.
 $(SOKETI_STAMP): $(SOKETI_DIR)/package.json $(SOKETI_DIR)/package-lock.json
-	cd $(SOKETI_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	cd $(SOKETI_DIR) && npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $@
 
 node: $(NODE_STAMP) $(SOKETI_STAMP)

@@ -817,9 +817,11 @@ class LocalWebSocketGateway:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("management API: " + fmt, *args)
 
-        self._http = ThreadingHTTPServer((self.config.host, self.config.management_port),
-                                         Handler)
-        self._http.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # fan-out opens many connections at once
+            daemon_threads = True
+
+        self._http = Server((self.config.host, self.config.management_port), Handler)
         self.management_port = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever,
                                              kwargs={"poll_interval": 0.2},

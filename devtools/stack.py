@@ -46,7 +46,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -131,11 +131,16 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+try:  # resolved here, not in the forked child (no dlopen between fork and exec)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
+def _set_pdeathsig() -> None:
+    """Runs in the child between fork and exec: SIGTERM it when the stack dies."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Part:
@@ -506,7 +511,7 @@ class Stack:
             "",
             "a token for alice (1 h; `make token SUB=bob` for others):",
             f"  export TOKEN={token}",
-            "  python -m devtools.client --token $TOKEN",
+            "  .venv/bin/python -m devtools.client --token $TOKEN",
             "",
         ])
 
