@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from chalicelib import aws
 from chalicelib.errors import AppError
 from chalicelib.principal import Principal
 from chalicelib.settings import websocket_settings
@@ -129,40 +129,21 @@ class Connection:
 
 # --- clients ----------------------------------------------------------------------------------
 
-_clients: Dict[Tuple[str, int], Any] = {}
-_clients_lock = threading.Lock()
-
-
 def _client():
-    """A DynamoDB client for the configured region (one per region and pool size, cached).
+    """The DynamoDB client for the configured region (cached; see :mod:`chalicelib.aws`).
 
     boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB`` itself when the client is created; call
-    :func:`reset_clients` after changing it in a running process.
+    :func:`reset_clients` after changing it in a running process. The pool is as large as the
+    fan-out: its threads may each delete a stale connection at once.
     """
     ws = websocket_settings()
-    key = (ws.region, ws.push_max_workers)
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                import boto3  # lazy: importing app must not import boto3
-                from botocore.config import Config
-
-                client = boto3.session.Session().client(
-                    "dynamodb", region_name=ws.region,
-                    # fan-out threads may each delete a stale connection at once
-                    config=Config(max_pool_connections=max(10, ws.push_max_workers),
-                                  retries={"mode": "standard", "max_attempts": 3},
-                                  connect_timeout=2, read_timeout=5))
-                _clients[key] = client
-    return client
+    return aws.client("dynamodb", ws.region,
+                      max_pool_connections=max(10, ws.push_max_workers), max_attempts=4)
 
 
 def reset_clients() -> None:
     """Forget cached clients (tests; a changed ``AWS_ENDPOINT_URL_DYNAMODB``)."""
-    with _clients_lock:
-        _clients.clear()
+    aws.reset_clients()
 
 
 def _table() -> str:

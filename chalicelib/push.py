@@ -35,12 +35,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
-from chalicelib import channels, connections
+from chalicelib import aws, channels, connections
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
 from chalicelib.settings import websocket_settings
 
@@ -155,40 +154,21 @@ def management_endpoint(event: Any = None) -> str:
                       "to push outside a WebSocket handler")
 
 
-_clients: Dict[Tuple[str, str, int], Any] = {}
-_clients_lock = threading.Lock()
-
-
 def management_client(endpoint: str):
-    """A cached ``apigatewaymanagementapi`` client for ``endpoint``.
+    """A cached ``apigatewaymanagementapi`` client for ``endpoint`` (see :mod:`chalicelib.aws`).
 
     Its HTTP pool holds ``PUSH_MAX_WORKERS`` connections (botocore's default of 10 would
     serialize a larger fan-out) and botocore's own retries are off: :func:`_post` retries with
     jitter and counts attempts itself.
     """
     ws = websocket_settings()
-    key = (endpoint, ws.region, ws.push_max_workers)
-    client = _clients.get(key)
-    if client is None:
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                import boto3  # lazy: importing app must not import boto3
-                from botocore.config import Config
-
-                client = boto3.session.Session().client(
-                    "apigatewaymanagementapi", endpoint_url=endpoint, region_name=ws.region,
-                    config=Config(max_pool_connections=max(10, ws.push_max_workers),
-                                  retries={"total_max_attempts": 1},
-                                  connect_timeout=2, read_timeout=5))
-                _clients[key] = client
-    return client
+    return aws.client("apigatewaymanagementapi", ws.region, endpoint_url=endpoint,
+                      max_pool_connections=max(10, ws.push_max_workers), max_attempts=1)
 
 
 def reset_clients() -> None:
-    """Forget cached management clients (tests; endpoint changes)."""
-    with _clients_lock:
-        _clients.clear()
+    """Forget cached clients (tests; endpoint changes)."""
+    aws.reset_clients()
 
 
 # --- one post ---------------------------------------------------------------------------------
