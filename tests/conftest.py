@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -65,3 +66,13 @@ def client(app_env):
 
     with Client(app_module.app, stage_name="test") as test_client:
         yield test_client
+
+
+@pytest.fixture
+def auth_log(caplog):
+    """Records of the ``realtime`` logger (Chalice stops it propagating to the root)."""
+    logger = logging.getLogger("realtime")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)

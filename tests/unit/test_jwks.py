@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import time
 import uuid
 
@@ -61,15 +60,6 @@ def env(app_env, server, monkeypatch):
     for name, value in server.env(AUD).items():
         monkeypatch.setenv(name, value)
     return monkeypatch
-
-
-@pytest.fixture
-def auth_log(caplog):
-    logger = logging.getLogger("realtime")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def token_for(server, kid="key-a", key_name="rsa-a", **claims):

@@ -4,7 +4,6 @@ with the token in the log. The issuer is a real HTTP key-set server on 127.0.0.1
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import pytest
@@ -44,16 +43,6 @@ def env(app_env, issuer, monkeypatch):
     jwks.reset()
     yield monkeypatch
     jwks.reset()
-
-
-@pytest.fixture
-def auth_log(caplog):
-    """Records of the ``realtime`` logger (Chalice stops it propagating to the root)."""
-    logger = logging.getLogger("realtime")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def claims(server, **changes):
