@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 
 from chalicelib.errors import KeyRejected, KeySetUnavailable, UnknownKeyId
-from chalicelib.settings import IssuerConfig, JwtSettings
+from chalicelib.settings import IssuerConfig, JwtSettings, key_url_allowed
 
 log = logging.getLogger("realtime.jwks")
 
@@ -58,7 +58,6 @@ DEFAULT_TTL = 3600
 COOLDOWN = 30                # seconds between fetch attempts of one issuer after a miss/failure
 STALE_IF_ERROR = 86400       # seconds stale keys may serve while the issuer is unreachable
 MIN_RSA_BITS = 2048
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 #: clock for cache lifetimes (seconds, monotonic); tests replace it with a fake clock
 monotonic = time.monotonic
@@ -288,11 +287,10 @@ def check_url(url: str) -> Tuple[str, str, Optional[int], str]:
     Raises:
         FetchError: another scheme, or plain HTTP to a non-local host.
     """
+    if not key_url_allowed(url):
+        raise FetchError(f"refusing {url!r}: https only (http for localhost)")
     parts = urlsplit(url)
     host = parts.hostname
-    if not host or not (parts.scheme == "https"
-                        or (parts.scheme == "http" and host in LOCAL_HOSTS)):
-        raise FetchError(f"refusing {url!r}: https only (http for localhost)")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

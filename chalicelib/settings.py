@@ -78,13 +78,23 @@ def _csv(name: str) -> Tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _check_url(name: str, url: str) -> str:
-    """Key-set and discovery URLs: https, or plain http for localhost/127.0.0.1 only."""
+#: hosts a key-set or discovery URL may reach over plain http (local dev issuers)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def key_url_allowed(url: str) -> bool:
+    """The key-set URL rule, shared by these settings and :mod:`chalicelib.jwks`: an https URL
+    with a host, or plain http to a loopback host (:data:`LOCAL_HOSTS`)."""
     parts = urlsplit(url)
-    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
-    if parts.scheme == "https" or (parts.scheme == "http" and local):
-        if parts.hostname:
-            return url
+    host = parts.hostname
+    return bool(host) and (parts.scheme == "https"
+                           or (parts.scheme == "http" and host in LOCAL_HOSTS))
+
+
+def _check_url(name: str, url: str) -> str:
+    """Key-set and discovery URLs: :func:`key_url_allowed`, else a ConfigError naming ``name``."""
+    if key_url_allowed(url):
+        return url
     raise ConfigError(f"{name} must be an https URL (http only for localhost)")
 
 
