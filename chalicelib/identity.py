@@ -18,8 +18,17 @@ from chalicelib.settings import jwt_settings
 QUERY_TOKEN_PARAMETERS = ("token", "Auth", "authorization")
 
 
-def _header(headers: Optional[Mapping[str, Any]], name: str) -> Optional[str]:
-    if not headers:
+def header(headers: Any, name: str) -> Optional[str]:
+    """A request header by name, in any case (HTTP header names are case-insensitive,
+    RFC 9110 §5.1).
+
+    Args:
+        headers: the event's ``headers`` map, or None/anything else (API Gateway sends ``null``).
+        name: the header name.
+    Returns:
+        the value when it is a string, else None.
+    """
+    if not isinstance(headers, Mapping):
         return None
     wanted = name.lower()
     for key, value in headers.items():
@@ -41,7 +50,7 @@ def extract_token(headers: Optional[Mapping[str, Any]],
         through to the query string). The token is not validated here: "Bearer " left
         inside it, trailing whitespace and the like fail verification later.
     """
-    value = _header(headers, "authorization")
+    value = header(headers, "authorization")
     if value:
         if value[:7].lower() == "bearer ":
             value = value[7:]

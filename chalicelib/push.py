@@ -78,6 +78,25 @@ def merge(*summaries: Mapping[str, int]) -> Summary:
 
 # --- frames -----------------------------------------------------------------------------------
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(text: Any) -> Any:
+    """Parse client- or producer-supplied JSON strictly (RFC 8259: no ``NaN``/``Infinity``).
+
+    Used for WebSocket frames, ``POST /notifications`` bodies and push-queue messages.
+
+    Args:
+        text: ``str`` or UTF-8 ``bytes``.
+    Returns:
+        the parsed value.
+    Raises:
+        ValueError: not valid JSON (``json.JSONDecodeError`` and non-UTF-8 bytes included).
+    """
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def encode_frame(frame: Any) -> bytes:
     """The bytes posted for ``frame``.
 

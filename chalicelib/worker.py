@@ -14,7 +14,6 @@ finishes, user is told" pattern).
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Dict, List
 
@@ -22,10 +21,6 @@ from chalicelib import push
 from chalicelib.errors import AppError, PayloadTooLarge
 
 log = logging.getLogger("realtime.worker")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def handle_record(record: Dict[str, Any]) -> bool:
@@ -39,7 +34,7 @@ def handle_record(record: Dict[str, Any]) -> bool:
     """
     message_id = record.get("messageId", "-")
     try:
-        body = json.loads(record.get("body") or "", parse_constant=_reject_constant)
+        body = push.load_json(record.get("body") or "")
         notification = push.parse_notification(body)
     except (ValueError, TypeError):
         log.warning("push message %s dropped: body is not JSON", message_id)

@@ -22,15 +22,14 @@ Pusher feature).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 from chalicelib import channels, connections, push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
-from chalicelib.identity import authenticate_request, principal_from_request
+from chalicelib.identity import authenticate_request, header, principal_from_request
 from chalicelib.principal import Principal
 
 log = logging.getLogger("realtime.ws")
@@ -106,7 +105,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         principal = connect_principal(raw)
         identity = context.get("identity") if isinstance(context.get("identity"), Mapping) \
             else {}
-        user_agent = identity.get("userAgent") or _header(raw.get("headers"), "user-agent")
+        user_agent = identity.get("userAgent") or header(raw.get("headers"), "user-agent")
         connected_at = context.get("connectedAt")
         connections.register(
             connection_id, principal, source_ip=identity.get("sourceIp"),
@@ -121,14 +120,6 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         return {"statusCode": 500}
     log.info("connected %s for %s", connection_id, principal.sub)
     return {"statusCode": 200}
-
-
-def _header(headers: Any, name: str) -> Optional[str]:
-    if isinstance(headers, Mapping):
-        for key, value in headers.items():
-            if isinstance(key, str) and key.lower() == name:
-                return value if isinstance(value, str) else None
-    return None
 
 
 # --- $disconnect ------------------------------------------------------------------------------
@@ -162,7 +153,7 @@ def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
     if not isinstance(body, str) or not body.strip():
         raise InvalidFrame("empty frame; send a JSON object with an \"action\"")
     try:
-        frame = json.loads(body, parse_constant=_reject_constant)
+        frame = push.load_json(body)
     except ValueError:
         raise InvalidFrame("frame is not valid JSON") from None
     if not isinstance(frame, dict):
@@ -173,10 +164,6 @@ def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
     if not isinstance(action, str) or action not in ACTIONS:
         raise UnknownAction("unknown action; use one of " + ", ".join(ACTIONS))
     return frame
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _frame_id(frame: Mapping[str, Any]) -> Any:
@@ -313,7 +300,7 @@ def notify(request: Any, app: Any = None):
         if len(raw_body) > MAX_NOTIFICATION_BODY_BYTES:
             raise PayloadTooLarge(f"body is over {MAX_NOTIFICATION_BODY_BYTES} bytes")
         try:
-            body = json.loads(raw_body, parse_constant=_reject_constant)
+            body = push.load_json(raw_body)
         except ValueError:
             raise BadRequest("the body is not valid JSON") from None
         notification = push.parse_notification(body, targets=("user_id", "channel"))
