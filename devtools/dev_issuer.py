@@ -22,13 +22,15 @@ import os
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from devtools.loopback import LoopbackHTTPServer
 
 DEFAULT_PORT = 9999
 DEFAULT_AUDIENCE = "realtime-dev"
@@ -73,7 +75,7 @@ class DevIssuer:
         self.port = port
         self.audience = audience
         self.private_keys: Dict[str, Any] = {}
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[LoopbackHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._load_or_create_keys()
 
@@ -156,19 +158,14 @@ class DevIssuer:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
-        self._thread.start()
+        self._server = LoopbackHTTPServer(Handler, self.port).start(name="dev-issuer")
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         """Stop the server and release the port."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def env(self) -> Dict[str, str]:

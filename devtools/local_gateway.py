@@ -60,7 +60,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -68,6 +68,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from devtools.loopback import LoopbackHTTPServer
 
 log = logging.getLogger("local_gateway")
 
@@ -277,7 +279,7 @@ class LocalWebSocketGateway:
             max_workers=self.config.max_workers, thread_name_prefix="ws-handler")
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._server = None
-        self._http: Optional[ThreadingHTTPServer] = None
+        self._http: Optional[LoopbackHTTPServer] = None
         self._http_thread: Optional[threading.Thread] = None
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[asyncio.Event] = None
@@ -343,8 +345,7 @@ class LocalWebSocketGateway:
         if self._pending_disconnects:
             await asyncio.wait(list(self._pending_disconnects), timeout=10)
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
             self._http = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -817,16 +818,9 @@ class LocalWebSocketGateway:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("management API: " + fmt, *args)
 
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 256  # fan-out opens many connections at once
-            daemon_threads = True
-
-        self._http = Server((self.config.host, self.config.management_port), Handler)
-        self.management_port = self._http.server_address[1]
-        self._http_thread = threading.Thread(target=self._http.serve_forever,
-                                             kwargs={"poll_interval": 0.2},
-                                             name="local-gateway-management", daemon=True)
-        self._http_thread.start()
+        self._http = LoopbackHTTPServer(Handler, self.config.management_port,
+                                        self.config.host).start(name="local-gateway-management")
+        self.management_port = self._http.port
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -47,10 +47,12 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 from urllib.parse import parse_qs, urlsplit
+
+from devtools.loopback import LoopbackHTTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_DIR = ROOT / "devtools" / "web"
@@ -232,7 +234,7 @@ class Stack:
         self.parts: List[Part] = []
         self.env: Dict[str, str] = {}
         self._lock_file = None
-        self._web: Optional[ThreadingHTTPServer] = None
+        self._web: Optional[LoopbackHTTPServer] = None
         self._issuer = None
 
     # -- addresses -----------------------------------------------------------------------
@@ -431,8 +433,7 @@ class Stack:
     def stop(self) -> None:
         """Stop every part (reverse order) and release the ports and the lock."""
         if self._web is not None:
-            self._web.shutdown()
-            self._web.server_close()
+            self._web.stop()
             self._web = None
         for part in reversed(self.parts):
             part.stop()
@@ -489,10 +490,7 @@ class Stack:
             def log_message(self, *args) -> None:
                 pass
 
-        self._web = ThreadingHTTPServer(("127.0.0.1", self.ports.web), Handler)
-        self._web.daemon_threads = True
-        threading.Thread(target=self._web.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="web", daemon=True).start()
+        self._web = LoopbackHTTPServer(Handler, self.ports.web).start(name="web")
 
     def banner(self, token: str) -> str:
         e = self.env

@@ -26,13 +26,15 @@ import functools
 import json
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Dict, List, Optional, Union
 
 import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from devtools.loopback import LoopbackHTTPServer
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,7 +124,7 @@ class JwksServer:
         self.slow_seconds = 5.0
         self.requests: List[str] = []
         self._release = threading.Event()
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[LoopbackHTTPServer] = None
         self._refused: Optional[socket.socket] = None
         self.port = 0
         self.tls = tls  # an ssl.SSLContext (server side): serve https instead of http
@@ -203,25 +205,18 @@ class JwksServer:
             def log_message(self, *args):
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # clients that hang up mid-answer are part of the tests
-
-        self._server = Server(("127.0.0.1", 0), Handler)
+        # clients that hang up mid-answer are part of the tests: no tracebacks for them
+        self._server = LoopbackHTTPServer(Handler, quiet_errors=True)
         if self.tls is not None:
             self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        self.port = self._server.port
+        self._server.start(poll_interval=0.05)
         return self
 
     def stop(self) -> None:
         self._release.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> "JwksServer":

@@ -27,9 +27,11 @@ import json
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Dict, List, Optional, Set
 from urllib.parse import unquote
+
+from devtools.loopback import LoopbackHTTPServer
 
 ERROR_TYPES = {
     400: "BadRequestException",
@@ -61,7 +63,7 @@ class ManagementAPI:
         self.received: Dict[str, List[bytes]] = collections.defaultdict(list)
         self.attempts: Dict[str, int] = collections.Counter()
         self.lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
+        self._server: Optional[LoopbackHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -127,21 +129,13 @@ class ManagementAPI:
             def log_message(self, *args):  # quiet
                 pass
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 256
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self._server = LoopbackHTTPServer(Handler).start(poll_interval=0.1)
         return self
 
     def stop(self) -> None:
         """Stop serving and release the port."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> "ManagementAPI":
