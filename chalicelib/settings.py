@@ -17,6 +17,7 @@ import binascii
 import functools
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
@@ -283,17 +284,62 @@ class PusherSettings:
     presence_user_info_claims: Tuple[str, ...]
 
 
-def _read_secret_parameter(name: str) -> str:
-    """Read a SecureString from SSM Parameter Store (boto3 imported only here)."""
-    import boto3  # deliberately lazy: only stages that keep the secret in SSM pay for it
+#: SSM client limits for ``PUSHER_SECRET_PARAMETER``: seconds to connect (TCP and TLS), seconds
+#: to wait for each read of the answer, total attempts (botocore's standard retry mode, whose
+#: backoff after a timeout is under 0.05 s). A stuck SSM thus costs about 2 x (1 + 2) = 6 s
+#: (a throttled answer may add botocore's up-to-6 s backoff), far below API Gateway's 29 s
+#: integration timeout (AWS docs, "Amazon API Gateway quotas").
+SSM_CONNECT_TIMEOUT = 1.0
+SSM_READ_TIMEOUT = 2.0
+SSM_MAX_ATTEMPTS = 2
+#: seconds a failed read is remembered: requests in that window get the same 503 at once
+SECRET_FAILURE_MEMORY = 30
 
+#: clock of :data:`SECRET_FAILURE_MEMORY` (seconds, monotonic); tests replace it
+monotonic = time.monotonic
+
+_secret_failures: "dict[str, Tuple[float, str]]" = {}
+
+
+def _read_secret_parameter(name: str) -> str:
+    """Read the SecureString ``name`` from SSM Parameter Store (``ssm:GetParameter``, decrypted).
+
+    Uses the cached client of :func:`chalicelib.aws.client` (boto3 imported lazily, endpoint per
+    boto3's resolution, so ``AWS_ENDPOINT_URL_SSM`` works) with the bounds above. A failure is
+    remembered for :data:`SECRET_FAILURE_MEMORY` seconds: until then the same error is raised
+    without asking SSM again (:func:`reset` forgets it).
+
+    Returns:
+        the parameter's value.
+    Raises:
+        ConfigError: (503) naming ``PUSHER_SECRET_PARAMETER`` and the failure's kind (the
+            exception class or AWS error code), never the value.
+    """
+    now = monotonic()
+    remembered = _secret_failures.get(name)
+    if remembered is not None and now < remembered[0]:
+        raise ConfigError(_secret_failure_message(remembered[1], remembered[0] - now))
+    from chalicelib import aws
+
+    region = _raw("AWS_REGION") or _raw("AWS_DEFAULT_REGION") or "us-east-1"
     try:
-        response = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)
-        return response["Parameter"]["Value"]
+        ssm = aws.client("ssm", region, max_attempts=SSM_MAX_ATTEMPTS,
+                         connect_timeout=SSM_CONNECT_TIMEOUT, read_timeout=SSM_READ_TIMEOUT)
+        response = ssm.get_parameter(Name=name, WithDecryption=True)
+        value = response["Parameter"]["Value"]
     except Exception as exc:  # botocore errors, missing credentials, ...
-        raise ConfigError(
-            f"PUSHER_SECRET_PARAMETER could not be read from SSM ({type(exc).__name__})"
-        ) from None
+        error = getattr(exc, "response", None)
+        code = error.get("Error", {}).get("Code") if isinstance(error, dict) else None
+        reason = f"{type(exc).__name__}: {code}" if code else type(exc).__name__
+        _secret_failures[name] = (monotonic() + SECRET_FAILURE_MEMORY, reason)
+        raise ConfigError(_secret_failure_message(reason, SECRET_FAILURE_MEMORY)) from None
+    _secret_failures.pop(name, None)
+    return value
+
+
+def _secret_failure_message(reason: str, retry_in: float) -> str:
+    return (f"PUSHER_SECRET_PARAMETER could not be read from SSM ({reason}); "
+            f"next attempt in {max(1, round(retry_in))} s")
 
 
 @functools.lru_cache(maxsize=None)
@@ -389,3 +435,4 @@ def reset() -> None:
     """Forget every cached section (tests; Chalice's test client switching stages)."""
     for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings):
         loader.cache_clear()
+    _secret_failures.clear()
