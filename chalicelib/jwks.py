@@ -14,9 +14,12 @@ followed (a 3xx is a failure); TLS certificates verified with the system trust s
 Caching (times from :data:`monotonic`, which tests replace with a fake clock):
 
 * a key set is fresh for the response's ``Cache-Control: max-age`` clamped to
-  :data:`MIN_TTL`..:data:`MAX_TTL` (default :data:`DEFAULT_TTL`);
-* a ``kid`` not in a fresh set triggers one refetch; after any fetch attempt the next one
-  waits :data:`COOLDOWN` seconds, however many unknown kids arrive (a penalty box per issuer);
+  :data:`MIN_TTL`..:data:`MAX_TTL` (default :data:`DEFAULT_TTL`); a ``max-age`` too large to
+  represent counts as 2^31 s (RFC 9111 §1.2.2), so it is clamped like any other;
+* a ``kid`` not in a fresh set triggers one refetch, so a key the issuer published after our
+  last fetch costs exactly one fetch (rotation). When the refetched set still lacks the ``kid``,
+  or a fetch fails, the next fetch waits :data:`COOLDOWN` seconds, however many unknown kids
+  arrive (a penalty box per issuer); a successful fetch that finds its ``kid`` starts none;
 * when a refresh fails, the previous keys keep serving (stale-if-error) for up to
   :data:`STALE_IF_ERROR` seconds after they went stale, retried every :data:`COOLDOWN` s;
 * keys are parsed once per fetch into ``cryptography`` public keys, and each (key, alg)
@@ -55,7 +58,7 @@ MAX_BODY_BYTES = 1 << 20     # 1 MiB
 MIN_TTL = 300                # seconds
 MAX_TTL = 86400
 DEFAULT_TTL = 3600
-COOLDOWN = 30                # seconds between fetch attempts of one issuer after a miss/failure
+COOLDOWN = 30                # seconds before the next fetch after a failed one or a kid miss
 STALE_IF_ERROR = 86400       # seconds stale keys may serve while the issuer is unreachable
 MIN_RSA_BITS = 2048
 
@@ -276,7 +279,9 @@ def parse_key_set(document: Any) -> Dict[str, KeyEntry]:
 # --- HTTP -------------------------------------------------------------------------------------
 
 _ssl_context: Optional[ssl.SSLContext] = None
-_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?([0-9]+)", re.IGNORECASE)
+#: RFC 9111 §1.2.2: a delta-seconds greater than the cache can represent counts as 2^31
+DELTA_SECONDS_CAP = 2 ** 31
 
 
 def check_url(url: str) -> Tuple[str, str, Optional[int], str]:
@@ -365,11 +370,29 @@ def http_get_json(url: str, timeout: float = FETCH_TIMEOUT,
         document = json.loads(b"".join(chunks).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FetchError(f"{url}: body is not UTF-8 JSON") from None
+    return document, max_age_of(cache_control)
+
+
+def max_age_of(cache_control: str) -> Optional[int]:
+    """The freshness lifetime a ``Cache-Control`` header value gives (RFC 9111 §5.2.2.1).
+
+    Args:
+        cache_control: the header value ("" when absent).
+    Returns:
+        seconds: 0 for ``no-store``/``no-cache``; ``max-age`` (ASCII digits; one too long for
+        an int, even thousands of digits, counts as :data:`DELTA_SECONDS_CAP`, RFC 9111
+        §1.2.2); None when neither is present. Never raises.
+    """
     lowered = cache_control.lower()
     if "no-store" in lowered or "no-cache" in lowered:
-        return document, 0
+        return 0
     match = _MAX_AGE.search(cache_control)
-    return document, int(match.group(1)) if match else None
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(DELTA_SECONDS_CAP)):
+        return DELTA_SECONDS_CAP
+    return min(int(digits), DELTA_SECONDS_CAP)
 
 
 def clamp_ttl(max_age: Optional[int]) -> int:
@@ -390,7 +413,8 @@ class KeySet:
         keys: ``{kid: KeyEntry}``, or None before the first successful fetch.
         fresh_until: monotonic time until which ``keys`` need no refresh.
         stale_until: monotonic time after which ``keys`` may no longer serve at all.
-        next_fetch_at: earliest monotonic time of the next fetch attempt (cooldown).
+        next_fetch_at: earliest monotonic time of the next fetch attempt: the cooldown after a
+            failed fetch, or after a fetch that did not find the ``kid`` it was made for.
         fetches: number of fetch attempts (for tests and logs).
     """
 
@@ -429,13 +453,15 @@ class KeySet:
     def refresh(self, now: float) -> None:
         """Fetch and parse the key set now; on success replace the keys.
 
+        A success starts no cooldown (a kid published just after it still costs one fetch);
+        a failure does: no fetch before ``now + COOLDOWN``.
+
         Args:
             now: current :data:`monotonic` time.
         Raises:
             FetchError: the fetch failed (the previous keys, if any, are kept).
         """
         self.fetches += 1
-        self.next_fetch_at = now + COOLDOWN
         try:
             uri = self._jwks_uri()
             try:
@@ -446,6 +472,7 @@ class KeySet:
                 raise
         except FetchError as exc:
             self.last_error = str(exc)
+            self.next_fetch_at = now + COOLDOWN
             log.warning("key set of %s unavailable: %s", self.issuer, exc)
             if self.keys is not None and self.fresh_until <= now < self.stale_until:
                 # stale-if-error: keep serving, retry after the cooldown
@@ -503,6 +530,8 @@ class KeySet:
                     from None
             entry = self.keys.get(kid)
             if entry is None:
+                # the penalty box: unknown kids cost one fetch per cooldown, however many come
+                self.next_fetch_at = now + COOLDOWN
                 raise UnknownKeyId(f"kid {_kid(kid)} not in the key set of {self.issuer}")
             return entry
 

@@ -197,6 +197,43 @@ def test_rotation_is_picked_up_with_exactly_one_fetch(server, env, clock):
     assert server.jwks_fetches == 2
 
 
+def test_kid_published_right_after_a_fetch_costs_exactly_one_fetch(server, env, clock):
+    assert verify(token_for(server))["sub"] == "user-1"          # fetch set A
+    assert server.jwks_fetches == 1
+    server.document = {"keys": [public_jwk(private_key("rsa-a"), "key-a", alg="RS256"),
+                                public_jwk(private_key("rsa-b"), "key-b", alg="RS256")]}
+    # no clock advance: the issuer rotated right after our fetch
+    assert verify(token_for(server, kid="key-b", key_name="rsa-b"))["sub"] == "user-1"
+    assert server.jwks_fetches == 2
+
+
+def test_kid_published_right_after_prefetch_costs_one_fetch(server, env, clock):
+    env.setenv("JWKS_PREFETCH", "true")
+    authorizer._prefetch_at_cold_start()
+    server.document = {"keys": [public_jwk(private_key("rsa-b"), "key-b", alg="RS256")]}
+    assert verify(token_for(server, kid="key-b", key_name="rsa-b"))["sub"] == "user-1"
+    assert server.jwks_fetches == 2
+
+
+def test_unknown_kid_after_a_rotation_fetch_still_costs_one_fetch_per_cooldown(server, env,
+                                                                               clock):
+    assert verify(token_for(server))["sub"] == "user-1"
+    server.document = {"keys": [public_jwk(private_key("rsa-b"), "key-b", alg="RS256")]}
+    assert verify(token_for(server, kid="key-b", key_name="rsa-b"))["sub"] == "user-1"
+    assert server.jwks_fetches == 2
+    for _ in range(50):
+        assert refused_code(verify, token_for(server, kid=uuid.uuid4().hex)) == "unknown_kid"
+    assert server.jwks_fetches == 3                               # one miss, then the penalty box
+    server.document = {"keys": [public_jwk(private_key("rsa-c"), "key-c", alg="RS256")]}
+    clock.advance(jwks.COOLDOWN - 1)
+    assert refused_code(verify, token_for(server, kid="key-c", key_name="rsa-c")) == \
+        "unknown_kid"
+    assert server.jwks_fetches == 3
+    clock.advance(1)
+    assert verify(token_for(server, kid="key-c", key_name="rsa-c"))["sub"] == "user-1"
+    assert server.jwks_fetches == 4
+
+
 def test_removed_key_stops_working_after_refresh(server, env, clock):
     assert verify(token_for(server))["sub"] == "user-1"
     server.document = {"keys": [public_jwk(private_key("rsa-b"), "key-b", alg="RS256")]}
@@ -224,7 +261,10 @@ def test_random_kids_cause_at_most_one_fetch_per_cooldown(server, env, clock, cl
 @pytest.mark.parametrize("cache_control, fresh_for", [
     ("max-age=60", jwks.MIN_TTL), ("public, max-age=7200", 7200), ("max-age=999999", jwks.MAX_TTL),
     (None, jwks.DEFAULT_TTL), ("no-store", jwks.MIN_TTL),
-])
+    ("max-age=" + "9" * 5000, jwks.MAX_TTL), ("public, max-age=" + "0" * 5000 + "7200", 7200),
+    ("max-age=" + "1" * 11, jwks.MAX_TTL),
+], ids=["60", "7200", "999999", "absent", "no-store", "5000-digits", "leading-zeros",
+        "11-digits"])
 def test_max_age_is_clamped(cache_control, fresh_for, server, env, clock):
     server.cache_control = cache_control
     assert verify(token_for(server))["sub"] == "user-1"
@@ -234,6 +274,20 @@ def test_max_age_is_clamped(cache_control, fresh_for, server, env, clock):
     clock.advance(1)
     verify(token_for(server))
     assert server.jwks_fetches == 2
+
+
+def test_max_age_of_thousands_of_digits_is_no_500(server, env, client):
+    server.cache_control = "max-age=" + "9" * 5000
+    token = token_for(server)
+    response = client.http.get("/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert json.loads(response.body)["sub"] == "user-1"
+    assert ws(client, token)["principalId"] == "user-1"
+    signed_in = client.http.post("/pusher/user-auth", body="socket_id=1.2", headers={
+        "Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Bearer {token}"})
+    assert signed_in.status_code == 200
+    assert "auth" in json.loads(signed_in.body)
+    assert server.jwks_fetches == 1
 
 
 def test_prefetch_at_cold_start(server, env, clock):
@@ -388,3 +442,12 @@ def test_ec_key_must_match_the_curve_of_alg():
 def test_clamp_ttl():
     assert [jwks.clamp_ttl(v) for v in (None, 0, 299, 300, 5000, 86401)] == \
         [3600, 300, 300, 300, 5000, 86400]
+
+
+def test_max_age_of_header_values():
+    cap = jwks.DELTA_SECONDS_CAP
+    cases = {"max-age=7200": 7200, 'MAX-AGE = "600"': 600, "no-cache, max-age=600": 0,
+             "s-maxage=5, private": None, "": None, "max-age=": None,
+             "max-age=\u00b2": None, "max-age=" + "9" * 5000: cap,
+             "max-age=2147483649": cap, "max-age=" + "0" * 4999 + "1": 1}
+    assert {value: jwks.max_age_of(value) for value in cases} == cases
