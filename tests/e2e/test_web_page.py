@@ -122,6 +122,15 @@ def _wait_count(page, selector: str, n: int) -> None:
     page.wait_for_function("([s, n]) => document.querySelectorAll(s).length >= n", arg=[selector, n])
 
 
+def _arrives(page, selector: str):
+    """Wait for ``selector``, failing at once with the page's own message if it shows an
+    error meanwhile."""
+    page.wait_for_selector(f"{selector}, #log li[data-transport=error]")
+    errors = page.locator("#log li[data-transport=error]").all_inner_texts()
+    assert not errors, f"the page shows errors: {errors}"
+    return page.wait_for_selector(selector)
+
+
 WS_SUBSCRIBED = "#log li[data-transport=websocket][data-event=subscribed]"
 PUSHER_SUBSCRIBED = "#log li[data-transport=pusher][data-event=subscribed]"
 HELLO = "#log li[data-transport=websocket][data-event=hello]"
@@ -146,14 +155,14 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     # 2. "Send me a notification": the browser's own POST (CORS preflight included) and the
     #    push arriving over the API Gateway WebSocket
     page.click("#notify")
-    hello = page.wait_for_selector(HELLO)
+    answer = _arrives(page, "#log li[data-transport=http][data-event='POST /notifications']")
+    hello = _arrives(page, HELLO)
     assert "demo page" in hello.inner_text()
-    answer = page.wait_for_selector("#log li[data-transport=http][data-event='POST /notifications']")
     assert "HTTP 200" in answer.inner_text() and "delivered 1" in answer.inner_text()
 
     # 3. "Ping over the WebSocket"
     page.click("#ping")
-    page.wait_for_selector("#log li[data-transport=websocket][data-event=pong]")
+    _arrives(page, "#log li[data-transport=websocket][data-event=pong]")
 
     # 4. a Pusher event: the server library triggers on the user's private channel in soketi
     env = stack.env
@@ -219,6 +228,8 @@ def test_a_refused_token_is_shown_on_the_page(stack, browser_page):
         f"#log li[data-transport=error][data-event='pusher auth']:has-text('private-user-{sub}')")
     assert "HTTP 401" in auth_error.inner_text()
     assert "unauthorized: Unauthorized" in auth_error.inner_text()  # the server's JSON body
+    _wait_count(page, "#log li[data-transport=error][data-event='pusher auth']", 2)
+    assert "presence-lobby" in page.inner_text("#log")
     assert page.is_disabled("#ping")
 
     # "Send me a notification" with that token: API Gateway's authorizer answers 401 before
@@ -237,7 +248,8 @@ def test_a_refused_token_is_shown_on_the_page(stack, browser_page):
     problems.expect("the console's 401 for /pusher/auth", lambda p: p.kind == "console"
                     and "401" in p.text and _path(p) == "/pusher/auth", at_least=1)
     problems.expect("the refused WebSocket handshake", lambda p: p.kind == "console"
-                    and "WebSocket connection" in p.text and "401" in p.text)
+                    and "WebSocket connection" in p.text and "failed" in p.text
+                    and "/dev?token=" in p.text)
     problems.expect("the blocked POST /notifications",
                     lambda p: p.kind == "requestfailed" and _path(p) == "/notifications")
     problems.expect("the console's CORS error", lambda p: p.kind == "console"
