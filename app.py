@@ -72,6 +72,12 @@ def notifications():
     return ws.notify(app.current_request, app)
 
 
+@app.route("/notifications", methods=["OPTIONS"])
+def notifications_preflight():
+    """CORS preflight; no authorizer (browsers send no credentials on a preflight)."""
+    return pusher_auth.preflight(app.current_request)
+
+
 # --- WebSocket ------------------------------------------------------------------------------
 
 @app.on_ws_connect()

@@ -289,11 +289,17 @@ def notify(request: Any, app: Any = None):
     scope :data:`NOTIFY_SCOPE`.
 
     Returns:
-        200 with the delivery summary ``{"delivered", "gone", "failed", "retryable"}``; a JSON
-        error otherwise: 400 (bad JSON or fields), 401, 403 (scope missing), 413 (body over
-        :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a frame over 128 KB), 503 (registry or
-        settings unavailable).
+        a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
+        "retryable"}``; a JSON error otherwise: 400 (bad JSON or fields), 401, 403 (scope
+        missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a frame over
+        128 KB), 503 (registry or settings unavailable). Every answer carries the stage's CORS
+        headers (:func:`chalicelib.pusher_auth.cors_headers`), so a browser page may read it.
     """
+    from chalice import Response
+
+    from chalicelib.pusher_auth import cors_headers
+
+    headers = cors_headers()
     try:
         principal = principal_from_request(request)
         raw_body = request.raw_body or b""
@@ -313,7 +319,8 @@ def notify(request: Any, app: Any = None):
         log.info("notification by %s to %s %s: %s in %.3f s", principal.sub,
                  notification.target, notification.address, summary,
                  time.monotonic() - started)
-        return summary
+        return Response(body=summary, status_code=200,
+                        headers={"Content-Type": "application/json", **headers})
     except AppError as err:
         log_error(err, "POST /notifications")
-        return json_response(err)
+        return json_response(err, headers)

@@ -1,12 +1,13 @@
 // The local demo page: a dev token, the API Gateway WebSocket and Pusher Channels (pusher-js),
-// with everything that arrives listed live. Served by devtools/stack.py; never deployed.
+// with everything that arrives listed live, and every failure shown on the page (#error and a
+// red entry in the list). Served by devtools/stack.py; never deployed.
 'use strict';
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const state = { config: null, token: null, sub: null, ws: null, pusher: null };
 
-  // Every arrival becomes one <li data-transport="websocket|pusher|error" data-event="...">.
+  // Every arrival becomes one <li data-transport="websocket|pusher|http|error" data-event="...">.
   function log(transport, event, detail) {
     const item = document.createElement('li');
     item.dataset.transport = transport;
@@ -20,16 +21,62 @@
     $('log').prepend(item);
   }
 
+  // A failure: listed, and the latest one shown in the #error box under the sign-in form.
+  function showError(where, message) {
+    log('error', where, message);
+    $('error').textContent = `${where}: ${message}`;
+    $('error').hidden = false;
+  }
+
+  function clearError() {
+    $('error').textContent = '';
+    $('error').hidden = true;
+  }
+
   function setStatus(id, value) {
     $(id).textContent = value;
     $(id).dataset.state = value;
   }
 
+  // fetch, with every failure turned into one sentence: the HTTP status and the JSON error body
+  // ({"error", "message"}), or why the browser gave the page no answer at all.
+  async function call(url, options) {
+    let response;
+    try {
+      response = await fetch(url, options);
+    } catch (e) {
+      throw new Error(`no readable answer (${e.message}): the server is unreachable, or it `
+        + 'answered without CORS headers, as API Gateway does for its own errors, such as the '
+        + "authorizer's 401 for an invalid or expired token");
+    }
+    const text = await response.text();
+    let body = null;
+    try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+    if (!response.ok) {
+      const reason = body && typeof body === 'object'
+        ? [body.error, body.message].filter((v) => typeof v === 'string').join(': ')
+        : text.slice(0, 200);
+      throw new Error(`HTTP ${response.status}${reason ? ` ${reason}` : ''}`);
+    }
+    if (body === null || typeof body !== 'object') {
+      throw new Error(`HTTP ${response.status} but the body is not a JSON object`);
+    }
+    return body;
+  }
+
+  // The sub claim of a JWT, read (not verified: the servers verify) to name the user's channel.
   function subjectOf(token) {
-    const payload = token.split('.')[1] || '';
-    const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
-    const claims = JSON.parse(json);
-    if (typeof claims.sub !== 'string') throw new Error('the token has no sub');
+    const parts = token.split('.');
+    if (parts.length !== 3) throw new Error('the pasted text is not a JWT (three dot-separated parts)');
+    let claims;
+    try {
+      const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+      const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+      claims = JSON.parse(new TextDecoder().decode(bytes));
+    } catch (e) {
+      throw new Error('the pasted text is not a JWT (its payload is not base64url JSON)');
+    }
+    if (!claims || typeof claims.sub !== 'string' || !claims.sub) throw new Error('the token has no sub claim');
     return claims.sub;
   }
 
@@ -38,9 +85,12 @@
     if (state.ws) state.ws.close(1000);
     const url = `${state.config.websocketUrl}?token=${encodeURIComponent(state.token)}`;
     const ws = new WebSocket(url);
+    let opened = false;
     state.ws = ws;
     setStatus('ws-status', 'connecting');
+    $('ping').disabled = true;
     ws.onopen = () => {
+      opened = true;
       setStatus('ws-status', 'open');
       ws.send(JSON.stringify({ action: 'subscribe', channel: `private-user-${state.sub}` }));
       $('ping').disabled = false;
@@ -48,17 +98,53 @@
     ws.onmessage = (message) => {
       let frame;
       try { frame = JSON.parse(message.data); } catch (e) { frame = { type: 'text', data: message.data }; }
-      const name = frame.type === 'event' ? frame.event : frame.type;
-      log(frame.type === 'error' ? 'error' : 'websocket', name || 'message', frame);
+      if (frame.type === 'error') {
+        showError('websocket', `error frame ${frame.code}: ${frame.message}`
+          + (frame.action ? ` (action ${frame.action})` : ''));
+        return;
+      }
+      log('websocket', (frame.type === 'event' ? frame.event : frame.type) || 'message', frame);
     };
     ws.onclose = (close) => {
-      if (state.ws === ws) setStatus('ws-status', 'closed');
-      log('websocket', 'closed', `code ${close.code}`);
+      const detail = `code ${close.code}${close.reason ? ` ${close.reason}` : ''}`;
+      if (state.ws !== ws) { // replaced by a newer connection
+        log('websocket', 'closed', detail);
+        return;
+      }
+      $('ping').disabled = true;
+      if (!opened) {
+        // Browsers do not tell a page the HTTP status of a refused handshake.
+        setStatus('ws-status', 'refused');
+        showError('websocket', `the handshake was refused or the gateway is unreachable (${detail}); `
+          + 'a refused token (401) or a denied one (403) looks like this');
+      } else if (close.code === 1000) {
+        setStatus('ws-status', 'closed');
+        log('websocket', 'closed', detail);
+      } else {
+        setStatus('ws-status', 'closed');
+        showError('websocket', `closed by the server (${detail}); sign in again to reconnect`);
+      }
     };
-    ws.onerror = () => setStatus('ws-status', 'error');
+    // onerror carries no detail; onclose follows with the code and is reported there.
   }
 
   // --- Pusher Channels --------------------------------------------------------------------------
+  // pusher-js custom channel authorization: the same POST pusher-js's ajax transport sends, but
+  // a refusal is shown with its HTTP status and the server's error body.
+  function channelAuthorizer(endpoint, token) {
+    return (params, callback) => {
+      const body = new URLSearchParams({ socket_id: params.socketId, channel_name: params.channelName });
+      call(endpoint, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Authorization: `Bearer ${token}` },
+        body,
+      }).then((data) => callback(null, data), (e) => {
+        showError('pusher auth', `${params.channelName}: ${e.message}`);
+        callback(e, null);
+      });
+    };
+  }
+
   function openPusher() {
     if (state.pusher) state.pusher.disconnect();
     const cfg = state.config;
@@ -70,11 +156,22 @@
       forceTLS: false,
       enabledTransports: ['ws'],
       disableStats: true,
-      channelAuthorization: { endpoint: `${cfg.httpUrl}/pusher/auth`, transport: 'ajax', headers },
+      channelAuthorization: { customHandler: channelAuthorizer(`${cfg.httpUrl}/pusher/auth`, state.token) },
       userAuthentication: { endpoint: `${cfg.httpUrl}/pusher/user-auth`, transport: 'ajax', headers },
     });
     state.pusher = pusher;
-    pusher.connection.bind('state_change', (s) => setStatus('pusher-status', s.current));
+    pusher.connection.bind('state_change', (s) => {
+      if (state.pusher !== pusher) return;
+      setStatus('pusher-status', s.current);
+      if (s.current === 'unavailable' || s.current === 'failed') {
+        showError('pusher', `connection ${s.current}: soketi at ${cfg.pusher.host}:${cfg.pusher.port} does not answer`);
+      }
+    });
+    pusher.connection.bind('error', (e) => {
+      const data = e && e.error && e.error.data;
+      showError('pusher', data && data.message ? `${data.code || ''} ${data.message}`.trim()
+        : `connection error ${(e && e.type) || ''}`.trim());
+    });
     const names = [`private-user-${state.sub}`, 'presence-lobby'];
     for (const name of names) {
       const channel = pusher.subscribe(name);
@@ -83,7 +180,10 @@
         showChannels();
         if (name.startsWith('presence-')) showMembers(channel);
       });
-      channel.bind('pusher:subscription_error', (error) => log('error', 'subscription_error', { channel: name, status: error.status }));
+      channel.bind('pusher:subscription_error', (error) => {
+        if (error && error.type === 'AuthError') return; // shown by channelAuthorizer
+        showError('pusher', `subscription to ${name} failed: ${JSON.stringify(error)}`);
+      });
       channel.bind('pusher:member_added', () => showMembers(channel));
       channel.bind('pusher:member_removed', () => showMembers(channel));
       channel.bind_global((event, data) => {
@@ -107,12 +207,15 @@
 
   // --- sign-in and buttons ------------------------------------------------------------------------
   function connectWith(token) {
+    let sub;
     try {
-      state.sub = subjectOf(token);
+      sub = subjectOf(token);
     } catch (e) {
-      log('error', 'bad token', e.message);
+      showError('token', e.message);
       return;
     }
+    clearError();
+    state.sub = sub;
     state.token = token;
     $('who').textContent = `signed in as ${state.sub}`;
     $('notify').disabled = false;
@@ -123,8 +226,13 @@
   $('signin-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const query = new URLSearchParams({ sub: $('sub').value.trim(), name: $('name').value.trim() });
-    const response = await fetch(`/dev-token?${query}`);
-    const body = await response.json();
+    let body;
+    try {
+      body = await call(`/dev-token?${query}`);
+    } catch (err) {
+      showError('dev token', err.message);
+      return;
+    }
     connectWith(body.token);
   });
 
@@ -134,18 +242,33 @@
   });
 
   $('notify').addEventListener('click', async () => {
-    const response = await fetch(`${state.config.httpUrl}/notifications`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${state.token}` },
-      body: JSON.stringify({ user_id: state.sub, event: 'hello', data: { at: new Date().toISOString() } }),
-    });
-    log(response.ok ? 'http' : 'error', 'POST /notifications', `HTTP ${response.status}`);
+    try {
+      const summary = await call(`${state.config.httpUrl}/notifications`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${state.token}` },
+        body: JSON.stringify({
+          user_id: state.sub, event: 'hello', data: { from: 'demo page', at: new Date().toISOString() },
+        }),
+      });
+      log('http', 'POST /notifications', `HTTP 200 delivered ${summary.delivered}, gone ${summary.gone}, `
+        + `failed ${summary.failed}, retryable ${summary.retryable}`);
+    } catch (e) {
+      showError('POST /notifications', e.message);
+    }
   });
 
-  $('ping').addEventListener('click', () => state.ws.send(JSON.stringify({ action: 'ping' })));
+  $('ping').addEventListener('click', () => {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      showError('websocket', 'not open: sign in first');
+      return;
+    }
+    state.ws.send(JSON.stringify({ action: 'ping' }));
+  });
 
-  fetch('/config.json').then((r) => r.json()).then((config) => {
+  call('/config.json').then((config) => {
     state.config = config;
+    $('signin-button').disabled = false;
+    $('token-button').disabled = false;
     document.body.dataset.ready = 'true';
-  });
+  }, (e) => showError('config', `/config.json: ${e.message}`));
 })();
