@@ -28,16 +28,20 @@ Every function returns a summary ``{"delivered": int, "gone": int, "failed": int
 The management endpoint is ``WEBSOCKET_ENDPOINT_URL`` if set (local gateways: Chalice and this
 module ignore ``AWS_ENDPOINT_URL``), else taken from the WebSocket event being handled, else
 built from ``WEBSOCKET_API_ID`` or ``WEBSOCKET_DOMAIN`` with ``WEBSOCKET_STAGE`` and
-``AWS_REGION``. boto3 is imported lazily.
+``AWS_REGION``, else from the id of the WebSocket API named ``WEBSOCKET_API_NAME``, looked up
+once per process (:func:`discover_api_id`): a plain ``chalice deploy`` resets the functions'
+environment and drops ``WEBSOCKET_API_ID``, and pushes must survive that. boto3 is imported
+lazily.
 """
 from __future__ import annotations
 
 import json
 import logging
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from chalicelib import aws, channels, connections
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
@@ -140,6 +144,107 @@ def _execute_api_url(api_id: str, region: str, stage: str) -> str:
     return f"https://{api_id}.execute-api.{region}.{suffix}/{stage}"
 
 
+#: bounds of the WebSocket API lookup (:func:`discover_api_id`): per-request timeouts and
+#: attempts (seconds), the whole lookup's deadline, the pages of GetApis read at most, and how
+#: long a failed lookup is remembered before the next one is tried
+DISCOVERY_CONNECT_TIMEOUT = 1.0
+DISCOVERY_READ_TIMEOUT = 2.0
+DISCOVERY_MAX_ATTEMPTS = 2
+DISCOVERY_DEADLINE_SECONDS = 5.0
+DISCOVERY_MAX_PAGES = 20
+DISCOVERY_RETRY_SECONDS = 30.0
+
+_discovery_lock = threading.Lock()
+#: (region, name) -> API id, found once per process (cold start)
+_discovered: Dict[Tuple[str, str], str] = {}
+#: (region, name) -> (monotonic time of the failure, the ConfigError message)
+_discovery_failures: Dict[Tuple[str, str], Tuple[float, str]] = {}
+
+_NO_ENDPOINT = ("set WEBSOCKET_API_ID, WEBSOCKET_DOMAIN or WEBSOCKET_ENDPOINT_URL to push "
+                "outside a WebSocket handler")
+
+
+def discover_api_id(name: str, region: str) -> str:
+    """The id of the WebSocket API called ``name`` in ``region``, found with API Gateway V2
+    ``GetApis`` (IAM: ``apigateway:GET`` on ``arn:{partition}:apigateway:{region}::/apis``)
+    and cached for the life of the process; a failure is remembered for
+    :data:`DISCOVERY_RETRY_SECONDS` so a burst of pushes does not repeat it.
+
+    Bounded: each request times out after :data:`DISCOVERY_CONNECT_TIMEOUT` /
+    :data:`DISCOVERY_READ_TIMEOUT` seconds with at most :data:`DISCOVERY_MAX_ATTEMPTS`
+    attempts, the whole lookup stops after :data:`DISCOVERY_DEADLINE_SECONDS` or
+    :data:`DISCOVERY_MAX_PAGES` pages.
+
+    Args:
+        name: the API's name (``WEBSOCKET_API_NAME``; ``chalice deploy`` names it
+            ``<app>-<stage>-websocket-api``).
+        region: the AWS region to look in.
+    Returns:
+        the API id (``ApiId``), e.g. ``"a1b2c3d4e5"``.
+    Raises:
+        ConfigError: no WebSocket API has that name, several do, or the lookup failed
+            (access denied, no network, timeout); the message names the settings to set.
+    """
+    key = (region, name)
+    found = _discovered.get(key)
+    if found:
+        return found
+    with _discovery_lock:
+        found = _discovered.get(key)
+        if found:
+            return found
+        failure = _discovery_failures.get(key)
+        if failure and time.monotonic() - failure[0] < DISCOVERY_RETRY_SECONDS:
+            raise ConfigError(failure[1])
+        try:
+            found = _get_api_id(name, region)
+        except ConfigError as exc:
+            _discovery_failures[key] = (time.monotonic(), exc.public_message)
+            raise
+        _discovery_failures.pop(key, None)
+        _discovered[key] = found
+        log.info("management endpoint: WebSocket API %s is %s", name, found)
+        return found
+
+
+def _get_api_id(name: str, region: str) -> str:
+    client = aws.client("apigatewayv2", region, max_attempts=DISCOVERY_MAX_ATTEMPTS,
+                        connect_timeout=DISCOVERY_CONNECT_TIMEOUT,
+                        read_timeout=DISCOVERY_READ_TIMEOUT)
+    deadline = time.monotonic() + DISCOVERY_DEADLINE_SECONDS
+    matches: List[str] = []
+    token: Optional[str] = None
+    complete = False
+    for _ in range(DISCOVERY_MAX_PAGES):
+        if time.monotonic() > deadline:
+            break
+        try:
+            page = client.get_apis(**({"NextToken": token} if token else {}))
+        except Exception as exc:  # ClientError, timeouts, no credentials, no network
+            response = getattr(exc, "response", None)
+            reason = (response.get("Error", {}).get("Code") if isinstance(response, dict)
+                      else None) or type(exc).__name__
+            log.warning("management endpoint: looking up WebSocket API %s failed (%s)",
+                        name, reason)
+            raise ConfigError(f"WEBSOCKET_API_ID is not set and the WebSocket API {name} "
+                              f"could not be looked up ({reason}): {_NO_ENDPOINT}") from None
+        matches += [item["ApiId"] for item in page.get("Items", [])
+                    if item.get("Name") == name and item.get("ProtocolType") == "WEBSOCKET"]
+        token = page.get("NextToken")
+        if not token:
+            complete = True
+            break
+    if not complete and not matches:
+        raise ConfigError(f"WEBSOCKET_API_ID is not set and the lookup of the WebSocket API "
+                          f"{name} did not finish: {_NO_ENDPOINT}")
+    if len(matches) != 1:
+        what = "is no WebSocket API" if not matches else \
+            f"are {len(matches)} WebSocket APIs"
+        raise ConfigError(f"WEBSOCKET_API_ID is not set and there {what} named {name} in "
+                          f"{region}: {_NO_ENDPOINT} (or WEBSOCKET_API_NAME)")
+    return matches[0]
+
+
 def management_endpoint(event: Any = None) -> str:
     """The management API endpoint (no trailing slash) that PostToConnection is sent to.
 
@@ -151,9 +256,11 @@ def management_endpoint(event: Any = None) -> str:
         ``https://{domainName}/{stage}`` for an ``execute-api`` domain, or
         ``https://{apiId}.execute-api.{region}.amazonaws.com/{stage}`` when the client came in
         through a custom domain name (whose base path need not be the stage); else the same
-        built from ``WEBSOCKET_API_ID`` or ``https://{WEBSOCKET_DOMAIN}/{WEBSOCKET_STAGE}``.
+        built from ``WEBSOCKET_API_ID`` or ``https://{WEBSOCKET_DOMAIN}/{WEBSOCKET_STAGE}``;
+        else built from the id of the API named ``WEBSOCKET_API_NAME``
+        (:func:`discover_api_id`, once per process).
     Raises:
-        ConfigError: none of these is available.
+        ConfigError: none of these is available (the lookup found no API or failed).
     """
     ws = websocket_settings()
     if ws.endpoint_url:
@@ -169,8 +276,7 @@ def management_endpoint(event: Any = None) -> str:
         return _execute_api_url(ws.api_id, ws.region, ws.stage)
     if ws.domain:
         return f"https://{ws.domain}/{ws.stage}"
-    raise ConfigError("WEBSOCKET_API_ID, WEBSOCKET_DOMAIN or WEBSOCKET_ENDPOINT_URL is required "
-                      "to push outside a WebSocket handler")
+    return _execute_api_url(discover_api_id(ws.api_name, ws.region), ws.region, ws.stage)
 
 
 def management_client(endpoint: str):
@@ -186,8 +292,11 @@ def management_client(endpoint: str):
 
 
 def reset_clients() -> None:
-    """Forget cached clients (tests; endpoint changes)."""
+    """Forget cached clients and the looked-up API id (tests; endpoint changes)."""
     aws.reset_clients()
+    with _discovery_lock:
+        _discovered.clear()
+        _discovery_failures.clear()
 
 
 # --- one post ---------------------------------------------------------------------------------

@@ -398,6 +398,10 @@ class WebSocketSettings:
         region: ``AWS_REGION`` (default ``us-east-1``).
         push_max_workers: fan-out thread pool size (``PUSH_MAX_WORKERS``, default 32).
         push_max_attempts: attempts per post on throttling/5xx (``PUSH_MAX_ATTEMPTS``, default 4).
+        api_name: the WebSocket API's name (``WEBSOCKET_API_NAME``, default
+            ``realtime-<STAGE>-websocket-api``, the name ``chalice deploy`` gives it), looked
+            up when none of ``WEBSOCKET_ENDPOINT_URL``, ``WEBSOCKET_API_ID``,
+            ``WEBSOCKET_DOMAIN`` is set.
     """
 
     connections_table: str
@@ -408,6 +412,7 @@ class WebSocketSettings:
     region: str
     push_max_workers: int
     push_max_attempts: int
+    api_name: str
 
 
 @functools.lru_cache(maxsize=None)
@@ -422,6 +427,8 @@ def websocket_settings() -> WebSocketSettings:
         region=_raw("AWS_REGION") or _raw("AWS_DEFAULT_REGION") or "us-east-1",
         push_max_workers=_int("PUSH_MAX_WORKERS", 32, 1, 256),
         push_max_attempts=_int("PUSH_MAX_ATTEMPTS", 4, 1, 10),
+        api_name=_raw("WEBSOCKET_API_NAME")
+        or f"realtime-{app_settings().stage}-websocket-api",
     )
 
 

@@ -4,14 +4,19 @@
 create a table or a queue, attach a WebSocket authorizer, or ask for partial batch responses.
 This script does the rest, in order:
 
-1. the infrastructure stack (table, push queue, dead-letter queue) with CloudFormation
-   (:func:`infra.templates.infrastructure_template`);
-2. a check that the Pusher secret exists in SSM as a SecureString (staging/prod);
-3. ``chalice deploy --stage <stage>``;
+1. checks that need no change: the Pusher secret exists in SSM as a SecureString
+   (staging/prod), and the policy files' ARNs are in the region's partition (``aws``,
+   ``aws-cn``, ``aws-us-gov``) — before anything is created;
+2. the infrastructure stack (table, push queue, dead-letter queue) with CloudFormation
+   (:func:`infra.templates.infrastructure_template`; both kept when the stack is deleted);
+3. ``chalice deploy --stage <stage>`` (without bytecode in the zip);
 4. converges what Chalice left out: the ``ws_authorizer`` REQUEST authorizer on ``$connect``
    and API Gateway's permission to invoke it, ``ReportBatchItemFailures`` on the push
    worker's event source mapping, ``WEBSOCKET_API_ID`` for the functions that push outside a
-   WebSocket handler, log retention; then redeploys the WebSocket stage if the API changed;
+   WebSocket handler (it saves them a lookup: without it they find the API by its name,
+   :func:`chalicelib.push.discover_api_id`, so a plain ``chalice deploy`` or a failure before
+   this step does not stop pushes), log retention; then redeploys the WebSocket stage if the
+   API changed;
 5. prints the endpoints.
 
 Step 4 reads before it writes and writes only what differs, so running it on a deployment that
@@ -41,6 +46,8 @@ if str(ROOT) not in sys.path:
 from infra import templates  # noqa: E402
 from infra.templates import StageConfig  # noqa: E402
 
+#: stack states that only a delete gets out of (a failed creation, a failed delete)
+STACK_STATES_TO_DELETE = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED")
 #: statement id of the authorizer's invoke permission on ws_authorizer
 PERMISSION_STATEMENT_ID = "apigateway-ws-connect-authorizer"
 BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
@@ -137,7 +144,7 @@ class Deployer:
         self.changes.append(what)
         self.echo(f"  changed: {what}")
 
-    # --- 1. infrastructure stack ---------------------------------------------------------------
+    # --- 2. infrastructure stack ---------------------------------------------------------------
 
     def deploy_infrastructure(self, *, waiter_delay: int = 5) -> str:
         """Create or update the table/queue stack. Returns ``created``, ``updated`` or
@@ -156,6 +163,7 @@ class Deployer:
             stacks = []
         wait = {"StackName": name, "WaiterConfig": {"Delay": waiter_delay, "MaxAttempts": 360}}
         if not stacks:
+            self.check_no_orphans()
             cfn.create_stack(StackName=name, TemplateBody=body, Tags=tags,
                              OnFailure="ROLLBACK",
                              EnableTerminationProtection=self.cfg.stage != "dev")
@@ -163,9 +171,16 @@ class Deployer:
             self._changed(f"stack {name} created")
             return "created"
         status = stacks[0]["StackStatus"]
-        if status == "ROLLBACK_COMPLETE" or status.endswith("_IN_PROGRESS"):
-            raise DeployError(f"stack {name} is {status}: wait for it, or delete a "
-                              "ROLLBACK_COMPLETE stack, then run again")
+        if status in STACK_STATES_TO_DELETE:
+            raise DeployError(f"stack {name} is {status} and must be deleted before it can be "
+                              f"created again: {self.delete_stack_hint()}, then run again")
+        if status == "UPDATE_ROLLBACK_FAILED":
+            raise DeployError(f"stack {name} is {status}: aws cloudformation "
+                              f"continue-update-rollback --stack-name {name}, then run again")
+        if status.endswith("_IN_PROGRESS"):
+            raise DeployError(f"stack {name} is {status}: wait until it finishes "
+                              f"(aws cloudformation wait stack-update-complete --stack-name "
+                              f"{name}), then run again")
         current = cfn.get_template(StackName=name, TemplateStage="Original")["TemplateBody"]
         if isinstance(current, str):  # botocore decodes JSON bodies itself; YAML stays text
             try:
@@ -187,7 +202,64 @@ class Deployer:
         self._changed(f"stack {name} updated")
         return "updated"
 
-    # --- 2. the secret -------------------------------------------------------------------------
+    def delete_stack_hint(self) -> str:
+        """The commands that delete the infrastructure stack: termination protection (on for
+        staging/prod) first, else ``delete-stack`` is refused."""
+        name = self.cfg.infrastructure_stack_name
+        return (f"aws cloudformation update-termination-protection "
+                f"--no-enable-termination-protection --stack-name {name}; "
+                f"aws cloudformation delete-stack --stack-name {name}")
+
+    def check_no_orphans(self) -> None:
+        """Before the stack is created: no table or queue of its names may exist already (kept
+        from a deleted stack: DeletionPolicy), or the creation would fail half-way.
+        Raises DeployError naming them and the ways out."""
+        from botocore.exceptions import ClientError
+
+        found = []
+        try:
+            self.client("dynamodb").describe_table(TableName=self.cfg.table_name)
+            found.append(f"table {self.cfg.table_name}")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+        sqs = self.client("sqs")
+        for queue in (self.cfg.queue_name, self.cfg.dlq_name):
+            try:
+                sqs.get_queue_url(QueueName=queue)
+                found.append(f"queue {queue}")
+            except ClientError as exc:
+                if "NonExistentQueue" not in exc.response["Error"]["Code"]:
+                    raise
+        if found:
+            raise DeployError(
+                f"{', '.join(found)} already exist but stack "
+                f"{self.cfg.infrastructure_stack_name} does not (a deleted stack keeps its "
+                "table and queues): import them into a new stack (aws cloudformation "
+                "create-change-set --change-set-type IMPORT with the template of "
+                "`python -m infra.templates infrastructure`), or delete them if their "
+                "connections and pushes may go, then run again")
+
+    # --- 1. checks ------------------------------------------------------------------------------
+
+    def check_partition(self, region: str) -> None:
+        """Every ARN of the stage's policy files is in ``region``'s partition (``aws``,
+        ``aws-cn``, ``aws-us-gov``): ``chalice deploy`` uses the files as they are, and IAM
+        never matches an ``arn:aws:`` resource in another partition. Raises DeployError
+        naming the file to edit."""
+        import boto3
+
+        partition = boto3.session.Session().get_partition_for_region(region)
+        for path in sorted(set(self.cfg.policy_files.values())):
+            for statement in json.loads(path.read_text()).get("Statement", []):
+                resources = statement.get("Resource", [])
+                for arn in [resources] if isinstance(resources, str) else resources:
+                    if arn.startswith("arn:") and arn.split(":")[1] != partition:
+                        raise DeployError(
+                            f"{path.name} grants {arn}, but {region} is in the {partition} "
+                            f"partition: write arn:{partition}: in .chalice/policy-*.json "
+                            "for this deployment")
+
 
     def check_secret(self) -> None:
         """The ``PUSHER_SECRET_PARAMETER`` must exist as a SecureString (never read here).
@@ -208,11 +280,17 @@ class Deployer:
     # --- 3. chalice deploy ---------------------------------------------------------------------
 
     def chalice_deploy(self) -> None:
+        """``chalice deploy --stage <stage>``, with no bytecode for Chalice to zip
+        (:func:`infra.package.remove_bytecode`, ``PYTHONDONTWRITEBYTECODE``)."""
+        from infra import package
+
         chalice = Path(sys.executable).parent / "chalice"
         command = [str(chalice) if chalice.exists() else "chalice", "--project-dir",
                    str(self.project_dir), "deploy", "--stage", self.cfg.stage]
         self.echo("$ " + " ".join(command[0:1] + command[3:]))
-        self._run(command, check=True, cwd=self.project_dir)
+        package.remove_bytecode(self.project_dir)
+        self._run(command, check=True, cwd=self.project_dir,
+                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
     def deployed(self) -> DeployedApp:
         return DeployedApp.load(
@@ -346,10 +424,12 @@ class Deployer:
                 self.ensure_environment(app.functions[function],
                                         {"WEBSOCKET_API_ID": app.websocket_api_id})
         if self.cfg.environment.get("WEBSOCKET_API_ID") != app.websocket_api_id:
-            # chalice deploy resets the environment to config.json's, so until step 4 runs
-            # again pushes from /notifications and the worker cannot find the API
-            self.echo(f"  hint: add \"WEBSOCKET_API_ID\": \"{app.websocket_api_id}\" to "
-                      f"stages.{self.cfg.stage}.environment_variables in .chalice/config.json")
+            # chalice deploy resets the environment to config.json's; until step 4 runs again
+            # the functions look the API up by name (one GetApis per cold start)
+            self.echo(f"  optional: add \"WEBSOCKET_API_ID\": \"{app.websocket_api_id}\" to "
+                      f"stages.{self.cfg.stage}.environment_variables in .chalice/config.json "
+                      f"(saves the functions a lookup of {self.cfg.websocket_api_name} per "
+                      "cold start)")
         self.ensure_log_retention([self.cfg.function_name(f) for f in templates.FUNCTIONS
                                    if f in app.functions])
         return self.changes[before:]
@@ -362,10 +442,11 @@ class Deployer:
     def run(self, *, attach_only: bool = False) -> Dict[str, Optional[str]]:
         """The whole path (or steps 4-5 with ``attach_only``). Returns the endpoints."""
         if not attach_only:
-            self.echo(f"[1/5] infrastructure stack {self.cfg.infrastructure_stack_name}")
-            self.deploy_infrastructure()
-            self.echo("[2/5] Pusher secret in SSM")
+            self.echo("[1/5] Pusher secret in SSM, policy partition")
             self.check_secret()
+            self.check_partition(self.client("ssm").meta.region_name)
+            self.echo(f"[2/5] infrastructure stack {self.cfg.infrastructure_stack_name}")
+            self.deploy_infrastructure()
             self.echo(f"[3/5] chalice deploy --stage {self.cfg.stage}")
             self.chalice_deploy()
         app = self.deployed()
@@ -419,6 +500,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"deploy failed: {exc.cmd[0]} exited with {exc.returncode}", file=sys.stderr)
         return exc.returncode or 1
+    except Exception as exc:  # botocore: expired session, throttling, access denied ...
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not isinstance(exc, (BotoCoreError, ClientError)):
+            raise
+        print(f"deploy failed: {exc}\nfix the cause, then run `make deploy STAGE={args.stage}` "
+              f"again (or `python -m infra.deploy --stage {args.stage} --attach-only` when "
+              "`chalice deploy` had finished); until then the functions find the WebSocket "
+              "API by name", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,9 +3,17 @@
 Steps: write the stage's merge template (:func:`infra.templates.merge_template`), run
 ``chalice package --stage <stage> --merge-template … build/<stage>/cloudformation``, then check
 the zip: no development packages inside (boto3 is in the Lambda runtime; moto, pytest and the
-rest never belong there), and a size within :data:`SIZE_LIMIT_FACTOR` of a reference zip of the
-runtime requirements alone (``pip install --target`` + zip, the way Chalice builds its own), and
-finally ``cfn-lint`` on the template when it is installed. ``--format terraform`` runs
+rest never belong there), no bytecode (``__pycache__``, ``*.pyc``), and a size within
+:data:`SIZE_LIMIT_FACTOR` of a reference zip of the runtime requirements alone
+(``pip install --target`` + zip, the way Chalice builds its own), and finally ``cfn-lint`` on
+the SAM template and on the CloudFormation that the SAM transform makes of it.
+
+Reproducible: Chalice zips every file under ``chalicelib/``, so ``__pycache__`` left by a
+test run used to land in the zip (and grow it). :func:`remove_bytecode` deletes it first and
+Chalice runs with ``PYTHONDONTWRITEBYTECODE=1`` (it imports ``app.py`` to read it), so the
+same sources give the same zip. The WebSocket stage's deployment gets a logical id that
+hashes the whole API (:func:`infra.templates.pin_websocket_deployment`), so a route change
+redeploys the stage. ``--format terraform`` runs
 ``chalice package --pkg-format terraform`` instead (no merge template there: see README,
 "Terraform").
 
@@ -19,6 +27,7 @@ Deploy the result with::
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -27,9 +36,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -42,7 +51,7 @@ SIZE_LIMIT_FACTOR = 1.10
 #: top-level names that must never be in the Lambda zip (``chalice/`` is allowed: Chalice adds
 #: its small runtime, ``chalice/app.py``, to every zip)
 FORBIDDEN_TOP_LEVEL = (
-    "boto3", "botocore", "s3transfer", "moto", "pytest", "_pytest", "hypothesis", "websockets", "cfnlint", "playwright", "devtools", "tests", "bench", "infra",
+    "boto3", "botocore", "s3transfer", "moto", "pytest", "_pytest", "hypothesis", "websockets", "cfnlint", "samtranslator", "playwright", "devtools", "tests", "bench", "infra",
 )
 #: what the reference zip holds: the issue's yardstick, pyjwt[crypto] + pusher
 REFERENCE_REQUIREMENTS = ("pyjwt[crypto]", "pusher")
@@ -66,7 +75,37 @@ def _env() -> dict:
     env = dict(os.environ)
     # chalice package needs a region for ARNs it leaves to CloudFormation; no credentials
     env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION", "us-east-1"))
+    # chalice imports app.py (and chalicelib) to read it: no __pycache__ for it to zip
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+#: directories of the project that Chalice copies into the zip file by file
+ZIPPED_SOURCE_DIRS = ("chalicelib", "vendor")
+
+
+def is_bytecode(zip_name: str) -> bool:
+    """True for a compiled-Python entry (``…/__pycache__/…`` or ``*.pyc``/``*.pyo``)."""
+    return "__pycache__/" in f"/{zip_name}" or zip_name.endswith((".pyc", ".pyo"))
+
+
+def remove_bytecode(project_dir: Path = ROOT) -> List[Path]:
+    """Delete ``__pycache__`` directories and stray ``*.pyc`` under the directories Chalice
+    zips (:data:`ZIPPED_SOURCE_DIRS`), so the zip holds sources only. Returns what was
+    deleted. Python re-creates the caches when it needs them."""
+    removed: List[Path] = []
+    for name in ZIPPED_SOURCE_DIRS:
+        base = project_dir / name
+        if not base.is_dir():
+            continue
+        for cache in sorted(base.rglob("__pycache__"), reverse=True):
+            if cache.is_dir():
+                shutil.rmtree(cache, ignore_errors=True)
+                removed.append(cache)
+        for compiled in list(base.rglob("*.py[co]")):
+            compiled.unlink(missing_ok=True)
+            removed.append(compiled)
+    return removed
 
 
 def write_merge_template(stage: str, out_dir: Path, project_dir: Path = ROOT) -> Path:
@@ -97,7 +136,12 @@ def chalice_package(stage: str, out_dir: Path, *, pkg_format: str = "cloudformat
     else:
         command += ["--merge-template", str(write_merge_template(stage, out_dir, project_dir))]
     command.append(str(target))
+    remove_bytecode(project_dir)
     subprocess.run(command, check=True, cwd=project_dir, env=_env())
+    if pkg_format != "terraform":
+        sam = target / "sam.json"
+        pinned = templates.pin_websocket_deployment(json.loads(sam.read_text()))
+        sam.write_text(json.dumps(pinned, indent=2) + "\n")
     return target
 
 
@@ -150,11 +194,13 @@ class ZipReport:
     Attributes:
         zip_bytes, reference_bytes: sizes in bytes.
         forbidden: top-level names found in the zip that must not be there.
+        bytecode: compiled-Python entries (``__pycache__``, ``*.pyc``) found in the zip.
     """
 
     zip_bytes: int
     reference_bytes: int
     forbidden: List[str]
+    bytecode: List[str] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -162,7 +208,7 @@ class ZipReport:
 
     @property
     def ok(self) -> bool:
-        return not self.forbidden and self.ratio <= SIZE_LIMIT_FACTOR
+        return not self.forbidden and not self.bytecode and self.ratio <= SIZE_LIMIT_FACTOR
 
     def describe(self) -> str:
         mib = 1024 * 1024
@@ -172,6 +218,9 @@ class ZipReport:
                  f"ratio:           {self.ratio:6.3f} (limit {SIZE_LIMIT_FACTOR:.2f})"]
         if self.forbidden:
             lines.append(f"FORBIDDEN in the zip: {', '.join(self.forbidden)}")
+        if self.bytecode:
+            shown = ", ".join(self.bytecode[:5]) + (" …" if len(self.bytecode) > 5 else "")
+            lines.append(f"BYTECODE in the zip ({len(self.bytecode)} entries): {shown}")
         return "\n".join(lines)
 
 
@@ -182,18 +231,76 @@ def top_level_names(zip_path: Path) -> List[str]:
 
 
 def check_zip(zip_path: Path, reference: Path) -> ZipReport:
-    """Compare ``zip_path`` with the reference zip and list forbidden contents."""
+    """Compare ``zip_path`` with the reference zip; list forbidden contents and bytecode."""
     forbidden = []
     for name in top_level_names(zip_path):
         base = name.split("-", 1)[0].split(".", 1)[0].lower()
         if base in FORBIDDEN_TOP_LEVEL:
             forbidden.append(name)
-    return ZipReport(zip_path.stat().st_size, reference.stat().st_size, forbidden)
+    with zipfile.ZipFile(zip_path) as archive:
+        bytecode = sorted(n for n in archive.namelist() if is_bytecode(n))
+    return ZipReport(zip_path.stat().st_size, reference.stat().st_size, forbidden, bytecode)
+
+
+#: stands in for the S3 location ``aws cloudformation package`` gives each function's code
+#: (the SAM transform accepts only ``s3://`` code locations)
+PLACEHOLDER_CODE_URI = "s3://package-bucket/deployment.zip"
+
+
+def sam_transform(template: Mapping[str, Any], region: str = "us-east-1") -> Dict[str, Any]:
+    """The CloudFormation that the ``AWS::Serverless-2016-10-31`` transform makes of a SAM
+    template, computed offline with AWS's own translator (``aws-sam-translator``, the code
+    CloudFormation runs), local ``CodeUri`` values replaced by :data:`PLACEHOLDER_CODE_URI`.
+
+    cfn-lint 1.x validates SAM resources against SAM schemas only, which leave the
+    properties SAM passes through unchecked (an invalid ``FunctionResponseTypes`` on an SQS
+    event, for one); on the transformed template they meet the CloudFormation schemas.
+
+    Raises:
+        ValueError: the SAM transform refuses the template (the message lists why).
+    """
+    import boto3
+    from samtranslator.model.exceptions import InvalidDocumentException
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    sam = copy.deepcopy(dict(template))
+    for resource in sam.get("Resources", {}).values():
+        props = resource.get("Properties") or {}
+        if resource.get("Type") == "AWS::Serverless::Function" \
+                and isinstance(props.get("CodeUri"), str) \
+                and not props["CodeUri"].startswith("s3://"):
+            props["CodeUri"] = PLACEHOLDER_CODE_URI
+    translator = Translator(managed_policy_map={}, sam_parser=Parser(),
+                            boto_session=boto3.session.Session(region_name=region))
+    try:
+        return translator.translate(sam_template=sam, parameter_values={})
+    except InvalidDocumentException as exc:
+        raise ValueError("; ".join(cause.message for cause in exc.causes)) from None
 
 
 def cfn_lint(template: Path) -> subprocess.CompletedProcess:
-    """Run cfn-lint on ``template`` (offline; a region is set if none is)."""
-    return subprocess.run([_tool("cfn-lint"), "--", str(template)], env=_env(),
+    """Run cfn-lint (offline) on ``template`` and, for a SAM template, on its transformed
+    CloudFormation (:func:`sam_transform`), written next to it as
+    ``<name>.transformed.json`` so findings name a file one can open.
+
+    Returns:
+        a ``CompletedProcess``: ``returncode`` 0 when both pass; ``stdout`` the findings
+        (or why the transform failed).
+    """
+    paths = [str(template)]
+    document = json.loads(template.read_text())
+    if "AWS::Serverless-2016-10-31" in str(document.get("Transform", "")):
+        region = _env()["AWS_DEFAULT_REGION"]
+        try:
+            transformed = sam_transform(document, region)
+        except ValueError as exc:
+            return subprocess.CompletedProcess(["sam-transform", str(template)], 1,
+                                               f"SAM transform failed: {exc}\n", "")
+        out = template.with_name(f"{template.stem}.transformed.json")
+        out.write_text(json.dumps(transformed, indent=2) + "\n")
+        paths.append(str(out))
+    return subprocess.run([_tool("cfn-lint"), "--", *paths], env=_env(),
                           capture_output=True, text=True)
 
 

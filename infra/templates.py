@@ -65,6 +65,22 @@ DLQ_RETENTION_SECONDS = 14 * 24 * 60 * 60
 #: (Lambda Developer Guide, "Using Lambda with Amazon SQS")
 VISIBILITY_TIMEOUT_FACTOR = 6
 DEFAULT_LOG_RETENTION_DAYS = 30
+#: what deleting a stack does to the data resources: the table (live connections) and the
+#: queues (pushes not yet delivered) outlive it. ``RetainExceptOnCreate`` keeps them on every
+#: delete, except when the stack operation that created them rolls back: a failed first
+#: create leaves nothing behind that would block the next attempt (AWS CloudFormation User
+#: Guide, "DeletionPolicy attribute"). ``UpdateReplacePolicy`` has no such variant: a
+#: replacement keeps the old resource.
+DELETION_POLICY = "RetainExceptOnCreate"
+UPDATE_REPLACE_POLICY = "Retain"
+#: resource types that make up the WebSocket API's snapshot: a deployment must be re-created
+#: when any of them changes (``AWS::ApiGatewayV2::Deployment`` has no property whose update
+#: re-snapshots the API)
+WEBSOCKET_SNAPSHOT_TYPES = (
+    "AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Integration",
+    "AWS::ApiGatewayV2::Authorizer", "AWS::ApiGatewayV2::RouteResponse",
+    "AWS::ApiGatewayV2::IntegrationResponse", "AWS::ApiGatewayV2::Model",
+)
 
 
 # --- stage configuration ------------------------------------------------------------------------
@@ -83,6 +99,8 @@ class StageConfig:
         log_retention_days: ``stages.<stage>.infra.log_retention_in_days`` (days).
         push_worker_timeout: the worker's Lambda timeout (seconds).
         policy_files: Chalice function name -> IAM policy file path for that function.
+        authorizer_reserved_concurrency: Chalice's ``reserved_concurrency`` of
+            ``ws_authorizer`` (concurrent executions), or None for no reservation.
     """
 
     app_name: str
@@ -95,6 +113,13 @@ class StageConfig:
     log_retention_days: int
     push_worker_timeout: int
     policy_files: Dict[str, Path]
+    authorizer_reserved_concurrency: Optional[int] = None
+
+    @property
+    def websocket_api_name(self) -> str:
+        """The name ``chalice deploy`` gives the WebSocket API (``chalice.deploy.appgraph``:
+        ``<app>-<stage>-websocket-api``); the functions find the API by it."""
+        return f"{self.app_name}-{self.stage}-websocket-api"
 
     @property
     def dlq_name(self) -> str:
@@ -143,6 +168,12 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
                 return source[key]
         return None
 
+    reserved = lookup("ws_authorizer", "reserved_concurrency")
+    if reserved is not None and (isinstance(reserved, bool) or not isinstance(reserved, int)
+                                 or reserved < 1):
+        raise SystemExit(f"stage {stage}: lambda_functions.ws_authorizer.reserved_concurrency "
+                         "must be a whole number >= 1 (0 would refuse every $connect); "
+                         "leave it out for no reservation")
     policy_files = {}
     for function in FUNCTIONS:
         filename = lookup(function, "iam_policy_file") or f"policy-{stage}.json"
@@ -160,6 +191,7 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
             "log_retention_in_days", DEFAULT_LOG_RETENTION_DAYS)),
         push_worker_timeout=int(lookup("push_worker", "lambda_timeout") or 60),
         policy_files=policy_files,
+        authorizer_reserved_concurrency=reserved,
     )
 
 
@@ -174,13 +206,20 @@ def table_resource(cfg: StageConfig) -> Dict[str, Any]:
     plus the name and tags. On-demand billing and the TTL come from the schema."""
     properties = {"TableName": cfg.table_name, **copy.deepcopy(TABLE_SCHEMA),
                   "Tags": _tag_list(cfg)}
-    return {"Type": "AWS::DynamoDB::Table", "Properties": properties}
+    return _retained({"Type": "AWS::DynamoDB::Table", "Properties": properties})
+
+
+def _retained(resource: Dict[str, Any]) -> Dict[str, Any]:
+    """``resource`` with :data:`DELETION_POLICY` and :data:`UPDATE_REPLACE_POLICY`."""
+    return {**resource, "DeletionPolicy": DELETION_POLICY,
+            "UpdateReplacePolicy": UPDATE_REPLACE_POLICY}
 
 
 def queue_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
-    """The push queue and its dead-letter queue (SQS-managed encryption on both)."""
+    """The push queue and its dead-letter queue (SQS-managed encryption on both), both kept
+    when the stack is deleted (:data:`DELETION_POLICY`)."""
     return {
-        "PushDeadLetterQueue": {
+        "PushDeadLetterQueue": _retained({
             "Type": "AWS::SQS::Queue",
             "Properties": {
                 "QueueName": cfg.dlq_name,
@@ -188,8 +227,8 @@ def queue_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
                 "SqsManagedSseEnabled": True,
                 "Tags": _tag_list(cfg),
             },
-        },
-        "PushQueue": {
+        }),
+        "PushQueue": _retained({
             "Type": "AWS::SQS::Queue",
             "Properties": {
                 "QueueName": cfg.queue_name,
@@ -201,7 +240,7 @@ def queue_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
                 },
                 "Tags": _tag_list(cfg),
             },
-        },
+        }),
     }
 
 
@@ -226,21 +265,23 @@ def infrastructure_template(cfg: StageConfig) -> Dict[str, Any]:
 
 # --- IAM ----------------------------------------------------------------------------------------
 
-_ARN = re.compile(r"^arn:aws:(?P<service>[a-z0-9-]+):(?P<region>\*):(?P<account>\*):(?P<rest>.*)$")
+_ARN = re.compile(r"^arn:aws:(?P<service>[a-z0-9-]+):(?P<region>\*):(?P<account>\*?):(?P<rest>.*)$")
 
 
 def scope_resource(arn: str) -> Any:
-    """Pin a policy file ARN to the stack: partition, region, account and (for execute-api)
-    the WebSocket API id become CloudFormation references. Returns a ``Fn::Sub`` or the ARN
-    unchanged when it has no wildcard region/account."""
+    """Pin a policy file ARN to the stack: partition, region, account (when the ARN has one:
+    ``apigateway`` ARNs have none) and, for execute-api, the WebSocket API id become
+    CloudFormation references. Returns a ``Fn::Sub`` or the ARN unchanged when it has no
+    wildcard region."""
     match = _ARN.match(arn)
     if not match:
         return arn
     rest = match["rest"]
     if match["service"] == "execute-api" and rest.startswith("*/"):
         rest = "${WebsocketAPI}" + rest[1:]
+    account = "${AWS::AccountId}" if match["account"] else ""
     return {"Fn::Sub": f"arn:${{AWS::Partition}}:{match['service']}:${{AWS::Region}}:"
-                       f"${{AWS::AccountId}}:{rest}"}
+                       f"{account}:{rest}"}
 
 
 def scoped_policy(document: Mapping[str, Any]) -> Dict[str, Any]:
@@ -298,6 +339,49 @@ def authorizer_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
 def _deployment_id(fingerprint: Any) -> str:
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     return f"WebsocketAPIDeployment{digest[:12]}"
+
+
+def pin_websocket_deployment(template: Mapping[str, Any]) -> Dict[str, Any]:
+    """Give the WebSocket stage's deployment a logical id that hashes the whole API.
+
+    A stage serves a snapshot of the API taken when its ``AWS::ApiGatewayV2::Deployment``
+    was created, and CloudFormation re-creates a deployment only when its logical id changes.
+    So the id becomes ``WebsocketAPIDeployment<sha256[:12]>`` of every resource of
+    :data:`WEBSOCKET_SNAPSHOT_TYPES` on ``WebsocketAPI`` (routes, integrations, authorizers,
+    the API itself: type and properties), as found in the final, merged template: adding,
+    removing or changing a route, an integration or the authorizer yields a new deployment,
+    and an unchanged API keeps its id (no needless redeployment). The deployment also depends
+    on every route, so the snapshot is taken after all of them exist.
+
+    Args:
+        template: a packaged SAM/CloudFormation template (``sam.json``) whose
+            ``WebsocketAPIStage`` refers to a deployment.
+    Returns:
+        a copy with the deployment renamed and the stage pointing at it (the template
+        unchanged when it has no WebSocket stage).
+    """
+    pinned = copy.deepcopy(dict(template))
+    resources = pinned.get("Resources", {})
+    stage = resources.get("WebsocketAPIStage")
+    if not stage:
+        return pinned
+    current = stage["Properties"]["DeploymentId"]["Ref"]
+    snapshot = {name: {"Type": r["Type"], "Properties": r.get("Properties", {})}
+                for name, r in resources.items()
+                if r.get("Type") in WEBSOCKET_SNAPSHOT_TYPES
+                and (name == "WebsocketAPI"
+                     or r.get("Properties", {}).get("ApiId") == {"Ref": "WebsocketAPI"})}
+    routes = sorted(name for name, r in snapshot.items()
+                    if r["Type"] in ("AWS::ApiGatewayV2::Route",
+                                     "AWS::ApiGatewayV2::Authorizer"))
+    deployment = resources.pop(current)
+    depends = deployment.get("DependsOn", [])
+    depends = [depends] if isinstance(depends, str) else list(depends)
+    deployment["DependsOn"] = sorted(set(depends) | set(routes))
+    new_id = _deployment_id(snapshot)
+    resources[new_id] = deployment
+    stage["Properties"]["DeploymentId"] = {"Ref": new_id}
+    return pinned
 
 
 def merge_template(cfg: StageConfig) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -50,10 +51,14 @@ class FakeChaliceDeploy:
 
     def __init__(self, project: Path, cfg: templates.StageConfig):
         self.project, self.cfg, self.calls = project, cfg, []
+        self.fail = False
 
-    def __call__(self, command, check, cwd):
+    def __call__(self, command, check, cwd, env):
         assert command[-3:] == ["deploy", "--stage", STAGE] and check
+        assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # chalice imports app.py: no __pycache__
         self.calls.append(command)
+        if self.fail:  # e.g. an expired session token half-way through
+            raise subprocess.CalledProcessError(1, command)
         lam, iam, sqs = (boto3.client(s, region_name=REGION) for s in ("lambda", "iam", "sqs"))
         if len(self.calls) > 1:  # chalice resets the environment to config.json's
             for function in templates.FUNCTIONS:
@@ -271,13 +276,17 @@ def test_a_drifted_authorizer_is_corrected_and_redeployed(setup):
     assert f"authorizer {cfg.authorizer_name} updated" in deployer.changes
 
 
-def test_missing_secret_stops_before_chalice_deploy(setup):
+def test_missing_secret_stops_before_anything_is_created(setup):
     cfg, deployer = setup["cfg"], setup["deployer"]
     boto3.client("ssm", region_name=REGION).delete_parameter(Name=cfg.secret_parameter)
     with pytest.raises(deploy.DeployError, match="aws ssm put-parameter --name "
                                                  "/realtime/prod/pusher-secret --type SecureString"):
         deployer.run()
     assert setup["chalice"].calls == []
+    # no stack either: a stack with termination protection is not undone in one command
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    assert cfn.list_stacks()["StackSummaries"] == []
+    assert boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"] == []
 
 
 def test_plain_string_secret_is_refused(setup):
@@ -299,3 +308,144 @@ def test_main_without_a_region_fails_with_a_message(monkeypatch, capsys):
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     assert deploy.main(["--stage", STAGE]) == 1
     assert "no AWS region" in capsys.readouterr().err
+
+
+# --- issue 9 item 8: deploy hardening -------------------------------------------------------
+
+@pytest.mark.parametrize("status", ["ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED"])
+def test_a_stack_to_delete_says_to_lift_termination_protection_first(setup, status):
+    cfg = setup["cfg"]
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    stubber = Stubber(cfn)
+    stubber.add_response("describe_stacks", {"Stacks": [{
+        "StackName": cfg.infrastructure_stack_name, "StackStatus": status,
+        "CreationTime": "2024-01-01T00:00:00Z", "EnableTerminationProtection": True}]},
+        {"StackName": cfg.infrastructure_stack_name})
+    deployer = deploy.Deployer(
+        cfg, lambda service: cfn if service == "cloudformation" else setup["factory"](service),
+        project_dir=setup["deployer"].project_dir, run=setup["chalice"], echo=print)
+    with stubber, pytest.raises(deploy.DeployError) as caught:
+        deployer.run()
+    message = str(caught.value)
+    name = cfg.infrastructure_stack_name
+    lift = (f"aws cloudformation update-termination-protection "
+            f"--no-enable-termination-protection --stack-name {name}")
+    assert lift in message and f"aws cloudformation delete-stack --stack-name {name}" in message
+    assert message.index(lift) < message.index("delete-stack")
+    assert setup["chalice"].calls == []
+
+
+def test_a_table_kept_from_a_deleted_stack_is_named_before_creating(setup):
+    cfg, deployer = setup["cfg"], setup["deployer"]
+    boto3.client("sqs", region_name=REGION).create_queue(QueueName=cfg.dlq_name)
+    with pytest.raises(deploy.DeployError) as caught:
+        deployer.deploy_infrastructure(waiter_delay=0)
+    message = str(caught.value)
+    assert f"queue {cfg.dlq_name} already exist" in message
+    assert "--change-set-type IMPORT" in message
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    assert cfn.list_stacks()["StackSummaries"] == []
+
+
+def test_the_stack_keeps_table_and_queues_when_deleted(setup):
+    cfg, deployer = setup["cfg"], setup["deployer"]
+    deployer.deploy_infrastructure(waiter_delay=0)
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    body = cfn.get_template(StackName=cfg.infrastructure_stack_name)["TemplateBody"]
+    body = json.loads(body) if isinstance(body, str) else body
+    for name in ("ConnectionsTable", "PushQueue", "PushDeadLetterQueue"):
+        assert body["Resources"][name]["DeletionPolicy"] == templates.DELETION_POLICY
+        assert body["Resources"][name]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_policy_files_in_another_partition_are_refused_before_anything(aws, project,
+                                                                       monkeypatch):
+    region = "cn-north-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    monkeypatch.setenv("AWS_REGION", region)
+    cfg = templates.load_stage(STAGE, project)
+    boto3.client("ssm", region_name=region).put_parameter(
+        Name=cfg.secret_parameter, Value="pusher-secret", Type="SecureString")
+    calls = []
+    deployer = deploy.Deployer(cfg, lambda service: boto3.client(service, region_name=region),
+                               project_dir=project, run=lambda *a, **k: calls.append(a),
+                               echo=print)
+    with pytest.raises(deploy.DeployError) as caught:
+        deployer.run()
+    assert "policy-prod-authorizer.json grants arn:aws:logs:" in str(caught.value)
+    assert "cn-north-1 is in the aws-cn partition" in str(caught.value)
+    assert calls == []
+    assert boto3.client("cloudformation", region_name=region).list_stacks()[
+        "StackSummaries"] == []
+
+    for path in (project / ".chalice").glob("policy-*.json"):
+        path.write_text(path.read_text().replace('"arn:aws:', '"arn:aws-cn:'))
+    deployer.check_partition(region)  # no error: the files now name aws-cn
+    with pytest.raises(deploy.DeployError, match="us-gov-west-1 is in the aws-us-gov"):
+        deployer.check_partition("us-gov-west-1")
+
+
+def test_chalice_deploy_zips_no_bytecode(setup):
+    deployer = setup["deployer"]
+    cache = deployer.project_dir / "chalicelib" / "__pycache__"
+    cache.mkdir(parents=True)
+    (cache / "push.cpython-311.pyc").write_bytes(b"\x00")
+    (deployer.project_dir / "chalicelib" / "push.py").write_text("")
+    deployer.deploy_infrastructure(waiter_delay=0)
+    deployer.chalice_deploy()
+    assert not cache.exists()
+    assert (deployer.project_dir / "chalicelib" / "push.py").exists()
+
+
+def test_pushes_survive_a_deploy_that_stopped_before_the_authorizer_step(setup, monkeypatch):
+    cfg, deployer, stubber = setup["cfg"], setup["deployer"], setup["stubber"]
+    expect_first_attach(stubber, cfg)
+    deployer.run()
+
+    # the next `make deploy`: chalice deploy resets every environment, then the session
+    # expires before step 4 could put WEBSOCKET_API_ID back
+    stubber.add_client_error("get_authorizers", "ExpiredTokenException", "expired")
+    with pytest.raises(Exception, match="ExpiredToken"):
+        deployer.run()
+    lam = boto3.client("lambda", region_name=REGION)
+    variables = lam.get_function_configuration(
+        FunctionName=cfg.function_name("push_worker"))["Environment"]["Variables"]
+    assert "WEBSOCKET_API_ID" not in variables
+
+    # the push worker, with exactly that environment, still finds the API chalice made
+    from chalicelib import push, settings
+
+    api_id = boto3.client("apigatewayv2", region_name=REGION).create_api(
+        Name=cfg.websocket_api_name, ProtocolType="WEBSOCKET",
+        RouteSelectionExpression="$request.body.action")["ApiId"]
+    for name in [n for n in __import__("os").environ if n.startswith("WEBSOCKET_")]:
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    settings.reset()
+    push.reset_clients()
+    try:
+        assert push.management_endpoint() == \
+            f"https://{api_id}.execute-api.{REGION}.amazonaws.com/{cfg.api_gateway_stage}"
+    finally:
+        settings.reset()
+        push.reset_clients()
+
+
+def test_main_reports_an_aws_failure_with_the_way_to_finish(monkeypatch, capsys):
+    from botocore.exceptions import ClientError
+
+    class Failing:
+        def __init__(self, cfg, factory):
+            pass
+
+        def run(self, attach_only=False):
+            raise ClientError({"Error": {"Code": "ExpiredTokenException",
+                                         "Message": "expired"}}, "GetAuthorizers")
+
+    monkeypatch.setattr(deploy, "Deployer", Failing)
+    monkeypatch.setattr(deploy, "boto3_client_factory", lambda region: None)
+    assert deploy.main(["--stage", STAGE]) == 1
+    err = capsys.readouterr().err
+    assert "deploy failed: An error occurred (ExpiredTokenException)" in err
+    assert f"python -m infra.deploy --stage {STAGE} --attach-only" in err

@@ -8,6 +8,7 @@ Packaging runs once per module (about 5-15 s; pip may download wheels the first 
 from __future__ import annotations
 
 import copy
+import zipfile
 import json
 import pytest
 
@@ -198,6 +199,9 @@ def test_role_policies_are_pinned_to_this_stack(packaged):
                     assert resource != "*", name
                     arn = resource["Fn::Sub"]
                     assert arn.startswith("arn:${AWS::Partition}:")
+                    if ":apigateway:" in arn:  # API Gateway ARNs carry no account
+                        assert arn == "arn:${AWS::Partition}:apigateway:${AWS::Region}::/apis"
+                        continue
                     assert ":${AWS::Region}:${AWS::AccountId}:" in arn
                     if ":execute-api:" in arn:
                         assert "${WebsocketAPI}/prod/POST/@connections/*" in arn
@@ -262,3 +266,178 @@ def test_make_package_reports_size_and_lint(packaged, monkeypatch, capsys):
     assert calls == [(STAGE, "cloudformation")]
     assert "Lambda zip:" in out and "ratio:" in out
     assert "cfn-lint:        passed" in out
+
+
+# --- issue 9 item 8: deploy hardening -------------------------------------------------------
+
+def test_cfn_lint_applies_the_sam_transform(packaged, tmp_path):
+    # SAM passes FunctionResponseTypes through to AWS::Lambda::EventSourceMapping; only the
+    # transformed template meets the CloudFormation schema that knows its allowed values
+    broken = copy.deepcopy(packaged["template"])
+    sqs = broken["Resources"]["PushWorker"]["Properties"]["Events"][templates.SQS_EVENT_NAME]
+    sqs["Properties"]["FunctionResponseTypes"] = ["ReportBatchItemFailure"]  # no final s
+    path = tmp_path / "sam.json"
+    path.write_text(json.dumps(broken))
+    result = package.cfn_lint(path)
+    assert result.returncode != 0
+    assert "'ReportBatchItemFailure' is not one of ['ReportBatchItemFailures']" in result.stdout
+    assert "sam.transformed.json" in result.stdout
+
+
+def test_the_transformed_template_has_the_event_source_mapping(packaged):
+    transformed = package.sam_transform(packaged["template"])
+    mappings = [r["Properties"] for r in transformed["Resources"].values()
+                if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 1
+    assert mappings[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mappings[0]["EventSourceArn"] == {"Fn::Sub": "${PushQueue.Arn}"}
+
+
+def test_a_template_the_sam_transform_refuses_fails_lint(packaged, tmp_path):
+    broken = copy.deepcopy(packaged["template"])
+    broken["Resources"]["PushWorker"]["Properties"]["Events"][templates.SQS_EVENT_NAME][
+        "Type"] = "NotAnEventType"
+    path = tmp_path / "sam.json"
+    path.write_text(json.dumps(broken))
+    result = package.cfn_lint(path)
+    assert result.returncode != 0
+    assert result.stdout.startswith("SAM transform failed:")
+
+
+def test_table_and_queues_outlive_the_stack(packaged):
+    standalone = templates.infrastructure_template(packaged["cfg"])["Resources"]
+    for resources in (packaged["resources"], standalone):
+        for name in ("ConnectionsTable", "PushQueue", "PushDeadLetterQueue"):
+            assert resources[name]["DeletionPolicy"] == "RetainExceptOnCreate", name
+            assert resources[name]["UpdateReplacePolicy"] == "Retain", name
+
+
+def _add_route(template, route_key):
+    changed = copy.deepcopy(template)
+    route = copy.deepcopy(changed["Resources"]["WebsocketMessageRoute"])
+    route["Properties"]["RouteKey"] = route_key
+    changed["Resources"]["WebsocketCustomRoute"] = route
+    return changed
+
+
+def test_stage_deployment_follows_the_routes(packaged):
+    template = packaged["template"]
+    resources = packaged["resources"]
+    deployment_id = _ref(resources["WebsocketAPIStage"]["Properties"]["DeploymentId"])
+    routes = {name for name, r in resources.items() if r["Type"] == "AWS::ApiGatewayV2::Route"}
+    assert routes <= set(resources[deployment_id]["DependsOn"])
+    # the same API keeps its deployment: no redeployment on every package
+    same = templates.pin_websocket_deployment(template)
+    assert same["Resources"]["WebsocketAPIStage"] == resources["WebsocketAPIStage"]
+
+    # a new route: a new deployment, taken after the route exists
+    added = templates.pin_websocket_deployment(_add_route(template, "typing"))
+    new_id = _ref(added["Resources"]["WebsocketAPIStage"]["Properties"]["DeploymentId"])
+    assert new_id != deployment_id and new_id.startswith("WebsocketAPIDeployment")
+    assert deployment_id not in added["Resources"]
+    assert "WebsocketCustomRoute" in added["Resources"][new_id]["DependsOn"]
+    assert added["Resources"][new_id]["Type"] == "AWS::ApiGatewayV2::Deployment"
+
+    # a changed route (another integration target) also redeploys
+    changed = copy.deepcopy(template)
+    changed["Resources"]["WebsocketMessageRoute"]["Properties"]["Target"] = {
+        "Fn::Join": ["/", ["integrations", {"Ref": "WebsocketDisconnectAPIIntegration"}]]}
+    changed = templates.pin_websocket_deployment(changed)
+    assert _ref(changed["Resources"]["WebsocketAPIStage"]["Properties"]["DeploymentId"]) \
+        not in (deployment_id, new_id)
+
+
+def test_packaged_template_with_a_new_route_still_lints(packaged, tmp_path):
+    path = tmp_path / "sam.json"
+    path.write_text(json.dumps(templates.pin_websocket_deployment(
+        _add_route(packaged["template"], "typing"))))
+    result = package.cfn_lint(path)
+    assert result.returncode == 0, result.stdout
+
+
+def test_zip_has_no_bytecode_and_is_reproducible(packaged, tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    # what a test run (or any import without PYTHONDONTWRITEBYTECODE) leaves behind
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import app"], cwd=package.ROOT, env=env,
+                   check=True)
+    assert list((package.ROOT / "chalicelib").glob("__pycache__/*.pyc"))
+
+    target = package.chalice_package(STAGE, tmp_path)
+    zip_path = target / "deployment.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        assert not [n for n in archive.namelist() if package.is_bytecode(n)]
+    assert hashlib.sha256(zip_path.read_bytes()).hexdigest() == hashlib.sha256(
+        (packaged["dir"] / "deployment.zip").read_bytes()).hexdigest()
+    assert (target / "sam.json").read_text() == (packaged["dir"] / "sam.json").read_text()
+
+
+def test_zip_check_flags_bytecode(tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("app.py", "")
+        archive.writestr("chalicelib/push.py", "")
+        archive.writestr("chalicelib/__pycache__/push.cpython-311.pyc", "")
+        archive.writestr("jwt/api_jwt.pyc", "")
+    report = package.check_zip(bad, bad)
+    assert report.bytecode == ["chalicelib/__pycache__/push.cpython-311.pyc", "jwt/api_jwt.pyc"]
+    assert report.forbidden == []
+    assert not report.ok
+    assert "BYTECODE in the zip (2 entries)" in report.describe()
+
+
+def test_ws_authorizer_reserved_concurrency_is_packaged(tmp_path):
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("app.py", "requirements.txt"):
+        shutil.copy2(package.ROOT / name, project / name)
+    shutil.copytree(package.ROOT / "chalicelib", project / "chalicelib")
+    shutil.copytree(package.ROOT / ".chalice", project / ".chalice",
+                    ignore=shutil.ignore_patterns("deployed"))  # deployments: pip cache
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"][STAGE]["lambda_functions"]["ws_authorizer"]["reserved_concurrency"] = 50
+    config_path.write_text(json.dumps(config))
+
+    assert templates.load_stage(STAGE, project).authorizer_reserved_concurrency == 50
+    target = package.chalice_package(STAGE, tmp_path / "out", project_dir=project)
+    resources = json.loads((target / "sam.json").read_text())["Resources"]
+    reserved = {name: r["Properties"].get("ReservedConcurrentExecutions")
+                for name, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    assert reserved.pop("WsAuthorizer") == 50
+    assert set(reserved.values()) == {None}  # the other functions share the account's pool
+
+
+@pytest.mark.parametrize("value", [0, -1, "10", 2.5, True])
+def test_an_invalid_reserved_concurrency_is_refused(tmp_path, value):
+    import shutil
+
+    shutil.copytree(package.ROOT / ".chalice", tmp_path / ".chalice",
+                    ignore=shutil.ignore_patterns("deployed", "deployments"))
+    config_path = tmp_path / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"][STAGE]["lambda_functions"]["ws_authorizer"]["reserved_concurrency"] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="reserved_concurrency must be a whole number >= 1"):
+        templates.load_stage(STAGE, tmp_path)
+
+
+def test_the_websocket_api_is_named_as_the_functions_look_it_up(packaged, monkeypatch):
+    from chalicelib import settings
+
+    cfg = packaged["cfg"]
+    assert packaged["resources"]["WebsocketAPI"]["Properties"]["Name"] == \
+        cfg.websocket_api_name
+    for name, value in cfg.environment.items():
+        monkeypatch.setenv(name, value)
+    settings.reset()
+    try:
+        assert settings.websocket_settings().api_name == cfg.websocket_api_name
+    finally:
+        settings.reset()

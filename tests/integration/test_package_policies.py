@@ -24,6 +24,10 @@ SQS_EVENT_SOURCE_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQ
 MANAGEMENT_METHODS = {"post_to_connection": "POST", "delete_connection": "DELETE",
                       "get_connection": "GET"}
 CHALICE_WEBSOCKET_METHODS = {"send": "POST", "close": "DELETE", "info": "GET"}
+#: API Gateway V2 reads the code makes (finding the WebSocket API by name), as IAM sees them:
+#: ``apigateway:<HTTP method>`` on the resource path (API Gateway Developer Guide, "Control
+#: access for managing an API with IAM")
+APIGATEWAY_READS = {"get_apis": ("apigateway:GET", "/apis")}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
 NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}
@@ -71,7 +75,9 @@ def calls_in_chalicelib() -> dict:
                     and id(node) not in docstrings:
                 names.append(node.value)
             for name in names:
-                if name in MANAGEMENT_METHODS:
+                if name in APIGATEWAY_READS:
+                    needed.add(APIGATEWAY_READS[name][0])
+                elif name in MANAGEMENT_METHODS:
                     needed.add("execute-api:" + MANAGEMENT_METHODS[name])
                 elif name in dynamodb:
                     needed.add("dynamodb:" + dynamodb[name])
@@ -104,9 +110,10 @@ def _grants(policy: dict) -> dict:
 
 
 def test_the_code_scan_finds_the_calls_we_know_of(needed):
-    # the registry's writes and queries, PostToConnection, and the SSM secret read
+    # the registry's writes and queries, PostToConnection, the SSM secret read, and the
+    # lookup of the WebSocket API by name
     assert {"dynamodb:PutItem", "dynamodb:Query", "execute-api:POST",
-            "ssm:GetParameter"} <= needed
+            "ssm:GetParameter", "apigateway:GET"} <= needed
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -139,9 +146,12 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
             f"arn:aws:ssm:*:*:parameter/{cfg.secret_parameter.lstrip('/')}"]
     else:  # dev keeps its (dummy) secret in config.json and never calls SSM
         assert not any(a.startswith("ssm:") for a in grants)
+    # GetApis lists the region's APIs: the list is the only resource it has
+    assert grants["apigateway:GET"] == ["arn:aws:apigateway:*::/apis"]
+
     # the default aws/ssm key needs no KMS grant; nothing else is granted
     assert set(grants) <= LOG_ACTIONS | SQS_EVENT_SOURCE_ACTIONS | dynamo_needed | {
-        "execute-api:ManageConnections", "ssm:GetParameter"}
+        "execute-api:ManageConnections", "ssm:GetParameter", "apigateway:GET"}
 
     logs = {cfg.function_name(f) for f in templates.FUNCTIONS
             if f not in ("jwt_auth", "ws_authorizer")}
@@ -171,8 +181,10 @@ def test_no_policy_has_a_bare_wildcard_resource(path):
         for resource in resources:
             assert resource != "*"
             assert resource.startswith("arn:aws:")
-            # the name part is always this app's (only region/account/API id are open)
-            assert "realtime" in resource or "/@connections/" in resource
+            # the name part is always this app's (only region/account/API id are open), or
+            # the list of APIs (GetApis, read-only, to find the WebSocket API by name)
+            assert "realtime" in resource or "/@connections/" in resource \
+                or resource == "arn:aws:apigateway:*::/apis"
 
 
 @pytest.mark.parametrize("stage", ("staging", "prod"))

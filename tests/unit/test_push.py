@@ -5,6 +5,7 @@ import json
 import socket
 
 import pytest
+from moto import mock_aws
 
 from chalicelib import connections, push, settings
 from chalicelib.errors import ConfigError, PayloadTooLarge
@@ -62,7 +63,7 @@ def test_endpoint_resolution(aws_env, monkeypatch):
     custom = events.message_event("c1=", {}, domain="ws.example.com", stage="prod")
     assert push.management_endpoint(custom) == \
         f"https://{events.API_ID}.execute-api.us-east-1.amazonaws.com/prod"
-    with pytest.raises(ConfigError) as caught:
+    with mock_aws(), pytest.raises(ConfigError) as caught:  # no API to find by name either
         push.management_endpoint()
     assert "WEBSOCKET_API_ID" in caught.value.public_message
 
