@@ -50,8 +50,9 @@ class JSONRejected(ValueError):
         document: the value parsed despite the fault, for faults found in values of a
             syntactically valid document (overflowing numbers, ``NaN``, lone surrogates,
             duplicate names; members whose name is duplicated are left out, as their value is
-            ambiguous); None for syntax errors, undecodable bytes and excessive nesting. Callers may read a correlation id from it to address
-            their error reply, never act on it otherwise.
+            ambiguous); None for syntax errors, undecodable bytes and excessive nesting.
+            Callers may read a correlation id from it to address their error reply, never act
+            on it otherwise.
     """
 
     def __init__(self, reason: str, document: Any = None) -> None:

@@ -13,16 +13,18 @@ route responses are configured):
 * ``{"action": "pushtowebsocket", "message": M}`` (the seeds' echo route) ->
   ``{"type": "message", "message": M}``.
 
-Frames are read with :func:`chalicelib.jsonutil.loads` (strict RFC 8259: no ``NaN``/infinities,
-no lone surrogates, no duplicate member names, at most 64 levels of nesting). A frame may carry
-an ``"id"`` (string of at most 64 characters, or integer); replies and error frames repeat it,
-``invalid_frame`` ones too whenever the text parsed far enough to hold a valid id (a value fault
-such as ``1e400`` elsewhere in the frame still lets the id be read), and ``unknown_action`` ones
-always. Anything wrong gets ``{"type": "error", "code", "message"}`` (plus ``id`` and ``action``
-when known); every frame gets exactly one reply, and the handler never raises. Channels are judged by
+A frame may carry an ``"id"`` (string of at most 64 characters, or integer); replies and error
+frames repeat it. Anything wrong gets ``{"type": "error", "code", "message"}`` (plus ``id`` and
+``action`` when known); the handler never raises. Channels are judged by
 :func:`chalicelib.channels.authorize`, the same rules as Pusher, with the principal stored at
 ``$connect``; ``private-encrypted-`` channels are refused (their end-to-end encryption is a
 Pusher feature).
+
+Frames are read with :func:`chalicelib.jsonutil.loads` (strict RFC 8259: no ``NaN``/infinities,
+no lone surrogates, no duplicate member names, at most 64 levels of nesting). Every frame gets
+exactly one reply: ``unknown_action`` error frames repeat the ``id`` (it is read before the
+action is judged), and ``invalid_frame`` ones do whenever the text parsed far enough to hold a
+valid id (a value fault such as ``1e400`` elsewhere in the frame still lets the id be read).
 """
 from __future__ import annotations
 

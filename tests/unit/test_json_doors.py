@@ -175,6 +175,19 @@ def test_a_frame_at_the_depth_limit_is_still_served(ws):
     assert f"deeper than {jsonutil.MAX_DEPTH}" in reply["message"]
 
 
+def test_a_reply_that_cannot_be_encoded_still_answers_with_the_id(ws, monkeypatch):
+    # unreachable with strict frames; if a handler ever builds such a reply, the client waiting
+    # on its id still hears back
+    from chalicelib import ws as ws_module
+
+    client, api, alice = ws
+    monkeypatch.setitem(ws_module._HANDLERS, "ping",
+                        lambda connection_id, frame, event: {"type": "pong", "x": float("nan")})
+    replies = send_raw(client, api, alice, '{"action": "ping", "id": "p1"}')
+    assert replies == [{"type": "error", "code": "internal_error", "message": "Internal error",
+                        "id": "p1"}]
+
+
 # --- socket frames: property ------------------------------------------------------------------
 
 @SETTINGS
