@@ -7,6 +7,22 @@ context values: AWS docs, "Output from an API Gateway Lambda authorizer").
 On any failure they raise ``Exception('Unauthorized')`` — the exact text API Gateway turns
 into ``401 Unauthorized`` (a Deny policy would be a 403, any other error a 500). The reason
 code and message are logged (``realtime`` logger, WARNING); the token never is.
+
+Configuration errors (``JWT_ISSUER`` unset, ``JWT_ISSUERS`` invalid...) must answer the same
+clear 503 at every route, but an authorizer can only make API Gateway answer 401, 403 or 500
+(AWS docs, "Output from an API Gateway Lambda authorizer"). So, fail-closed:
+
+* ``jwt_auth`` (REST), on a :class:`~chalicelib.errors.ConfigError` only, allows the request
+  with principal id :data:`CONFIG_ERROR_PRINCIPAL` and a context holding nothing but
+  ``{"config_error": <message naming the variable>}`` — no ``sub``, no claims. The route's
+  :func:`chalicelib.identity.principal_from_request` sees the marker and raises that
+  ``ConfigError`` (503 ``not_configured``), so no route can treat such a request as
+  authenticated. Every route behind ``jwt_auth`` must get its caller through
+  ``principal_from_request``. A request without a token never reaches the authorizer (API
+  Gateway answers 401), as the Pusher routes answer 401 without a token. API Gateway caches
+  the answer per token for the authorizer's TTL, so a fixed setting can take that long to show.
+* ``ws_authorizer`` (WebSocket ``$connect``) answers 401 like any other failure, and logs the
+  reason at ERROR naming the variable; a ``$connect`` deployed without it answers 503.
 """
 from __future__ import annotations
 
@@ -14,10 +30,12 @@ import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from chalicelib import identity, jwks
-from chalicelib.errors import AppError, Unauthorized, log, log_error
+from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
 UNAUTHORIZED = "Unauthorized"
+#: principal id of the answer ``jwt_auth`` gives when the JWT settings are broken (no caller)
+CONFIG_ERROR_PRINCIPAL = "config-error"
 
 
 def _unauthorized() -> Exception:
@@ -44,15 +62,22 @@ def rest_authorizer(auth_request):
         auth_request: ``chalice.app.AuthRequest`` (``token`` = the Authorization header value,
             ``Bearer <jwt>`` or the raw token; ``method_arn``).
     Returns:
-        ``chalice.AuthResponse(routes=['*'], principal_id=sub, context=flat claims)``.
+        ``chalice.AuthResponse(routes=['*'], principal_id=sub, context=flat claims)``; when the
+        JWT settings are missing or invalid, ``principal_id`` :data:`CONFIG_ERROR_PRINCIPAL`
+        and context ``{"config_error": message}`` (see the module docstring: the route then
+        answers 503).
     Raises:
-        Exception: ``'Unauthorized'`` for any failure (API Gateway answers 401).
+        Exception: ``'Unauthorized'`` for any other failure (API Gateway answers 401).
     """
     from chalice import AuthResponse
 
     try:
         token = identity.extract_token({"authorization": auth_request.token}, None)
         principal = identity.authenticate(token)
+    except ConfigError as err:
+        log_error(err, "jwt_auth")
+        return AuthResponse(routes=["*"], principal_id=CONFIG_ERROR_PRINCIPAL,
+                            context={identity.CONFIG_ERROR_CONTEXT_KEY: err.public_message})
     except AppError as err:
         log_error(err, "jwt_auth")
         raise _unauthorized() from None

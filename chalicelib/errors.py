@@ -17,6 +17,8 @@ import json
 import logging
 from typing import Any, Dict, Optional
 
+from chalicelib.logtext import for_log
+
 log = logging.getLogger("realtime")
 
 
@@ -228,6 +230,7 @@ def json_response(err: AppError, headers: Optional[Dict[str, str]] = None):
 
 
 def log_error(err: AppError, where: str) -> None:
-    """Log an error's code and detailed reason (never a token) at a level fit for its status."""
+    """Log an error's code and detailed reason (never a token) at a level fit for its status.
+    The reason may quote input, so it is escaped (:func:`chalicelib.logtext.for_log`)."""
     level = logging.WARNING if err.status < 500 else logging.ERROR
-    log.log(level, "%s: %s (%s)", where, err.code, err)
+    log.log(level, "%s: %s (%s)", where, err.code, for_log(err, limit=1000))

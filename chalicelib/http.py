@@ -8,7 +8,9 @@ from chalicelib.identity import principal_from_request
 def me(request):
     """``GET /me``: the caller's principal as ``{"sub", "iss", "scopes", "claims"}``.
 
-    Behind ``jwt_auth``; answers 401 JSON if the authorizer context is unusable.
+    Behind ``jwt_auth``; answers 401 JSON if the authorizer context is unusable, and 503
+    ``not_configured`` naming the variable when the JWT settings are broken (the authorizer's
+    ``config_error`` marker, see :mod:`chalicelib.authorizer`).
     """
     try:
         return principal_from_request(request).to_json()

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from chalicelib import tokens
-from chalicelib.errors import NoToken
+from chalicelib.errors import ConfigError, NoToken
 from chalicelib.principal import Principal
 from chalicelib.settings import jwt_settings
 
 #: query string parameter names that may carry the token, in order of preference
 QUERY_TOKEN_PARAMETERS = ("token", "Auth", "authorization")
+#: the authorizer context key ``jwt_auth`` sets, alone, when the JWT settings are broken
+CONFIG_ERROR_CONTEXT_KEY = "config_error"
 
 
 def header(headers: Any, name: str) -> Optional[str]:
@@ -94,9 +96,17 @@ def principal_from_request(request) -> Principal:
     otherwise the request's own token is verified.
 
     Raises:
+        chalicelib.errors.ConfigError: (503) the context carries ``jwt_auth``'s
+            :data:`CONFIG_ERROR_CONTEXT_KEY` marker (the JWT settings are broken; see
+            :mod:`chalicelib.authorizer`), whatever else it holds; or, without ``jwt_auth``,
+            the settings are broken.
         chalicelib.errors.Unauthorized: no usable context nor valid token.
     """
     context = (request.context or {}).get("authorizer") or {}
+    if CONFIG_ERROR_CONTEXT_KEY in context:
+        reason = context[CONFIG_ERROR_CONTEXT_KEY]
+        raise ConfigError(reason if isinstance(reason, str) and reason
+                          else "JWT settings are invalid")
     if context.get("sub"):
         return Principal.from_context(context)
     return authenticate_request(request.headers, request.query_params)

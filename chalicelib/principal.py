@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple, Union
 
+from chalicelib import jsonutil
 from chalicelib.errors import Unauthorized
 
 #: claims copied from a verified token into the principal (when present)
@@ -89,15 +90,17 @@ class Principal:
         """Rebuild from an authorizer context made by :meth:`flat_context`.
 
         Raises:
-            Unauthorized: the context lacks ``sub``/``iss`` or its ``claims`` is not JSON.
+            Unauthorized: the context lacks ``sub``/``iss``, or its ``claims`` is not a JSON
+                object that :func:`chalicelib.jsonutil.loads` accepts.
         """
         sub, issuer = context.get("sub"), context.get("iss")
         if not isinstance(sub, str) or not sub or not isinstance(issuer, str):
             raise Unauthorized("authorizer context without sub/iss")
         raw_claims = context.get("claims") or "{}"
         try:
-            claims = json.loads(raw_claims) if isinstance(raw_claims, str) else dict(raw_claims)
-        except (ValueError, TypeError):
+            claims = (jsonutil.loads(raw_claims) if isinstance(raw_claims, str)
+                      else dict(raw_claims))
+        except (ValueError, TypeError):  # JSONRejected is a ValueError
             raise Unauthorized("authorizer context with unreadable claims") from None
         if not isinstance(claims, dict):
             raise Unauthorized("authorizer context with non-object claims")

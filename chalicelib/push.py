@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from chalicelib import aws, channels, connections
+from chalicelib import aws, channels, connections, jsonutil
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
 from chalicelib.settings import websocket_settings
 
@@ -82,23 +82,14 @@ def merge(*summaries: Mapping[str, int]) -> Summary:
 
 # --- frames -----------------------------------------------------------------------------------
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def load_json(text: Any) -> Any:
-    """Parse client- or producer-supplied JSON strictly (RFC 8259: no ``NaN``/``Infinity``).
+    """Parse client- or producer-supplied JSON: :func:`chalicelib.jsonutil.loads`, the one
+    strict reader (kept here for callers of this name).
 
-    Used for WebSocket frames, ``POST /notifications`` bodies and push-queue messages.
-
-    Args:
-        text: ``str`` or UTF-8 ``bytes``.
-    Returns:
-        the parsed value.
     Raises:
-        ValueError: not valid JSON (``json.JSONDecodeError`` and non-UTF-8 bytes included).
+        chalicelib.jsonutil.JSONRejected: (a ``ValueError``) anything but strict JSON.
     """
-    return json.loads(text, parse_constant=_reject_constant)
+    return jsonutil.loads(text)
 
 
 def encode_frame(frame: Any) -> bytes:

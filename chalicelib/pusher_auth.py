@@ -16,6 +16,9 @@ Routes (see README, "Pusher Channels"):
 * ``POST /pusher/webhooks`` — ``X-Pusher-Key``/``X-Pusher-Signature`` over the raw body, at most
   5 minutes old; events go to :mod:`chalicelib.webhooks`.
 
+Every JSON body (auth requests, signed webhooks) is read with :func:`chalicelib.jsonutil.loads`,
+the service's one strict reader; what it refuses is a 400 naming the reason.
+
 Failures answer a JSON error ``{"error": code, "message": text}`` (chalicelib.errors) with
 400/401/403/413/503 and the CORS headers, so a browser can read them. Protocol sources: Pusher
 docs, "Authorizing users", "Authenticating users", "Encrypted channels", "Presence channels",
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from chalicelib import channels, webhooks as webhook_events
+from chalicelib import channels, jsonutil, webhooks as webhook_events
 from chalicelib.errors import (AppError, BadRequest, ConfigError, Forbidden, PayloadTooLarge,
                                Unauthorized, json_response, log_error)
 from chalicelib.identity import authenticate_request
@@ -72,6 +75,31 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Requested-With, X-CSRF-Toke
 
 # --- the pusher client --------------------------------------------------------------------------
 
+class SignedBodyRefused(Exception):
+    """A webhook whose key and signature are valid but whose body is not strict JSON.
+
+    Deliberately not a ``ValueError``: ``Pusher.validate_webhook`` turns a ``ValueError`` from
+    its JSON decoder into "invalid webhook" (``None``), which would report a correctly signed
+    but malformed body as a bad signature (401) instead of a bad body (400).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StrictWebhookDecoder(json.JSONDecoder):
+    """The ``json_decoder`` given to the ``pusher`` client: ``validate_webhook`` decodes the
+    body only after checking key and signature, and decodes it with this class, so a signed
+    body gets the one strict rule (:func:`chalicelib.jsonutil.loads`)."""
+
+    def decode(self, s, *args, **kwargs):  # noqa: D102 (json.JSONDecoder API)
+        try:
+            return jsonutil.loads(s)
+        except jsonutil.JSONRejected as err:
+            raise SignedBodyRefused(err.reason) from None
+
+
 @functools.lru_cache(maxsize=4)
 def _client_for(config: PusherSettings):
     import pusher  # lazy: only Pusher routes pay for the import
@@ -82,7 +110,7 @@ def _client_for(config: PusherSettings):
         return pusher.Pusher(
             app_id=config.app_id, key=config.key, secret=config.secret,
             cluster=config.cluster, host=config.host, port=config.port, ssl=config.ssl,
-            encryption_master_key_base64=key_b64)
+            encryption_master_key_base64=key_b64, json_decoder=StrictWebhookDecoder)
     except (ValueError, TypeError) as exc:
         # the settings loader validates these already; the library's wording names no variable
         raise ConfigError(f"PUSHER_* settings rejected by the pusher library: {exc}",
@@ -203,9 +231,9 @@ def _body_fields(request) -> Dict[str, List[Any]]:
         kind == "text/plain" and text.lstrip().startswith("{"))
     if is_json:
         try:
-            data = json.loads(text)
-        except ValueError:
-            raise BadRequest("request body is not valid JSON") from None
+            data = jsonutil.loads(text)
+        except jsonutil.JSONRejected as err:
+            raise BadRequest(f"request body is not valid JSON: {err.reason}") from None
         if not isinstance(data, dict):
             raise BadRequest("request body must be a JSON object")
         return {str(name): [value] for name, value in data.items()}
@@ -530,8 +558,9 @@ def webhooks(request):
 
     Returns:
         200 ``{"received", "handled", "failed", "skipped"}``; 401 for a missing, wrong or stale
-        signature (or a body it cannot cover); 400 when a signed body has no ``events`` list;
-        413 over :data:`MAX_WEBHOOK_BYTES`; 503 when Pusher settings are missing.
+        signature (or a body it cannot cover); 400 when a signed body is not strict JSON (see
+        :mod:`chalicelib.jsonutil`) or has no ``events`` list; 413 over
+        :data:`MAX_WEBHOOK_BYTES`; 503 when Pusher settings are missing.
     """
     try:
         raw = _raw_body(request, MAX_WEBHOOK_BYTES)
@@ -543,6 +572,8 @@ def webhooks(request):
         try:
             body = raw.decode("utf-8")
             data = client.validate_webhook(key=key, signature=signature, body=body)
+        except SignedBodyRefused as err:
+            raise BadRequest(f"webhook body is not valid JSON: {err.reason}") from None
         except Exception:  # undecodable body, non-ASCII signature, non-object JSON...
             data = None
         if data is None:

@@ -15,19 +15,21 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
+from chalicelib import jsonutil
 from chalicelib.errors import ConfigError
 
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
 STAGES = ("dev", "staging", "prod")
+#: ``STAGE`` when unset: the strictest stage (dev-only relaxations need an explicit STAGE=dev)
+DEFAULT_STAGE = "prod"
 
 
 # --- primitive readers ----------------------------------------------------------------------
@@ -83,13 +85,18 @@ def _csv(name: str) -> Tuple[str, ...]:
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
+def url_scheme(url: str) -> str:
+    """The scheme of ``url``, lower-cased: schemes are case-insensitive (RFC 3986 §3.1), so
+    ``HTTP://`` is plain http. The one scheme rule of every URL check here."""
+    return urlsplit(url).scheme.lower()
+
+
 def key_url_allowed(url: str) -> bool:
     """The key-set URL rule, shared by these settings and :mod:`chalicelib.jwks`: an https URL
-    with a host, or plain http to a loopback host (:data:`LOCAL_HOSTS`)."""
-    parts = urlsplit(url)
-    host = parts.hostname
-    return bool(host) and (parts.scheme == "https"
-                           or (parts.scheme == "http" and host in LOCAL_HOSTS))
+    with a host, or plain http to a loopback host (:data:`LOCAL_HOSTS`); scheme in any case."""
+    host = urlsplit(url).hostname
+    scheme = url_scheme(url)
+    return bool(host) and (scheme == "https" or (scheme == "http" and host in LOCAL_HOSTS))
 
 
 def _check_url(name: str, url: str) -> str:
@@ -123,7 +130,7 @@ class AppSettings:
 @functools.lru_cache(maxsize=None)
 def app_settings() -> AppSettings:
     """Load :class:`AppSettings`. Raises ConfigError for an unknown ``STAGE``."""
-    stage = _raw("STAGE") or "prod"
+    stage = _raw("STAGE") or DEFAULT_STAGE
     if stage not in STAGES:
         raise ConfigError(f"STAGE must be one of {', '.join(STAGES)}")
     origin = _raw("CORS_ALLOW_ORIGIN")
@@ -175,8 +182,8 @@ class JwtSettings:
 def _issuers_from_json(raw: str) -> "dict[str, IssuerConfig]":
     name = "JWT_ISSUERS"
     try:
-        entries = json.loads(raw)
-    except ValueError:
+        entries = jsonutil.loads(raw)
+    except jsonutil.JSONRejected:
         raise ConfigError(f"{name} must be a JSON list") from None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{name} must be a non-empty JSON list")
@@ -229,7 +236,7 @@ def jwt_settings() -> JwtSettings:
     if stage != "dev":
         for config in issuers.values():
             for url in (config.issuer, config.jwks_uri or ""):
-                if url.startswith("http://"):
+                if url_scheme(url) == "http":
                     raise ConfigError(
                         "JWT_ISSUER/JWT_ISSUERS: plain-http (local dev) issuers are only "
                         "allowed on the dev stage")
@@ -433,9 +440,15 @@ def websocket_settings() -> WebSocketSettings:
 
 
 def push_queue_name() -> str:
-    """The SQS queue the push worker listens to (``PUSH_QUEUE_NAME``, default
-    ``realtime-push-<STAGE>``). Read at import time by app.py's decorator."""
-    return _raw("PUSH_QUEUE_NAME") or f"realtime-push-{_raw('STAGE') or 'dev'}"
+    """The SQS queue the push worker listens to: ``PUSH_QUEUE_NAME``, default
+    ``realtime-push-<STAGE>`` with ``STAGE``'s own default (:data:`DEFAULT_STAGE`, ``prod``).
+
+    Read at import time by app.py's ``on_sqs_message`` decorator — in a deployed Lambda, and in
+    the ``chalice deploy``/``chalice package`` process, which builds the event source from it
+    with that process's environment (not the stage's ``environment_variables``). Never raises,
+    so importing ``app`` cannot fail: an unknown ``STAGE`` is reported by :func:`app_settings`.
+    """
+    return _raw("PUSH_QUEUE_NAME") or f"realtime-push-{_raw('STAGE') or DEFAULT_STAGE}"
 
 
 def reset() -> None:

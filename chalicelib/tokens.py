@@ -8,8 +8,10 @@ the token):
 1. at most :data:`MAX_TOKEN_CHARS` characters (8 KiB) -> ``TokenTooLarge``;
 2. exactly three ``.``-separated segments, each strict base64url without padding and with
    canonical trailing bits (RFC 7515 §2, RFC 4648 §5) -> ``MalformedToken``;
-3. header and payload are UTF-8 JSON *objects* without duplicate member names (RFC 7515 §5.2
-   step 4 lets us refuse duplicates; RFC 8725 §3.5), no ``NaN``/``Infinity``;
+3. header and payload are UTF-8 JSON *objects* read by :func:`chalicelib.jsonutil.loads`:
+   no duplicate member names (RFC 7515 §5.2 step 4 lets us refuse them; RFC 8725 §3.5), no
+   ``NaN``/``Infinity`` nor numbers overflowing to infinity, no lone surrogates (so every claim
+   can be encoded again, into a presence member for instance), at most 64 levels of nesting;
 4. header: ``alg`` in ``JWT_ALGORITHMS`` (asymmetric only, so never ``none`` nor ``HS*``;
    RFC 8725 §3.1) -> ``AlgorithmNotAllowed``; no ``crit`` (RFC 7515 §4.1.11: we understand no
    extension), and no ``jku``, ``jwk``, ``x5u``, ``x5c`` (keys come only from the configured key
@@ -29,7 +31,6 @@ the token):
 from __future__ import annotations
 
 import binascii
-import json
 import math
 import re
 import time
@@ -37,7 +38,7 @@ from typing import Any, Dict, Optional
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 
-from chalicelib import jwks
+from chalicelib import jsonutil, jwks
 from chalicelib.errors import (
     AlgorithmNotAllowed, InvalidAudience, InvalidClaim, InvalidIssuer, InvalidSignature,
     MalformedToken, MissingKeyId, TokenExpired, TokenNotYetValid, TokenTooLarge,
@@ -95,30 +96,11 @@ def _b64decode(segment: str, what: str) -> bytes:
         raise MalformedToken(_describe_bad_segment(segment.rstrip("="), what)) from None
 
 
-def _no_duplicates(pairs):
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise MalformedToken(f"duplicate JSON member name {duplicate[:40]!r}")
-    return obj
-
-
-def _no_constant(name):
-    raise MalformedToken(f"non-standard JSON constant {name}")
-
-
-_decode_json = json.JSONDecoder(object_pairs_hook=_no_duplicates,
-                                parse_constant=_no_constant).decode
-
-
 def _json_object(raw: bytes, what: str) -> Dict[str, Any]:
     try:
-        value = _decode_json(raw.decode("utf-8"))
-    except MalformedToken as err:
-        raise MalformedToken(f"token {what}: {err}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise MalformedToken(f"token {what} is not UTF-8 JSON") from None
+        value = jsonutil.loads(raw)
+    except jsonutil.JSONRejected as err:
+        raise MalformedToken(f"token {what} is not UTF-8 JSON: {err.reason}") from None
     if value.__class__ is not dict:
         raise MalformedToken(f"token {what} is JSON but not an object")
     return value

@@ -14,7 +14,9 @@ Event names and fields (Pusher docs, "Server API" -> "Webhooks"): ``channel_occu
 ``user_id``), ``client_event`` (``channel``, ``event``, ``data``, ``socket_id``, ``user_id`` on
 presence channels), ``cache_miss`` (``channel``), ``subscription_count`` (``channel``,
 ``subscription_count``). An event name without a handler gets the logging default: one INFO line
-with the event name, channel and user id — never ``data`` (it is user content).
+with the event name, channel and user id — never ``data`` (it is user content). Every logged
+value goes through :func:`chalicelib.logtext.for_log`, so a line break in a (signed) event or
+channel name cannot start a forged log line.
 
 A handler that raises is logged and counted as failed; the other events are still handled, and
 the webhook is still answered 200 (Pusher retries non-2xx answers, which would replay the events
@@ -25,6 +27,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+from chalicelib.logtext import for_log
 
 log = logging.getLogger("realtime.webhooks")
 
@@ -60,10 +64,11 @@ class DispatchResult:
 
 
 def log_event(event: Mapping[str, Any], time_ms: int) -> None:
-    """The default handler: one INFO line, ``webhook <name> channel=… user_id=…``."""
-    details = " ".join(f"{name}={event[name]}" for name in _LOGGED_FIELDS
+    """The default handler: one INFO line, ``webhook <name> channel=… user_id=…``, every value
+    escaped with :func:`chalicelib.logtext.for_log`."""
+    details = " ".join(f"{name}={for_log(event[name])}" for name in _LOGGED_FIELDS
                        if isinstance(event.get(name), (str, int)))
-    log.info("webhook %s %s time_ms=%s", event.get("name"), details, time_ms)
+    log.info("webhook %s %s time_ms=%s", for_log(event.get("name")), details, for_log(time_ms))
 
 
 class WebhookHandlers:
@@ -116,7 +121,7 @@ class WebhookHandlers:
                 except Exception:  # one bad handler must not lose the other events
                     ok = False
                     log.exception("webhook handler %s failed on %s",
-                                  getattr(handler, "__name__", "?"), event["name"])
+                                  getattr(handler, "__name__", "?"), for_log(event["name"]))
             if ok:
                 handled += 1
             else:

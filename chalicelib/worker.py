@@ -2,8 +2,11 @@
 messages dropped on the push queue by asynchronous work (the seeds' "API enqueues, worker
 finishes, user is told" pattern).
 
-* Malformed messages (not JSON, wrong fields, a frame over 128 KB) are logged and dropped:
-  retrying them could never succeed, and failing the batch would redeliver its good messages.
+* Malformed messages (text :func:`chalicelib.jsonutil.loads` refuses: invalid JSON, ``NaN``,
+  numbers overflowing to infinity, lone surrogates, duplicate names, nesting over 64 levels;
+  wrong fields; a frame over 128 KB) are logged by message id and reason, never with their
+  data, and dropped: retrying them could never succeed, and failing the batch would redeliver
+  its good messages.
 * Transient failures (registry unavailable, settings missing, posts still throttled or failing
   with 5xx after ``PUSH_MAX_ATTEMPTS``) are reported as partial batch failures
   (``{"batchItemFailures": [{"itemIdentifier": messageId}]}``), so SQS retries only those
@@ -11,14 +14,17 @@ finishes, user is told" pattern).
   failures). This needs ``FunctionResponseTypes: [ReportBatchItemFailures]`` on the event source
   mapping, which Chalice's ``on_sqs_message`` does not set: the deployment adds it.
   A retried channel message is delivered again to every subscriber: delivery is at least once.
+* An unexpected failure on one record is reported for that record alone (SQS retries it, then
+  moves it to the dead-letter queue); it never fails the whole batch.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Dict, List
 
-from chalicelib import push
+from chalicelib import jsonutil, push
 from chalicelib.errors import AppError, PayloadTooLarge
+from chalicelib.logtext import for_log
 
 log = logging.getLogger("realtime.worker")
 
@@ -32,20 +38,24 @@ def handle_record(record: Dict[str, Any]) -> bool:
         True when the record is done (delivered, or malformed and dropped); False when it
         should be retried.
     """
-    message_id = record.get("messageId", "-")
+    message_id = for_log(record.get("messageId", "-"))
     try:
-        body = push.load_json(record.get("body") or "")
+        body = jsonutil.loads(record.get("body") or "")
         notification = push.parse_notification(body)
-    except (ValueError, TypeError):
-        log.warning("push message %s dropped: body is not JSON", message_id)
+    except jsonutil.JSONRejected as err:
+        log.warning("push message %s dropped: body refused as JSON: %s", message_id, err.reason)
         return True
     except AppError as err:
-        log.warning("push message %s dropped: %s", message_id, err)
+        log.warning("push message %s dropped: %s", message_id, for_log(err))
         return True
     try:
         summary = push.deliver(notification)
     except PayloadTooLarge as err:
         log.warning("push message %s dropped: %s", message_id, err)
+        return True
+    except (ValueError, TypeError) as err:  # a frame that cannot be encoded: never succeeds
+        log.warning("push message %s dropped: its frame cannot be encoded (%s)", message_id,
+                    type(err).__name__)
         return True
     except AppError as err:  # registry unavailable, settings missing: worth a retry
         log.error("push message %s will be retried: %s (%s)", message_id, err.code, err)
@@ -54,7 +64,7 @@ def handle_record(record: Dict[str, Any]) -> bool:
         log.exception("push message %s will be retried", message_id)
         return False
     log.info("push message %s to %s %s: %s", message_id, notification.target,
-             notification.address, summary)
+             for_log(notification.address), summary)
     if summary[push.RETRYABLE]:
         log.warning("push message %s will be retried: %d transient failures", message_id,
                     summary[push.RETRYABLE])
@@ -79,7 +89,13 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
         if not isinstance(record, dict):
             log.warning("SQS event with a non-object record dropped")
             continue
-        if handle_record(record):
+        try:
+            done = handle_record(record)
+        except Exception:  # one record's surprise must not fail (and redeliver) the batch
+            log.exception("push message %s will be retried: unexpected failure",
+                          for_log(record.get("messageId", "-")))
+            done = False
+        if done:
             continue
         message_id = record.get("messageId")
         if isinstance(message_id, str) and message_id:

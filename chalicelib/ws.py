@@ -19,6 +19,12 @@ frames repeat it. Anything wrong gets ``{"type": "error", "code", "message"}`` (
 :func:`chalicelib.channels.authorize`, the same rules as Pusher, with the principal stored at
 ``$connect``; ``private-encrypted-`` channels are refused (their end-to-end encryption is a
 Pusher feature).
+
+Frames are read with :func:`chalicelib.jsonutil.loads` (strict RFC 8259: no ``NaN``/infinities,
+no lone surrogates, no duplicate member names, at most 64 levels of nesting). Every frame gets
+exactly one reply: ``unknown_action`` error frames repeat the ``id`` (it is read before the
+action is judged), and ``invalid_frame`` ones do whenever the text parsed far enough to hold a
+valid id (a value fault such as ``1e400`` elsewhere in the frame still lets the id be read).
 """
 from __future__ import annotations
 
@@ -26,10 +32,11 @@ import logging
 import time
 from typing import Any, Dict, Mapping
 
-from chalicelib import channels, connections, push
+from chalicelib import channels, connections, jsonutil, push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.identity import authenticate_request, header, principal_from_request
+from chalicelib.logtext import for_log
 from chalicelib.principal import Principal
 
 log = logging.getLogger("realtime.ws")
@@ -44,9 +51,19 @@ ACTIONS = ("ping", "subscribe", "unsubscribe", "publish", "pushtowebsocket")
 
 
 class InvalidFrame(BadRequest):
-    """A frame that is not a JSON object with an ``action`` (400)."""
+    """A frame that is not a JSON object with an ``action`` (400).
+
+    Attributes:
+        salvaged: the values of a frame refused for a value-level fault (see
+            :attr:`chalicelib.jsonutil.JSONRejected.document`), read only for its ``id`` and
+            ``action``; None otherwise.
+    """
 
     code = "invalid_frame"
+
+    def __init__(self, message: str = "", *, salvaged: Any = None) -> None:
+        super().__init__(message)
+        self.salvaged = salvaged if isinstance(salvaged, dict) else None
 
 
 class UnknownAction(BadRequest):
@@ -118,7 +135,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
     except Exception:  # never a stack trace to API Gateway; the handshake is refused
         log.exception("$connect failed")
         return {"statusCode": 500}
-    log.info("connected %s for %s", connection_id, principal.sub)
+    log.info("connected %s for %s", connection_id, for_log(principal.sub))
     return {"statusCode": 200}
 
 
@@ -139,13 +156,13 @@ def on_disconnect(event: Any, app: Any = None) -> Dict[str, int]:
 
 # --- $default ---------------------------------------------------------------------------------
 
-def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
-    """The JSON object of a ``$default`` event.
+def load_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON object of a ``$default`` event, its ``action`` not yet judged.
 
     Raises:
-        InvalidFrame: a binary or empty frame, invalid JSON (NaN/Infinity included), not an
-            object, or no string ``action``.
-        UnknownAction: an action outside :data:`ACTIONS`.
+        InvalidFrame: a binary or empty frame, text :func:`chalicelib.jsonutil.loads` refuses
+            (its reason is in the message; ``salvaged`` holds the values when it has them), or
+            not an object.
     """
     if raw.get("isBase64Encoded"):
         raise InvalidFrame("binary frames are not supported; send JSON text")
@@ -153,24 +170,56 @@ def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
     if not isinstance(body, str) or not body.strip():
         raise InvalidFrame("empty frame; send a JSON object with an \"action\"")
     try:
-        frame = push.load_json(body)
-    except ValueError:
-        raise InvalidFrame("frame is not valid JSON") from None
+        frame = jsonutil.loads(body)
+    except jsonutil.JSONRejected as err:
+        raise InvalidFrame(f"frame refused: {err.reason}", salvaged=err.document) from None
     if not isinstance(frame, dict):
         raise InvalidFrame("frame must be a JSON object")
+    return frame
+
+
+def check_action(frame: Mapping[str, Any]) -> str:
+    """The frame's ``action``.
+
+    Raises:
+        InvalidFrame: no ``action``.
+        UnknownAction: an action outside :data:`ACTIONS`.
+    """
     action = frame.get("action")
     if action is None:
         raise InvalidFrame("frame has no \"action\"")
     if not isinstance(action, str) or action not in ACTIONS:
         raise UnknownAction("unknown action; use one of " + ", ".join(ACTIONS))
+    return action
+
+
+def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON object of a ``$default`` event: :func:`load_frame` then :func:`check_action`.
+
+    Raises:
+        InvalidFrame: a binary or empty frame, invalid or non-strict JSON (NaN/Infinity,
+            overflowing numbers, lone surrogates, duplicate names, deep nesting), not an
+            object, or no ``action``.
+        UnknownAction: an action outside :data:`ACTIONS`.
+    """
+    frame = load_frame(raw)
+    check_action(frame)
     return frame
 
 
 def _frame_id(frame: Mapping[str, Any]) -> Any:
+    """The frame's ``id`` when it may be repeated: an integer (not a boolean) or a string of at
+    most :data:`MAX_FRAME_ID_LENGTH` characters that UTF-8 can encode; else None."""
     value = frame.get("id")
     if isinstance(value, bool):
         return None
-    if isinstance(value, int) or (isinstance(value, str) and len(value) <= MAX_FRAME_ID_LENGTH):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_FRAME_ID_LENGTH:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a salvaged frame
+            return None
         return value
     return None
 
@@ -188,13 +237,17 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
         return {"statusCode": 200}
     frame: Dict[str, Any] = {}
     try:
-        frame = parse_frame(raw)
-        reply = _HANDLERS[frame["action"]](connection_id, frame, event)
+        frame = load_frame(raw)  # the id is known before the action is judged
+        reply = _HANDLERS[check_action(frame)](connection_id, frame, event)
     except AppError as err:
-        log_error(err, f"$default {frame.get('action', '-')}")
+        if isinstance(err, InvalidFrame) and err.salvaged is not None:
+            frame = err.salvaged
+        action = frame.get("action")
+        known = isinstance(action, str) and action in ACTIONS
+        log_error(err, f"$default {action if known else '-'}")
         reply = err.frame()
-        if isinstance(frame.get("action"), str) and frame["action"] in ACTIONS:
-            reply["action"] = frame["action"]
+        if known:
+            reply["action"] = action
     except Exception:
         log.exception("$default failed")
         reply = AppError().frame()
@@ -206,11 +259,18 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
 
 
 def _reply(connection_id: str, reply: Dict[str, Any], event: Any) -> None:
+    """Send ``reply``; if it cannot be sent as it is (over 128 KB, or, by a bug, not
+    encodable), send the matching error frame with the reply's ``id`` instead."""
     try:
-        push.send_to_connection(connection_id, reply, event=event)
-    except PayloadTooLarge as err:  # an echo of a message near the limit
-        push.send_to_connection(connection_id, {**err.frame(), **{
-            k: reply[k] for k in ("id",) if k in reply}}, event=event)
+        try:
+            push.send_to_connection(connection_id, reply, event=event)
+        except PayloadTooLarge as err:  # an echo of a message near the limit
+            push.send_to_connection(connection_id, {**err.frame(), **{
+                k: reply[k] for k in ("id",) if k in reply}}, event=event)
+        except (ValueError, TypeError):  # strict frames always encode: a bug, still answered
+            log.exception("reply to %s could not be encoded", connection_id)
+            push.send_to_connection(connection_id, {**AppError().frame(), **{
+                k: reply[k] for k in ("id",) if k in reply}}, event=event)
     except Exception:
         log.exception("reply to %s failed", connection_id)
 
@@ -306,9 +366,9 @@ def notify(request: Any, app: Any = None):
         if len(raw_body) > MAX_NOTIFICATION_BODY_BYTES:
             raise PayloadTooLarge(f"body is over {MAX_NOTIFICATION_BODY_BYTES} bytes")
         try:
-            body = push.load_json(raw_body)
-        except ValueError:
-            raise BadRequest("the body is not valid JSON") from None
+            body = jsonutil.loads(raw_body)
+        except jsonutil.JSONRejected as err:
+            raise BadRequest(f"the body is not valid JSON: {err.reason}") from None
         notification = push.parse_notification(body, targets=("user_id", "channel"))
         own = notification.target == "user_id" and notification.address == principal.sub
         if not own and not principal.has_scope(NOTIFY_SCOPE):
@@ -316,8 +376,8 @@ def notify(request: Any, app: Any = None):
                             public_message=f"Notifying others needs the scope {NOTIFY_SCOPE}")
         started = time.monotonic()
         summary = push.deliver(notification)
-        log.info("notification by %s to %s %s: %s in %.3f s", principal.sub,
-                 notification.target, notification.address, summary,
+        log.info("notification by %s to %s %s: %s in %.3f s", for_log(principal.sub),
+                 notification.target, for_log(notification.address), summary,
                  time.monotonic() - started)
         return Response(body=summary, status_code=200,
                         headers={"Content-Type": "application/json", **headers})

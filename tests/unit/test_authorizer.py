@@ -149,7 +149,9 @@ def test_malformed_method_arn_is_unauthorized(arn, client, dev_issuer):
         invoke(client, connect_event(query={"token": dev_issuer.mint("hank")}, method_arn=arn))
 
 
-def test_configuration_error_is_unauthorized_not_500(client, dev_issuer, monkeypatch, caplog):
+def test_configuration_error_is_never_500(client, dev_issuer, monkeypatch, caplog):
+    # the WebSocket authorizer can only answer 401; GET /me answers the 503 every route gives
+    # (tests/unit/test_config_and_logs.py)
     monkeypatch.delenv("JWT_ISSUER")
     logging.getLogger("realtime").addHandler(caplog.handler)
     try:
@@ -158,7 +160,7 @@ def test_configuration_error_is_unauthorized_not_500(client, dev_issuer, monkeyp
         response = client.http.get("/me", headers={"Authorization": dev_issuer.mint("ivy")})
     finally:
         logging.getLogger("realtime").removeHandler(caplog.handler)
-    assert response.status_code == 401
+    assert response.status_code == 503
     assert "not_configured (JWT_ISSUER is required but not set)" in caplog.text
 
 
