@@ -15,8 +15,9 @@ How (figures in README.md, "Push", measured by ``make bench``):
   are built on), one keep-alive connection per post in flight, up to ``max_connections``,
   kept between fan-outs. One thread drives them all with a ``selectors`` loop: a request is
   written on every free connection, then responses are read as they become readable. No thread
-  pool: with the GIL, switching between many threads costs more CPU than the posts. On Linux
-  ``TCP_CORK`` makes headers and body one TCP segment (``http.client`` writes them apart).
+  pool: with the GIL, switching between many threads costs more CPU than the posts. Each
+  socket stays registered with the selector for the whole fan-out; an idle connection that
+  becomes readable has been closed by the server and is replaced.
 * **answers** — only the status and ``x-amzn-ErrorType`` are read (API Gateway's error
   convention, the header botocore reads): see :func:`classify`.
 
@@ -71,7 +72,6 @@ OPEN_PER_TURN = 16
 #: thousands of posts would outlast the function
 MAX_CONNECT_FAILURES = 3
 
-_TCP_CORK = getattr(socket, "TCP_CORK", None)
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
@@ -260,12 +260,27 @@ class Sender:
                 log.warning("PostToConnection %s failed: %s", post.connection_id, reason)
             outcomes[post.connection_id] = outcome
 
+        watched: Dict[http.client.HTTPConnection, socket.socket] = {}
+
+        def watch(conn: http.client.HTTPConnection) -> None:
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+            watched[conn] = conn.sock
+
+        def unwatch(conn: http.client.HTTPConnection) -> None:
+            sock = watched.pop(conn, None)
+            if sock is not None:
+                try:
+                    selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+
         def drop(conn: http.client.HTTPConnection) -> None:
-            try:
-                selector.unregister(conn.sock)
-            except (KeyError, ValueError, TypeError):
-                pass
+            unwatch(conn)
             conn.close()
+
+        for conn in idle:
+            if conn.sock is not None:
+                watch(conn)
 
         try:
             while pending or delayed or inflight:
@@ -293,6 +308,7 @@ class Sender:
                         try:
                             conn.connect()
                             conn.sock.settimeout(self.read_timeout)
+                            watch(conn)
                         except _NETWORK_ERRORS as exc:
                             conn.close()
                             idle.append(conn)
@@ -309,18 +325,12 @@ class Sender:
                             break
                         connect_failures = 0
                     try:
-                        sock = conn.sock
-                        if _TCP_CORK is not None:
-                            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
                         conn.putrequest("POST", post.path, skip_host=True,
                                         skip_accept_encoding=True)
                         for name, value in request.headers.items():
                             conn.putheader(name, value)
                         conn.putheader("Content-Length", body_length)
                         conn.endheaders(data)
-                        if _TCP_CORK is not None:
-                            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
-                        selector.register(sock, selectors.EVENT_READ, conn)
                     except _NETWORK_ERRORS as exc:
                         drop(conn)
                         idle.append(conn)
@@ -338,18 +348,21 @@ class Sender:
                     timeout = min(timeout, delayed[0][0] - time.monotonic())
                 for key, _ in selector.select(max(0.0, timeout)):
                     conn = key.data
-                    post, _, reused = inflight.pop(conn)
-                    selector.unregister(key.fileobj)
+                    entry = inflight.pop(conn, None)
+                    if entry is None:  # an idle connection closed by the server
+                        drop(conn)
+                        continue
+                    post, _, reused = entry
                     try:
                         response = conn.getresponse()
+                        if conn.sock is None:  # "Connection: close": http.client closed it
+                            unwatch(conn)
                         status = response.status
                         error_type = "" if status < 300 else \
                             (response.getheader("x-amzn-ErrorType") or "")
                         response.read()
-                        if response.will_close:
-                            conn.close()
                     except _NETWORK_ERRORS as exc:
-                        conn.close()
+                        drop(conn)
                         idle.append(conn)
                         self._network_failure(post, reused, exc, pending, failed)
                         continue
@@ -375,6 +388,8 @@ class Sender:
         finally:
             for conn in inflight:
                 drop(conn)
+            for conn in list(watched):
+                unwatch(conn)
             selector.close()
             self._give_back(own)
         return outcomes
