@@ -52,6 +52,9 @@ class ManagementAPI:
         latency: seconds to wait before each answer.
         received: connection id -> bodies delivered (200 answers only).
         attempts: connection id -> number of posts received (any answer).
+        requests: every post as ``{"path", "headers" (name -> value), "body", "client_port"}``
+            (to check signatures and connection reuse).
+        peak_in_flight: the most posts received and not yet answered at one time.
     """
 
     def __init__(self, stage: str = "test", latency: float = 0.0) -> None:
@@ -62,6 +65,9 @@ class ManagementAPI:
         self.default_status = 200
         self.received: Dict[str, List[bytes]] = collections.defaultdict(list)
         self.attempts: Dict[str, int] = collections.Counter()
+        self.requests: List[dict] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.lock = threading.Lock()
         self._server: Optional[LoopbackHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -110,8 +116,15 @@ class ManagementAPI:
                     self._send(404, "NotFoundException")
                     return
                 connection_id = unquote(self.path[len(prefix):])
+                with api.lock:
+                    api.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                         "body": body, "client_port": self.client_address[1]})
+                    api.in_flight += 1
+                    api.peak_in_flight = max(api.peak_in_flight, api.in_flight)
                 if api.latency:
                     time.sleep(api.latency)
+                with api.lock:
+                    api.in_flight -= 1
                 status = api._answer(connection_id, body)
                 self._send(status, ERROR_TYPES.get(status, "InternalServerErrorException"))
 

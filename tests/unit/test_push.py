@@ -177,22 +177,39 @@ def test_channel_with_a_thousand_subscribers(api):
     assert len(connections.subscribers_of_channel("presence-stadium")) == 998
 
 
-def test_fan_out_uses_at_most_push_max_workers_threads(api, monkeypatch):
+def test_fan_out_keeps_at_most_push_max_workers_posts_in_flight(api, monkeypatch):
+    import http.client
     import threading
 
     _set(monkeypatch, PUSH_MAX_WORKERS="4")
-    seen = set()
-    original = push._post
-
-    def spy(*args, **kwargs):
-        seen.add(threading.current_thread().name)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(push, "_post", spy)
     api.latency = 0.01
+    senders = set()
+    original = http.client.HTTPConnection.putrequest
+
+    def spy(self, *args, **kwargs):
+        senders.add(threading.current_thread())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "putrequest", spy)
     summary = push.send_to_connections([f"c{i}=" for i in range(40)], {"type": "pong"})
     assert summary["delivered"] == 40
-    assert 1 < len(seen) <= 4
+    assert 1 < api.peak_in_flight <= 4  # concurrent, and bounded
+    assert senders == {threading.current_thread()}  # no thread pool: the caller drives all
+    first_ports = {r["client_port"] for r in api.requests}
+    assert 1 < len(first_ports) <= 4  # one keep-alive connection per post in flight
+
+    push.send_to_connections([f"d{i}=" for i in range(8)], {"type": "pong"})
+    assert {r["client_port"] for r in api.requests[40:]} <= first_ports  # kept between calls
+
+
+def test_gone_connections_are_removed_while_others_are_in_flight(api):
+    for index in range(30):
+        connections.register(f"g{index}=", ALICE)
+    api.gone.update(f"g{index}=" for index in range(0, 30, 3))
+    summary = push.send_to_user("alice", {"type": "event", "event": "e"})
+    assert summary == {"delivered": 20, "gone": 10, "failed": 0, "retryable": 0}
+    assert sorted(connections.connections_of_user("alice")) == sorted(
+        f"g{index}=" for index in range(30) if index % 3)
 
 
 def test_parse_notification_rules():

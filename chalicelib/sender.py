@@ -1,0 +1,414 @@
+"""The PostToConnection sender: many posts of one frame at low CPU cost per post.
+
+Used by :mod:`chalicelib.push`. One call of :meth:`Sender.post_many` posts one payload to many
+connection ids. Standard library only at import time; botocore (the signer,
+:mod:`chalicelib.signing`) is imported at the first post.
+
+How (figures in README.md, "Push", measured by ``make bench``):
+
+* **signing** — botocore's ``SigV4Auth`` (see :mod:`chalicelib.signing`); credentials from
+  botocore's credential chain, read again through ``get_frozen_credentials()`` at the start of
+  every fan-out and at most :data:`CREDENTIALS_CHECK_SECONDS` apart within one, so refreshable
+  credentials (a Lambda role's, ``AWS_CREDENTIAL_EXPIRATION``) are renewed the way botocore
+  renews them.
+* **HTTP** — the standard library's ``http.client`` (the HTTP/1.1 client urllib3 and so botocore
+  are built on), one keep-alive connection per post in flight, up to ``max_connections``,
+  kept between fan-outs. One thread drives them all with a ``selectors`` loop: a request is
+  written on every free connection, then responses are read as they become readable. No thread
+  pool: with the GIL, hand-offs between threads cost CPU (the boto3 engine on 32 threads spent
+  10-50 % more CPU per post than the same client in one thread). Each
+  socket stays registered with the selector for the whole fan-out; an idle connection that
+  becomes readable has been closed by the server and is replaced.
+* **answers** — only the status and ``x-amzn-ErrorType`` are read (API Gateway's error
+  convention, the header botocore reads): see :func:`classify`.
+
+Outcomes of one post (AWS docs, ``PostToConnection`` API reference and "Use @connections
+commands in your backend service"):
+
+* 2xx: :data:`DELIVERED`;
+* 410 / ``GoneException``: :data:`GONE` (the caller removes the connection), never retried;
+* 429 / throttling error types, 5xx, network errors and timeouts: retried after a full-jitter
+  back-off up to ``max_attempts`` attempts in all, then :data:`RETRYABLE`; a post that fails
+  because the server had closed an idle keep-alive connection is sent again at once on a new
+  connection, without counting an attempt (nothing was processed);
+* anything else (403, 400 for an unknown connection id, a TLS certificate that fails
+  verification, ...): :data:`FAILED` at once.
+"""
+from __future__ import annotations
+
+import heapq
+import http.client
+import logging
+import random
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from hashlib import sha256
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import quote, urlsplit
+
+log = logging.getLogger("realtime.push")
+
+#: the management API call made (IAM: ``execute-api:ManageConnections`` on
+#: ``POST /{stage}/@connections/{connectionId}``)
+OPERATION = "post_to_connection"
+
+DELIVERED, GONE, FAILED, RETRYABLE = "delivered", "gone", "failed", "retryable"
+
+THROTTLING_CODES = frozenset({"LimitExceededException", "TooManyRequestsException",
+                              "ThrottlingException", "Throttling", "ThrottledException"})
+#: first back-off ceiling and the largest one, seconds (full jitter: AWS Architecture Blog,
+#: "Exponential Backoff And Jitter")
+BACKOFF_BASE_SECONDS = 0.05
+BACKOFF_CAP_SECONDS = 2.0
+#: longest time between two reads of the credential chain during one fan-out, seconds
+CREDENTIALS_CHECK_SECONDS = 1.0
+#: connections opened per loop turn at most, so answers keep being read while a large
+#: fan-out opens its connections
+OPEN_PER_TURN = 16
+#: connection attempts failing in a row after which every post not yet answered fails at once
+#: (retryable): the endpoint is unreachable, and waiting ``connect_timeout`` for each of
+#: thousands of posts would outlast the function
+MAX_CONNECT_FAILURES = 3
+
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Full-jitter delay after failed attempt number ``attempt`` (1-based), seconds:
+    uniform in ``[0, min(cap, base * 2 ** (attempt - 1))]``."""
+    return random.uniform(0, min(BACKOFF_CAP_SECONDS,
+                                 BACKOFF_BASE_SECONDS * (2 ** (attempt - 1))))
+
+
+def classify(status: int, error_type: str = "") -> str:
+    """The outcome of one answer of PostToConnection.
+
+    Args:
+        status: the HTTP status.
+        error_type: the ``x-amzn-ErrorType`` header (``"GoneException"``, or
+            ``"Code:detail"`` — only the part before ``:`` counts), or ``""``.
+    Returns:
+        :data:`DELIVERED` (2xx), :data:`GONE` (410 or ``GoneException``), :data:`RETRYABLE`
+        (429, a throttling error type or 5xx) or :data:`FAILED` (any other answer).
+    """
+    code = error_type.split(":", 1)[0].strip()
+    if code == "GoneException" or status == 410:
+        return GONE
+    if 200 <= status < 300:
+        return DELIVERED
+    if status == 429 or status >= 500 or code in THROTTLING_CODES:
+        return RETRYABLE
+    return FAILED
+
+
+# --- the sender -------------------------------------------------------------------------------
+
+class _Post:
+    __slots__ = ("connection_id", "path", "attempt", "fresh_retry")
+
+    def __init__(self, connection_id: str, path: str) -> None:
+        self.connection_id, self.path = connection_id, path
+        self.attempt = 1
+        self.fresh_retry = False
+
+
+class Sender:
+    """Posts payloads to connections of one management API endpoint.
+
+    Thread-safe: concurrent :meth:`post_many` calls use different connections.
+
+    Args:
+        endpoint: ``https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`` or a local
+            ``http://`` endpoint (no trailing slash).
+        region: the region signed for.
+        max_connections: posts in flight at once (= keep-alive connections kept).
+        connect_timeout, read_timeout: seconds, per connection attempt and per answer.
+        credentials: a botocore credentials object (``get_frozen_credentials()``); default
+            :func:`credential_source`.
+    Raises:
+        ValueError: the endpoint is not an http(s) URL.
+    """
+
+    def __init__(self, endpoint: str, region: str, *, max_connections: int = 128,
+                 connect_timeout: float = 2.0, read_timeout: float = 5.0,
+                 credentials: Any = None) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
+        self.endpoint = endpoint.rstrip("/")
+        self.region = region
+        self.max_connections = max(1, int(max_connections))
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._https = parts.scheme == "https"
+        self._hostname = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._host = parts.netloc
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._base_path = parts.path.rstrip("/") + "/@connections/"
+        self._credentials = credentials
+        self._ssl_context: Optional[ssl.SSLContext] = None
+        self._keys: Dict[Tuple[str, str, str, str], bytes] = {}
+        self._idle: List[http.client.HTTPConnection] = []
+        self._open = 0
+        self._lock = threading.Lock()
+
+    # -- connections
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        if self._https:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            return http.client.HTTPSConnection(self._hostname, self._port,
+                                               timeout=self.connect_timeout,
+                                               context=self._ssl_context)
+        return http.client.HTTPConnection(self._hostname, self._port,
+                                          timeout=self.connect_timeout)
+
+    def _take(self, wanted: int) -> List[http.client.HTTPConnection]:
+        with self._lock:
+            taken = self._idle[-wanted:] if wanted else []
+            del self._idle[len(self._idle) - len(taken):]
+            return taken
+
+    def _give_back(self, conns: Sequence[http.client.HTTPConnection]) -> None:
+        with self._lock:
+            room = self.max_connections - len(self._idle)
+            kept = [c for c in conns if c.sock is not None][:max(0, room)]
+            self._idle.extend(kept)
+        for conn in conns:
+            if conn not in kept:
+                conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- signing
+
+    def _frozen_credentials(self):
+        from chalicelib.signing import credential_source
+
+        source = self._credentials if self._credentials is not None else credential_source()
+        if source is None:
+            return None
+        return source.get_frozen_credentials()
+
+    # -- one fan-out
+
+    def post_many(self, connection_ids: Sequence[str], data: bytes, *, max_attempts: int = 4,
+                  on_gone: Optional[Callable[[str], None]] = None,
+                  sleep: Callable[[float], None] = time.sleep) -> Dict[str, str]:
+        """POST ``data`` to ``{endpoint}/@connections/{id}`` for every id.
+
+        Args:
+            connection_ids: distinct, non-empty connection ids.
+            data: the payload (bytes).
+            max_attempts: attempts per post on retryable failures (>= 1).
+            on_gone: called once with each id answered 410, from this thread, as soon as the
+                answer is read (it may block: other posts stay in flight meanwhile).
+            sleep: used when nothing is in flight and the next retry is due later (tests).
+        Returns:
+            ``{connection_id: outcome}`` with :data:`DELIVERED`, :data:`GONE`,
+            :data:`FAILED` or :data:`RETRYABLE`. Never raises for a post's failure.
+        """
+        outcomes: Dict[str, str] = {}
+        if not connection_ids:
+            return outcomes
+        max_attempts = max(1, int(max_attempts))
+        credentials = self._frozen_credentials()
+        if credentials is None:
+            log.warning("%s: no AWS credentials found; %d posts failed", OPERATION,
+                        len(connection_ids))
+            return {cid: FAILED for cid in connection_ids}
+        from chalicelib.signing import FanoutSigV4Auth, SigningRequest
+
+        signer = FanoutSigV4Auth(credentials, self.region, self._keys)
+        checked = time.monotonic()
+        origin, base_path, host = self._origin, self._base_path, self._host
+        body_length = str(len(data))
+
+        pending: Deque[_Post] = deque(
+            _Post(cid, base_path + quote(cid, safe="")) for cid in connection_ids)
+        delayed: List[Tuple[float, int, _Post]] = []  # (due, seq, post), a heap
+        seq = 0
+        wanted = min(self.max_connections, len(pending))
+        idle = self._take(wanted)
+        own: List[http.client.HTTPConnection] = list(idle)
+        # conn -> (post, deadline, reused); insertion order = deadline order
+        inflight: Dict[http.client.HTTPConnection, Tuple[_Post, float, bool]] = {}
+        selector = selectors.DefaultSelector()
+        connect_failures = 0
+
+        def failed(post: _Post, outcome: str, reason: str) -> None:
+            nonlocal seq
+            if outcome == RETRYABLE and post.attempt < max_attempts:
+                post.attempt += 1
+                seq += 1
+                heapq.heappush(delayed, (time.monotonic() + backoff_seconds(post.attempt - 1),
+                                         seq, post))
+                return
+            if outcome == RETRYABLE:
+                log.warning("PostToConnection %s failed after %d attempts: %s",
+                            post.connection_id, post.attempt, reason)
+            elif outcome == FAILED:
+                log.warning("PostToConnection %s failed: %s", post.connection_id, reason)
+            outcomes[post.connection_id] = outcome
+
+        watched: Dict[http.client.HTTPConnection, socket.socket] = {}
+
+        def watch(conn: http.client.HTTPConnection) -> None:
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+            watched[conn] = conn.sock
+
+        def unwatch(conn: http.client.HTTPConnection) -> None:
+            sock = watched.pop(conn, None)
+            if sock is not None:
+                try:
+                    selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+
+        def drop(conn: http.client.HTTPConnection) -> None:
+            unwatch(conn)
+            conn.close()
+
+        for conn in idle:
+            if conn.sock is not None:
+                watch(conn)
+
+        try:
+            while pending or delayed or inflight:
+                now = time.monotonic()
+                while delayed and delayed[0][0] <= now:
+                    pending.append(heapq.heappop(delayed)[2])
+                if pending and now - checked >= CREDENTIALS_CHECK_SECONDS:
+                    fresh = self._frozen_credentials()
+                    if fresh is not None:
+                        signer.credentials = fresh
+                    checked = now
+                opened = 0
+                while pending and (idle or (len(own) < wanted and opened < OPEN_PER_TURN)):
+                    if idle:
+                        conn = idle.pop()
+                    else:
+                        conn = self._new_connection()
+                        own.append(conn)
+                        opened += 1
+                    post = pending.popleft()
+                    reused = conn.sock is not None
+                    request = SigningRequest(origin + post.path, {"host": host}, data)
+                    signer.add_auth(request)
+                    if conn.sock is None:
+                        try:
+                            conn.connect()
+                            conn.sock.settimeout(self.read_timeout)
+                            watch(conn)
+                        except _NETWORK_ERRORS as exc:
+                            conn.close()
+                            idle.append(conn)
+                            connect_failures += 1
+                            reason = type(exc).__name__
+                            if connect_failures < MAX_CONNECT_FAILURES:
+                                failed(post, RETRYABLE, reason)
+                                break  # read answers and wait for back-offs before more
+                            for waiting in [post, *pending, *(d[2] for d in delayed)]:
+                                waiting.attempt = max_attempts
+                                failed(waiting, RETRYABLE, reason)
+                            pending.clear()
+                            delayed.clear()
+                            break
+                        connect_failures = 0
+                    try:
+                        conn.putrequest("POST", post.path, skip_host=True,
+                                        skip_accept_encoding=True)
+                        for name, value in request.headers.items():
+                            conn.putheader(name, value)
+                        conn.putheader("Content-Length", body_length)
+                        conn.endheaders(data)
+                    except _NETWORK_ERRORS as exc:
+                        drop(conn)
+                        idle.append(conn)
+                        self._network_failure(post, reused, exc, pending, failed)
+                        continue
+                    inflight[conn] = (post, now + self.read_timeout, reused)
+
+                if not inflight:
+                    if delayed and not pending:
+                        sleep(max(0.0, delayed[0][0] - time.monotonic()))
+                    continue
+                deadline = next(iter(inflight.values()))[1]
+                timeout = deadline - time.monotonic()
+                if delayed:
+                    timeout = min(timeout, delayed[0][0] - time.monotonic())
+                for key, _ in selector.select(max(0.0, timeout)):
+                    conn = key.data
+                    entry = inflight.pop(conn, None)
+                    if entry is None:  # an idle connection closed by the server
+                        drop(conn)
+                        continue
+                    post, _, reused = entry
+                    try:
+                        response = conn.getresponse()
+                        if conn.sock is None:  # "Connection: close": http.client closed it
+                            unwatch(conn)
+                        status = response.status
+                        error_type = "" if status < 300 else \
+                            (response.getheader("x-amzn-ErrorType") or "")
+                        response.read()
+                    except _NETWORK_ERRORS as exc:
+                        drop(conn)
+                        idle.append(conn)
+                        self._network_failure(post, reused, exc, pending, failed)
+                        continue
+                    idle.append(conn)
+                    outcome = classify(status, error_type)
+                    if outcome == DELIVERED:
+                        outcomes[post.connection_id] = DELIVERED
+                    elif outcome == GONE:
+                        outcomes[post.connection_id] = GONE
+                        if on_gone is not None:
+                            on_gone(post.connection_id)
+                    else:
+                        failed(post, outcome, error_type.split(":", 1)[0] or f"HTTP {status}")
+                now = time.monotonic()
+                while inflight:  # deadlines are in send order
+                    conn, (post, due, _) = next(iter(inflight.items()))
+                    if due > now:
+                        break
+                    del inflight[conn]
+                    drop(conn)
+                    idle.append(conn)
+                    failed(post, RETRYABLE, "ReadTimeout")
+        finally:
+            for conn in inflight:
+                drop(conn)
+            for conn in list(watched):
+                unwatch(conn)
+            selector.close()
+            self._give_back(own)
+        return outcomes
+
+    @staticmethod
+    def _network_failure(post: _Post, reused: bool, exc: BaseException,
+                         pending: Deque[_Post], failed: Callable[[_Post, str, str], None]) -> None:
+        """A post failed before an answer: again at once on a new connection when a reused
+        keep-alive connection had been closed by the server (once per attempt), else a
+        retryable failure."""
+        if reused and not post.fresh_retry and isinstance(
+                exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            post.fresh_retry = True
+            pending.appendleft(post)
+            return
+        post.fresh_retry = False
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            failed(post, FAILED, type(exc).__name__)
+            return
+        failed(post, RETRYABLE, type(exc).__name__)

@@ -1,0 +1,253 @@
+"""The PostToConnection sender (chalicelib.sender, chalicelib.signing) against real HTTP servers
+on 127.0.0.1: signatures checked with botocore's own signer, credential refresh through
+botocore's credential chain, bounded timeouts, stale keep-alive connections."""
+from __future__ import annotations
+
+import datetime
+import socket
+import threading
+import time
+from unittest import mock
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from chalicelib import push, sender, settings
+from tests.support.management_api import ManagementAPI
+from tests.support.websocket import aws_env, management_api  # noqa: F401
+
+REGION = "us-east-1"
+
+
+def _signature_is_valid(request: dict, endpoint: str, access_key: str, secret_key: str,
+                        token: str = None) -> bool:
+    """Recompute the SigV4 signature of a received request with botocore's plain signer."""
+    headers = request["headers"]
+    authorization = headers["Authorization"]
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={access_key}/")
+    signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    origin = endpoint.split("/", 3)[:3]
+    aws_request = AWSRequest(method="POST", url="/".join(origin) + request["path"],
+                             data=request["body"],
+                             headers={name: value for name, value in headers.items()
+                                      if name.lower() in signed})
+    aws_request.context["timestamp"] = headers["X-Amz-Date"]
+    signer = SigV4Auth(Credentials(access_key, secret_key, token), "execute-api", REGION)
+    canonical = signer.canonical_request(aws_request)
+    expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
+    return authorization.endswith(f"Signature={expected}")
+
+
+def test_posts_carry_a_sigv4_signature_botocore_accepts(management_api, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSENDERTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sender-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "sender-session-token")
+    push.reset_clients()
+    summary = push.send_to_connections(["a+b/c=", "plain", "x y"], {"type": "pong"})
+    assert summary["delivered"] == 3
+    assert len(management_api.requests) == 3
+    for request in management_api.requests:
+        assert request["headers"]["X-Amz-Security-Token"] == "sender-session-token"
+        assert "execute-api/aws4_request" in request["headers"]["Authorization"]
+        assert _signature_is_valid(request, management_api.endpoint_url, "AKIDSENDERTEST",
+                                   "sender-secret", "sender-session-token")
+        # the check can fail: another secret gives another signature
+        assert not _signature_is_valid(request, management_api.endpoint_url, "AKIDSENDERTEST",
+                                       "other-secret", "sender-session-token")
+
+
+def test_signer_matches_botocore_for_every_path_and_day():
+    from chalicelib.signing import FanoutSigV4Auth, SigningRequest
+
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                              "token").get_frozen_credentials()
+    fast = FanoutSigV4Auth(credentials, "eu-west-1")
+    plain = SigV4Auth(credentials, "execute-api", "eu-west-1")
+    body = b'{"type":"event","data":"\xc3\xa9"}'
+    url = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod/@connections/"
+    for day in (datetime.datetime(2026, 1, 1, 23, 59, 59), datetime.datetime(2026, 1, 2)):
+        with mock.patch("botocore.auth.get_current_datetime", return_value=day):
+            for connection_id in ("L0SM9cOFvHcCIhw%3D", "other%2Bid", "third"):
+                ours = SigningRequest(url + connection_id,
+                                      {"host": "abc123.execute-api.eu-west-1.amazonaws.com"},
+                                      body)
+                fast.add_auth(ours)
+                reference = AWSRequest(method="POST", url=url + connection_id, data=body)
+                plain.add_auth(reference)
+                assert ours.headers["Authorization"] == reference.headers["Authorization"]
+                assert ours.headers["X-Amz-Date"] == reference.headers["X-Amz-Date"]
+
+
+def test_expired_credentials_are_read_again_from_the_chain(management_api, monkeypatch):
+    # botocore's environment provider gives refreshable credentials when an expiry is set;
+    # within 10 minutes of it every use re-reads the environment (as a Lambda role's would be)
+    soon = (datetime.datetime.now(datetime.timezone.utc)
+            + datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFIRST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "first-token")
+    monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", soon)
+    push.reset_clients()
+    assert push.send_to_connection("c1=", {"type": "pong"})["delivered"] == 1
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECOND")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "second-token")
+    assert push.send_to_connection("c2=", {"type": "pong"})["delivered"] == 1  # same sender
+
+    first, second = management_api.requests
+    assert _signature_is_valid(first, management_api.endpoint_url, "AKIDFIRST",
+                               "first-secret", "first-token")
+    assert second["headers"]["X-Amz-Security-Token"] == "second-token"
+    assert _signature_is_valid(second, management_api.endpoint_url, "AKIDSECOND",
+                               "second-secret", "second-token")
+
+
+def test_credentials_are_checked_again_during_a_long_fan_out(monkeypatch):
+    issued = []
+
+    class Rotating:
+        def get_frozen_credentials(self):
+            issued.append(len(issued))
+            return Credentials(f"AKID{len(issued)}", "s", None).get_frozen_credentials()
+
+    monkeypatch.setattr(sender, "CREDENTIALS_CHECK_SECONDS", 0.05)
+    with ManagementAPI(stage="test", latency=0.02) as api:
+        engine = sender.Sender(api.endpoint_url, REGION, max_connections=2,
+                               credentials=Rotating())
+        outcomes = engine.post_many([f"c{i}" for i in range(20)], b"x")
+        engine.close()
+    assert set(outcomes.values()) == {sender.DELIVERED}
+    keys = {r["headers"]["Authorization"].split("Credential=")[1].split("/")[0]
+            for r in api.requests}
+    assert len(issued) > 2 and len(keys) > 1
+
+
+def test_no_credentials_fail_every_post_without_sending(monkeypatch):
+    monkeypatch.setattr("chalicelib.signing.credential_source", lambda: None)
+    with ManagementAPI(stage="test") as api:
+        engine = sender.Sender(api.endpoint_url, REGION)
+        assert engine.post_many(["a", "b"], b"x") == {"a": sender.FAILED, "b": sender.FAILED}
+    assert api.requests == []
+
+
+def test_a_silent_server_is_a_bounded_retryable_failure():
+    with ManagementAPI(stage="test", latency=2.0) as api:
+        api._server.quiet_errors = True  # its answers find the connections closed
+        engine = sender.Sender(api.endpoint_url, REGION, read_timeout=0.3,
+                               credentials=Credentials("a", "b"))
+        started = time.monotonic()
+        outcomes = engine.post_many(["slow1", "slow2"], b"x", max_attempts=2,
+                                    sleep=lambda s: None)
+        elapsed = time.monotonic() - started
+        engine.close()
+    assert outcomes == {"slow1": sender.RETRYABLE, "slow2": sender.RETRYABLE}
+    assert elapsed < 1.5  # two attempts of 0.3 s plus a back-off of at most 0.05 s
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in api.requests) == \
+        ["slow1", "slow1", "slow2", "slow2"]
+
+
+def test_an_unreachable_endpoint_stops_after_a_few_connection_attempts():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = sender.Sender(f"http://127.0.0.1:{port}/test", REGION,
+                           credentials=Credentials("a", "b"))
+    connects = []
+    original = sender.http.client.HTTPConnection.connect
+
+    def counting(self):
+        connects.append(1)
+        return original(self)
+
+    with mock.patch.object(sender.http.client.HTTPConnection, "connect", counting):
+        started = time.monotonic()
+        outcomes = engine.post_many([f"c{i}" for i in range(500)], b"x", max_attempts=4)
+    assert set(outcomes.values()) == {sender.RETRYABLE} and len(outcomes) == 500
+    assert len(connects) == sender.MAX_CONNECT_FAILURES  # not 500 x 4
+    assert time.monotonic() - started < 2
+
+
+def _one_answer_per_connection_server():
+    """An HTTP server on 127.0.0.1 that answers one request per connection with keep-alive
+    headers and then closes it (as an idle keep-alive connection closed by the peer)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    served = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if not data:
+                    continue
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                served.append(head.split(b" ")[1].decode())
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                             b"Connection: keep-alive\r\n\r\n")
+                time.sleep(0.05)  # then close, as a server dropping an idle connection
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, served
+
+
+def test_a_keep_alive_connection_closed_by_the_server_is_replaced_without_losing_an_attempt():
+    listener, served = _one_answer_per_connection_server()
+    try:
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}/test"
+        engine = sender.Sender(endpoint, REGION, max_connections=1,
+                               credentials=Credentials("a", "b"))
+        assert engine.post_many(["first"], b"x") == {"first": sender.DELIVERED}
+        time.sleep(0.2)  # the server has closed the kept connection by now
+        assert engine.post_many(["second"], b"x", max_attempts=1) == \
+            {"second": sender.DELIVERED}
+        engine.close()
+    finally:
+        listener.close()
+    assert served == ["/test/@connections/first", "/test/@connections/second"]
+
+
+@pytest.mark.parametrize("status, error_type, outcome", [
+    (200, "", sender.DELIVERED), (204, "", sender.DELIVERED),
+    (410, "GoneException", sender.GONE), (400, "GoneException:http://internal", sender.GONE),
+    (429, "LimitExceededException", sender.RETRYABLE),
+    (400, "TooManyRequestsException", sender.RETRYABLE),
+    (500, "InternalServerErrorException", sender.RETRYABLE), (503, "", sender.RETRYABLE),
+    (403, "ForbiddenException", sender.FAILED), (400, "BadRequestException", sender.FAILED),
+    (413, "PayloadTooLargeException", sender.FAILED),
+])
+def test_answers_are_classified_like_api_gateway_documents_them(status, error_type, outcome):
+    assert sender.classify(status, error_type) == outcome
+
+
+def test_importing_push_does_not_import_botocore():
+    import subprocess
+    import sys
+
+    code = ("import sys, chalicelib.push; "
+            "print(sorted(m for m in ('boto3', 'botocore') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(__import__('pathlib').Path(__file__).parents[2]))
+    assert out.stdout.strip() == "[]"
+
+
+def test_settings_default_keeps_128_posts_in_flight(aws_env):
+    settings.reset()
+    assert settings.websocket_settings().push_max_workers == 128
