@@ -289,8 +289,12 @@ class Deployer:
                    str(self.project_dir), "deploy", "--stage", self.cfg.stage]
         self.echo("$ " + " ".join(command[0:1] + command[3:]))
         package.remove_bytecode(self.project_dir)
+        # app.py names the push worker's queue when chalice imports it, from this process's
+        # environment (not config.json's): give it the stage's, whatever the shell has
+        stage_env = {name: self.cfg.environment[name] for name in ("STAGE", "PUSH_QUEUE_NAME")
+                     if name in self.cfg.environment}
         self._run(command, check=True, cwd=self.project_dir,
-                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                  env={**os.environ, **stage_env, "PYTHONDONTWRITEBYTECODE": "1"})
 
     def deployed(self) -> DeployedApp:
         return DeployedApp.load(

@@ -56,6 +56,8 @@ class FakeChaliceDeploy:
     def __call__(self, command, check, cwd, env):
         assert command[-3:] == ["deploy", "--stage", STAGE] and check
         assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # chalice imports app.py: no __pycache__
+        # app.py names the worker's queue at import, from chalice's environment: the stage's
+        assert env["STAGE"] == STAGE and env["PUSH_QUEUE_NAME"] == self.cfg.queue_name
         self.calls.append(command)
         if self.fail:  # e.g. an expired session token half-way through
             raise subprocess.CalledProcessError(1, command)
