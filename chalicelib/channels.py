@@ -24,6 +24,9 @@ Rules are declared as channel-name patterns with named parameters, in the spirit
   allows wins.
 * Public channels (no prefix) need no rule: any authenticated principal may join them.
   ``private-``, ``private-encrypted-`` and ``presence-`` channels are refused unless a rule allows.
+* Users are named by :attr:`Principal.user_id` (unique across issuers), never by ``sub``.
+* What a client may publish: :func:`check_client_event` (Pusher's client-event rules), shared by
+  every transport.
 
 Channel kinds and the charset/length limits follow Pusher's documentation, "Channels" ->
 "Channel naming conventions" (names up to 164 characters of ``A-Z a-z 0-9 _ - = @ , . ;``) and

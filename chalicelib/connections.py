@@ -6,16 +6,21 @@ that :func:`create_table`, the CloudFormation template and README.md follow):
 * connection item: table key (``connection_id`` = ``<connection_id>``, ``sk`` =
   ``connection``); index key (``audience`` = ``user#<user_id>``, ``connection_id``);
 * subscription item: table key (``<connection_id>``, ``channel#<channel_name>``); index key
-  (``audience`` = ``channel#<channel_name>``, ``connection_id``).
+  (``audience`` = ``channel#<channel_name>``, ``connection_id``);
+* client-event rate window: table key (``<connection_id>``, ``rate#client-event#<epoch
+  second>``), attribute ``events``; not in the index (:func:`allow_client_event`).
 
 * every item of one connection (for removal) is one Query on the table;
 * every connection of a user is one Query on ``audience-index`` with ``audience = user#<sub>``;
 * every subscriber of a channel is one Query on ``audience-index`` with
   ``audience = channel#<name>``.
 
-The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
-seconds), ``source_ip``, ``user_agent`` and ``principal`` (the principal's flat authorizer
-context as JSON, so ``$default`` frames are judged by the same channel rules without a token).
+``<user_id>`` is the principal's user id (:mod:`chalicelib.principal`: at most 141 ASCII
+characters, so every key stays far within DynamoDB's 2048-byte partition and 1024-byte sort key
+limits). The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
+seconds), ``source_ip``, ``user_agent``, ``principal`` (the principal's flat authorizer
+context as JSON, so ``$default`` frames are judged by the same channel rules without a token)
+and ``subscribed_channels`` (string set: the atomic subscription cap, see :func:`subscribe`).
 Every item carries ``expires_at`` = connection time + API Gateway's 2 hour maximum connection
 duration (AWS docs, "Amazon API Gateway quotas": "Connection duration for WebSocket API")
 + a margin. It is the table's TTL attribute: API Gateway does not guarantee ``$disconnect``, so
