@@ -62,7 +62,7 @@ def rest_authorizer(auth_request):
         auth_request: ``chalice.app.AuthRequest`` (``token`` = the Authorization header value,
             ``Bearer <jwt>`` or the raw token; ``method_arn``).
     Returns:
-        ``chalice.AuthResponse(routes=['*'], principal_id=sub, context=flat claims)``; when the
+        ``chalice.AuthResponse(routes=['*'], principal_id=user id, context=flat claims)``; when the
         JWT settings are missing or invalid, ``principal_id`` :data:`CONFIG_ERROR_PRINCIPAL`
         and context ``{"config_error": message}`` (see the module docstring: the route then
         answers 503).
@@ -84,7 +84,7 @@ def rest_authorizer(auth_request):
     except Exception as exc:  # never a 500 from an authorizer; the message may hold input
         log.error("jwt_auth: unexpected %s", type(exc).__name__)
         raise _unauthorized() from None
-    return AuthResponse(routes=["*"], principal_id=principal.sub,
+    return AuthResponse(routes=["*"], principal_id=principal.user_id,
                         context=principal.flat_context())
 
 
@@ -140,7 +140,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
             ``queryStringParameters`` (either may be null; ``multiValueHeaders`` /
             ``multiValueQueryStringParameters`` are used when the single-value maps are absent).
     Returns:
-        ``{"principalId": sub, "policyDocument": {Allow execute-api:Invoke on the method ARN,
+        ``{"principalId": user id, "policyDocument": {Allow execute-api:Invoke on the method ARN,
         or on each API of AUTHORIZED_APIS}, "context": flat claims}``.
     Raises:
         Exception: ``'Unauthorized'`` for any failure (API Gateway answers 401).
@@ -158,7 +158,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         log.error("ws_authorizer: unexpected %s", type(exc).__name__)
         raise Exception(UNAUTHORIZED) from None
     return {
-        "principalId": principal.sub,
+        "principalId": principal.user_id,
         "policyDocument": {
             "Version": "2012-10-17",
             "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow",

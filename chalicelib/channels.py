@@ -24,6 +24,9 @@ Rules are declared as channel-name patterns with named parameters, in the spirit
   allows wins.
 * Public channels (no prefix) need no rule: any authenticated principal may join them.
   ``private-``, ``private-encrypted-`` and ``presence-`` channels are refused unless a rule allows.
+* Users are named by :attr:`Principal.user_id` (unique across issuers), never by ``sub``.
+* What a client may publish: :func:`check_client_event` (Pusher's client-event rules), shared by
+  every transport.
 
 Channel kinds and the charset/length limits follow Pusher's documentation, "Channels" ->
 "Channel naming conventions" (names up to 164 characters of ``A-Z a-z 0-9 _ - = @ , . ;``) and
@@ -36,9 +39,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Pattern, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
 
-from chalicelib.errors import BadRequest, Forbidden, Unauthorized
+from chalicelib.errors import AppError, BadRequest, Forbidden, Unauthorized
 from chalicelib.principal import Principal
 
 log = logging.getLogger("realtime.channels")
@@ -284,18 +287,97 @@ def authorize(principal: Optional[Principal], channel_name: Any) -> ChannelGrant
     return RULES.authorize(principal, channel_name)
 
 
+# --- client events ------------------------------------------------------------------------------
+
+#: the prefix of every event a client may publish (Pusher docs, "Events": "Triggering client
+#: events")
+CLIENT_EVENT_PREFIX = "client-"
+
+
+class ClientEventNameRefused(Forbidden):
+    """An event published by a client that is not named ``client-…`` (403)."""
+
+    code = "client_event_name"
+
+
+class ClientEventChannelRefused(Forbidden):
+    """A client event on a channel that takes none: only ``private-`` and ``presence-``
+    channels do (403)."""
+
+    code = "client_event_channel"
+
+
+class NotSubscribed(Forbidden):
+    """A client event on a channel the connection is not subscribed to (403)."""
+
+    code = "not_subscribed"
+
+
+class ClientEventRateLimited(AppError):
+    """More client events than a connection may publish per second (429)."""
+
+    status = 429
+    code = "client_event_rate_limited"
+    public_message = "Too many client events"
+    expose_message = True
+
+
+def is_client_event(event_name: Any) -> bool:
+    """True for an event name starting with ``client-``."""
+    return isinstance(event_name, str) and event_name.startswith(CLIENT_EVENT_PREFIX)
+
+
+def check_client_event(channel_name: Any, event_name: str,
+                       subscribed: Iterable[str]) -> str:
+    """Judge an event a client publishes on a channel, by Pusher's client-event rules (Pusher
+    docs, "Events" -> "Triggering client events"; "Encrypted channels": no client events):
+
+    * the event name starts with ``client-``;
+    * the channel is a ``private-`` or ``presence-`` channel (not public, not
+      ``private-encrypted-``);
+    * the connection is subscribed to it.
+
+    Not judged here (the caller's duty, since they need I/O): the per-connection rate limit,
+    and leaving the sender out of the fan-out. On presence channels the delivered event
+    carries the sender's user id.
+
+    Args:
+        channel_name: the target channel (validated here).
+        event_name: the event name (already checked as a 1-200 character string).
+        subscribed: the channel names the sending connection is subscribed to.
+    Returns:
+        the channel name.
+    Raises:
+        BadRequest: an invalid channel name.
+        ClientEventNameRefused: the name does not start with ``client-``.
+        ClientEventChannelRefused: a public or private-encrypted channel.
+        NotSubscribed: the connection is not subscribed to the channel.
+    """
+    name = validate_channel_name(channel_name)
+    if not is_client_event(event_name):
+        raise ClientEventNameRefused(
+            f'events published by clients must be named "{CLIENT_EVENT_PREFIX}…"')
+    if channel_kind(name) not in (PRIVATE, PRESENCE):
+        raise ClientEventChannelRefused(
+            "client events are only allowed on private- and presence- channels")
+    if name not in set(subscribed):
+        raise NotSubscribed("subscribe to the channel before publishing client events on it")
+    return name
+
+
 # --- the service's rules ------------------------------------------------------------------------
 
 @channel("private-user-{user_id}")
 def own_user_channel(principal: Principal, user_id: str) -> bool:
-    """A user's own private channel."""
-    return user_id == principal.sub
+    """A user's own private channel (``user_id``: :attr:`Principal.user_id`, which is unique
+    across issuers)."""
+    return user_id == principal.user_id
 
 
 @channel("private-encrypted-user-{user_id}")
 def own_encrypted_user_channel(principal: Principal, user_id: str) -> bool:
     """A user's own end-to-end encrypted channel."""
-    return user_id == principal.sub
+    return user_id == principal.user_id
 
 
 @channel("presence-{room}")

@@ -6,16 +6,21 @@ that :func:`create_table`, the CloudFormation template and README.md follow):
 * connection item: table key (``connection_id`` = ``<connection_id>``, ``sk`` =
   ``connection``); index key (``audience`` = ``user#<user_id>``, ``connection_id``);
 * subscription item: table key (``<connection_id>``, ``channel#<channel_name>``); index key
-  (``audience`` = ``channel#<channel_name>``, ``connection_id``).
+  (``audience`` = ``channel#<channel_name>``, ``connection_id``);
+* client-event rate window: table key (``<connection_id>``, ``rate#client-event#<epoch
+  second>``), attribute ``events``; not in the index (:func:`allow_client_event`).
 
 * every item of one connection (for removal) is one Query on the table;
 * every connection of a user is one Query on ``audience-index`` with ``audience = user#<sub>``;
 * every subscriber of a channel is one Query on ``audience-index`` with
   ``audience = channel#<name>``.
 
-The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
-seconds), ``source_ip``, ``user_agent`` and ``principal`` (the principal's flat authorizer
-context as JSON, so ``$default`` frames are judged by the same channel rules without a token).
+``<user_id>`` is the principal's user id (:mod:`chalicelib.principal`: at most 141 ASCII
+characters, so every key stays far within DynamoDB's 2048-byte partition and 1024-byte sort key
+limits). The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
+seconds), ``source_ip``, ``user_agent``, ``principal`` (the principal's flat authorizer
+context as JSON, so ``$default`` frames are judged by the same channel rules without a token)
+and ``subscribed_channels`` (string set: the atomic subscription cap, see :func:`subscribe`).
 Every item carries ``expires_at`` = connection time + API Gateway's 2 hour maximum connection
 duration (AWS docs, "Amazon API Gateway quotas": "Connection duration for WebSocket API")
 + a margin. It is the table's TTL attribute: API Gateway does not guarantee ``$disconnect``, so
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from chalicelib import aws
-from chalicelib.errors import AppError
+from chalicelib.errors import AppError, Unauthorized
 from chalicelib.principal import Principal
 from chalicelib.settings import websocket_settings
 
@@ -54,6 +59,11 @@ INDEX_NAME = "audience-index"
 TTL_ATTRIBUTE = "expires_at"
 CONNECTION_SK = "connection"
 CHANNEL_SK_PREFIX = "channel#"
+RATE_SK_PREFIX = "rate#"
+#: the connection item's string set of subscribed channel names (the cap's atomic count)
+CHANNELS_ATTRIBUTE = "subscribed_channels"
+#: a rate window item expires this long after its second, seconds
+RATE_ITEM_TTL_SECONDS = 60
 USER_AUDIENCE_PREFIX = "user#"
 CHANNEL_AUDIENCE_PREFIX = "channel#"
 
@@ -110,7 +120,7 @@ class Connection:
 
     Attributes:
         connection_id: API Gateway's connection id.
-        user_id: the principal's ``sub``.
+        user_id: the principal's user id (:attr:`Principal.user_id`).
         principal: the verified caller as it was at ``$connect``.
         connected_at, expires_at: epoch seconds.
         source_ip, user_agent: from the ``$connect`` request, or None.
@@ -158,6 +168,24 @@ def _call(operation: str, **kwargs) -> Dict[str, Any]:
         return getattr(_client(), operation)(**kwargs)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "ClientError")
+        raise RegistryUnavailable(f"DynamoDB {operation} failed: {code}") from None
+    except BotoCoreError as exc:
+        raise RegistryUnavailable(
+            f"DynamoDB {operation} failed: {type(exc).__name__}") from None
+
+
+def _conditional(operation: str, **kwargs) -> Optional[Dict[str, Any]]:
+    """Like :func:`_call`, but a failed ``ConditionExpression`` answers
+    ``{"refused": item}`` instead of raising: ``item`` is the current item when the call asked
+    for ``ReturnValuesOnConditionCheckFailure=ALL_OLD`` and it exists, else ``{}``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return getattr(_client(), operation)(**kwargs)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        if code == "ConditionalCheckFailedException":
+            return {"refused": exc.response.get("Item") or {}}
         raise RegistryUnavailable(f"DynamoDB {operation} failed: {code}") from None
     except BotoCoreError as exc:
         raise RegistryUnavailable(
@@ -233,15 +261,15 @@ def register(connection_id: str, principal: Principal, *, source_ip: Optional[st
         raise ValueError("connection_id must not be empty")
     started = int(connected_at if connected_at is not None else time.time())
     connection = Connection(
-        connection_id=connection_id, user_id=principal.sub, principal=principal,
+        connection_id=connection_id, user_id=principal.user_id, principal=principal,
         connected_at=started, expires_at=expires_at_for(started),
         source_ip=source_ip or None,
         user_agent=(user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None))
     item = {
         "connection_id": _s(connection_id),
         "sk": _s(CONNECTION_SK),
-        "audience": _s(USER_AUDIENCE_PREFIX + principal.sub),
-        "user_id": _s(principal.sub),
+        "audience": _s(USER_AUDIENCE_PREFIX + principal.user_id),
+        "user_id": _s(principal.user_id),
         "principal": _s(json.dumps(principal.flat_context(), separators=(",", ":"))),
         "connected_at": _n(connection.connected_at),
         TTL_ATTRIBUTE: _n(connection.expires_at),
@@ -332,26 +360,58 @@ def _batch_delete(keys: List[Dict[str, Any]]) -> None:
 # --- subscriptions ----------------------------------------------------------------------------
 
 def subscribe(connection: Connection, channel_name: str) -> bool:
-    """Subscribe a registered connection to a channel (one PutItem; idempotent).
+    """Subscribe a registered connection to a channel; idempotent, and the cap of
+    :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` holds under concurrency.
+
+    API Gateway runs ``$default`` invocations of one connection concurrently, so the cap cannot
+    rest on a count read earlier. The connection item keeps the set of its channel names
+    (``subscribed_channels``, a string set), and one conditional UpdateItem — which DynamoDB
+    applies atomically (Developer Guide, "Condition expressions") — adds the name only while the
+    set holds fewer than the cap or already holds the name:
+
+    1. UpdateItem on the connection item: ``ADD subscribed_channels {name}`` if the item exists
+       and (``size(subscribed_channels) < cap`` or the name is in it); else
+       :class:`SubscriptionLimit` (or ``Unauthorized`` when the connection item is gone);
+    2. PutItem of the subscription item (what fan-out queries).
+
+    Adding to a set is idempotent, so a duplicate subscribe, a concurrent one and an SDK retry
+    of a write that did land all count once (a counter would count a retried write twice).
 
     The subscription expires with its connection (same ``expires_at``).
 
     Args:
-        connection: from :func:`get_connection` (its ``channels`` tell whether this is new).
+        connection: from :func:`get_connection` (its ``channels`` answer a repeated subscribe
+            without a write).
         channel_name: an already authorized channel name.
     Returns:
         True when the subscription is new, False when it already existed.
     Raises:
-        SubscriptionLimit: the connection already holds
-            :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` subscriptions.
+        SubscriptionLimit: the connection already holds the maximum.
+        Unauthorized: the connection is no longer registered.
         RegistryUnavailable: DynamoDB failed.
     """
     if channel_name in connection.channels:
         return False
     if len(connection.channels) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
-        raise SubscriptionLimit(
-            f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection")
-    _call("put_item", TableName=_table(), Item={
+        raise _limit()
+    table = _table()
+    answer = _conditional(
+        "update_item", TableName=table,
+        Key={"connection_id": _s(connection.connection_id), "sk": _s(CONNECTION_SK)},
+        UpdateExpression="ADD #subs :names",
+        ConditionExpression="attribute_exists(sk) AND (attribute_not_exists(#subs) "
+                            "OR size(#subs) < :cap OR contains(#subs, :name))",
+        ExpressionAttributeNames={"#subs": CHANNELS_ATTRIBUTE},
+        ExpressionAttributeValues={":names": {"SS": [channel_name]}, ":name": _s(channel_name),
+                                   ":cap": _n(MAX_SUBSCRIPTIONS_PER_CONNECTION)},
+        ReturnValues="UPDATED_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+    if "refused" in answer:
+        if not answer["refused"]:
+            raise Unauthorized(f"connection {connection.connection_id} is not registered",
+                               public_message="Connection not registered; reconnect")
+        raise _limit()
+    before = answer.get("Attributes", {}).get(CHANNELS_ATTRIBUTE, {}).get("SS", [])
+    _call("put_item", TableName=table, Item={
         "connection_id": _s(connection.connection_id),
         "sk": _s(CHANNEL_SK_PREFIX + channel_name),
         "audience": _s(CHANNEL_AUDIENCE_PREFIX + channel_name),
@@ -360,11 +420,18 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
         "subscribed_at": _n(time.time()),
         TTL_ATTRIBUTE: _n(connection.expires_at),
     })
-    return True
+    return channel_name not in before
+
+
+def _limit() -> SubscriptionLimit:
+    return SubscriptionLimit(
+        f"at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} subscriptions per connection")
 
 
 def unsubscribe(connection_id: str, channel_name: str) -> bool:
-    """Remove one subscription (one DeleteItem; idempotent).
+    """Remove one subscription: DeleteItem of the subscription item, then the name leaves the
+    connection's ``subscribed_channels`` set (so its place under the cap is given back exactly
+    once, whatever the retries). Idempotent.
 
     Returns:
         True when a subscription was removed, False when there was none.
@@ -373,7 +440,47 @@ def unsubscribe(connection_id: str, channel_name: str) -> bool:
     """
     response = _call("delete_item", TableName=_table(), ReturnValues="ALL_OLD", Key={
         "connection_id": _s(connection_id), "sk": _s(CHANNEL_SK_PREFIX + channel_name)})
+    _conditional(
+        "update_item", TableName=_table(),
+        Key={"connection_id": _s(connection_id), "sk": _s(CONNECTION_SK)},
+        UpdateExpression="DELETE #subs :names",
+        ConditionExpression="attribute_exists(sk)",  # never re-create a removed connection
+        ExpressionAttributeNames={"#subs": CHANNELS_ATTRIBUTE},
+        ExpressionAttributeValues={":names": {"SS": [channel_name]}})
     return bool(response.get("Attributes"))
+
+
+# --- client event rate limit ------------------------------------------------------------------
+
+def allow_client_event(connection_id: str, limit: int, *, now: Optional[float] = None) -> bool:
+    """Count one client event of a connection against ``limit`` per second; shared by every
+    Lambda invocation (and every transport) that handles the connection.
+
+    One conditional UpdateItem on a window item ``(connection_id, "rate#client-event#<epoch
+    second>")``: ``ADD events 1`` only while ``events < limit``. The item lives in the
+    connection's partition (removed with it) and expires through the table's TTL a minute
+    after its second. Fixed one-second windows, like Pusher's "10 messages per second".
+
+    Args:
+        connection_id: the sending connection.
+        limit: events allowed per second (``CLIENT_EVENT_RATE_LIMIT``), at least 1.
+        now: epoch seconds (defaults to the clock).
+    Returns:
+        True when the event may go out, False when the connection is over its limit.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    second = int(time.time() if now is None else now)
+    answer = _conditional(
+        "update_item", TableName=_table(),
+        Key={"connection_id": _s(connection_id),
+             "sk": _s(f"{RATE_SK_PREFIX}client-event#{second}")},
+        UpdateExpression="ADD #events :one SET #ttl = :expires",
+        ConditionExpression="attribute_not_exists(#events) OR #events < :limit",
+        ExpressionAttributeNames={"#events": "events", "#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={":one": _n(1), ":limit": _n(limit),
+                                   ":expires": _n(second + RATE_ITEM_TTL_SECONDS)})
+    return "refused" not in answer
 
 
 # --- audiences --------------------------------------------------------------------------------

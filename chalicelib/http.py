@@ -6,7 +6,8 @@ from chalicelib.identity import principal_from_request
 
 
 def me(request):
-    """``GET /me``: the caller's principal as ``{"sub", "iss", "scopes", "claims"}``.
+    """``GET /me``: the caller's principal as ``{"user_id", "sub", "iss", "scopes", "claims"}``
+    (``user_id``: the caller's name in channels, presence, Pusher sign-in and notifications).
 
     Behind ``jwt_auth``; answers 401 JSON if the authorizer context is unusable, and 503
     ``not_configured`` naming the variable when the JWT settings are broken (the authorizer's

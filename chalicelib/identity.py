@@ -72,15 +72,17 @@ def authenticate(token: Optional[str]) -> Principal:
     Args:
         token: compact JWS text, or None.
     Returns:
-        the :class:`Principal`.
+        the :class:`Principal`, its user id made with the issuer's ``user_id_prefix``.
     Raises:
-        chalicelib.errors.TokenError: (a 401) with the specific reason; ``NoToken`` for None.
+        chalicelib.errors.TokenError: (a 401) with the specific reason; ``NoToken`` for None;
+            ``UserIdUnrepresentable`` for a ``sub`` that cannot become a user id.
         chalicelib.errors.ConfigError: the JWT settings are missing or invalid.
     """
     if not token:
         raise NoToken("no token in the Authorization header or the query string")
-    claims = tokens.verify(token, jwt_settings())
-    return Principal.from_claims(claims)
+    settings = jwt_settings()
+    claims = tokens.verify(token, settings)
+    return Principal.from_claims(claims, settings.issuers[claims["iss"]].user_id_prefix)
 
 
 def authenticate_request(headers: Optional[Mapping[str, Any]],

@@ -46,6 +46,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from chalicelib import aws, channels, connections, jsonutil
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
+from chalicelib.principal import validate_user_id
 from chalicelib.sender import (  # noqa: F401 (back-off rules re-exported)
     BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, DELIVERED, FAILED, GONE, RETRYABLE,
     THROTTLING_CODES, Sender, backoff_seconds)
@@ -400,9 +401,14 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
     return send_to_connections(connections.connections_of_user(user_id), data, event=event)
 
 
-def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None) -> Summary:
+def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
+                       exclude: Optional[str] = None) -> Summary:
     """Post one frame to every live subscriber of a channel (one registry Query, then
     fan-out). The channel name is not judged here: callers authorize first.
+
+    Args:
+        exclude: a connection id left out (the sender of a client event, which Pusher never
+            echoes: Pusher docs, "Events" -> "Triggering client events").
 
     Raises:
         PayloadTooLarge: checked before the registry is read.
@@ -410,8 +416,9 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None) -> S
         ConfigError: no management endpoint is configured.
     """
     data = encode_frame(frame)
-    return send_to_connections(connections.subscribers_of_channel(channel_name), data,
-                               event=event)
+    targets = [cid for cid in connections.subscribers_of_channel(channel_name)
+               if cid != exclude]
+    return send_to_connections(targets, data, event=event)
 
 
 # --- notifications: the message shape shared by POST /notifications and the SQS worker --------
@@ -468,7 +475,8 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
             ``channel``; the SQS worker also ``connection_id``).
     Returns:
         a :class:`Notification`; channel names are checked with
-        :func:`chalicelib.channels.validate_channel_name`.
+        :func:`chalicelib.channels.validate_channel_name`, user ids with
+        :func:`chalicelib.principal.validate_user_id`.
     Raises:
         BadRequest: not an object, not exactly one target, a bad target value or event name.
     """
@@ -483,6 +491,8 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
         address = channels.validate_channel_name(address)
         if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED:
             raise BadRequest("private-encrypted channels are only served through Pusher")
+    elif target == "user_id":  # a user id (chalicelib.principal), within DynamoDB key limits
+        address = validate_user_id(address)
     elif not isinstance(address, str) or not address or len(address) > 1024:
         raise BadRequest(f'"{target}" must be a non-empty string of at most 1024 characters')
     return Notification(target, address, validate_event_name(body.get("event")),

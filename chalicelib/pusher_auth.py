@@ -335,8 +335,9 @@ def user_info(principal: Principal, claim_names: Tuple[str, ...]) -> Dict[str, A
 
 def presence_member(principal: Principal, config: PusherSettings) -> Dict[str, Any]:
     """The presence member signed into ``channel_data``:
-    ``{"user_id": sub, "user_info": {...}}``."""
-    return {"user_id": principal.sub,
+    ``{"user_id": <the principal's user id>, "user_info": {...}}`` (user ids: see
+    :mod:`chalicelib.principal`)."""
+    return {"user_id": principal.user_id,
             "user_info": user_info(principal, config.presence_user_info_claims)}
 
 
@@ -386,20 +387,24 @@ def sign_channel(principal: Principal, channel_name: Any, socket_id: str,
 def sign_user(principal: Principal, socket_id: str,
               config: Optional[PusherSettings] = None) -> Dict[str, str]:
     """Sign a pusher-js user sign-in: ``{"auth", "user_data"}`` where ``user_data`` is the JSON
-    text ``{"id": sub, "user_info": {...}}`` that was signed.
+    text ``{"id": <the principal's user id>, "user_info": {...}}`` that was signed.
+
+    The user id always fits Pusher's user id rule (charset ``A-Z a-z 0-9 _ - = @ , . ;``, at
+    most 200 characters: pusher library ``validate_user_id``), since
+    :func:`chalicelib.principal.make_user_id` escapes every other character and stays within
+    141 characters; the check below only guards against a principal built by hand.
 
     Raises:
-        Forbidden: the principal's ``sub`` cannot be a Pusher user id (charset
-            ``A-Z a-z 0-9 _ - = @ , . ;``, at most 200 characters).
+        Forbidden: the user id is not a valid Pusher user id.
         ConfigError: Pusher settings missing.
     """
     config = config or pusher_settings()
-    if not USER_ID_RE.fullmatch(principal.sub):
-        raise Forbidden("sub is not a valid Pusher user id",
-                        public_message="This account's subject cannot be used as a Pusher user "
+    if not USER_ID_RE.fullmatch(principal.user_id):
+        raise Forbidden("user id is not a valid Pusher user id",
+                        public_message="This account's user id cannot be used as a Pusher user "
                                        "id (allowed: A-Z a-z 0-9 _ - = @ , . ; up to 200)")
     client = _client_for(config)
-    user_data = {"id": principal.sub,
+    user_data = {"id": principal.user_id,
                  "user_info": user_info(principal, config.presence_user_info_claims)}
     try:
         signed = client.authenticate_user(socket_id=socket_id, user_data=user_data)

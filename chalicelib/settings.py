@@ -150,11 +150,15 @@ class IssuerConfig:
         jwks_uri: key set URL, or None to discover it from
             ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4).
         audiences: accepted ``aud`` values (or Cognito ``client_id`` for access tokens).
+        user_id_prefix: put before the escaped ``sub`` to make this issuer's user ids
+            (``<prefix>.<sub>``, see :mod:`chalicelib.principal`), or None. Required and
+            distinct when several issuers are trusted.
     """
 
     issuer: str
     jwks_uri: Optional[str]
     audiences: Tuple[str, ...]
+    user_id_prefix: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +211,42 @@ def _issuers_from_json(raw: str) -> "dict[str, IssuerConfig]":
         else:
             _check_url(f"{where}.issuer", entry["issuer"])
         issuers[entry["issuer"]] = IssuerConfig(entry["issuer"], jwks_uri, tuple(audiences))
-    return issuers
+    return _with_user_id_prefixes(entries, issuers)
+
+
+def _with_user_id_prefixes(entries: list, issuers: "dict[str, IssuerConfig]"
+                           ) -> "dict[str, IssuerConfig]":
+    """Add each ``JWT_ISSUERS`` entry's ``user_id_prefix``.
+
+    The user id of (issuer, sub) must be injective (see :mod:`chalicelib.principal`): an issuer
+    listed twice, a prefix outside ``[A-Za-z0-9_-]{1,32}``, or several issuers without a prefix
+    each, or sharing one, is a configuration error.
+    """
+    from chalicelib.principal import USER_ID_PREFIX_RE  # pure module; avoids an import cycle
+
+    name = "JWT_ISSUERS"
+    if len(issuers) != len(entries):
+        raise ConfigError(f"{name} lists an issuer more than once")
+    prefixes: "dict[str, str]" = {}
+    result = {}
+    for index, entry in enumerate(entries):
+        prefix = entry.get("user_id_prefix")
+        if prefix is not None and (not isinstance(prefix, str)
+                                   or not USER_ID_PREFIX_RE.fullmatch(prefix)):
+            raise ConfigError(f"{name}[{index}].user_id_prefix must be 1-32 characters of "
+                              "A-Z a-z 0-9 _ -")
+        if prefix is None and len(entries) > 1:
+            raise ConfigError(f"{name}[{index}] needs a 'user_id_prefix': with several issuers "
+                              "each needs its own, so equal subs of two issuers stay two users")
+        if prefix is not None:
+            if prefix in prefixes:
+                raise ConfigError(f"{name}[{index}].user_id_prefix is already used by "
+                                  f"{name}[{prefixes[prefix]}]; prefixes must be distinct")
+            prefixes[prefix] = str(index)
+        config = issuers[entry["issuer"]]
+        result[config.issuer] = IssuerConfig(config.issuer, config.jwks_uri, config.audiences,
+                                             prefix)
+    return result
 
 
 @functools.lru_cache(maxsize=None)
@@ -410,6 +449,8 @@ class WebSocketSettings:
             ``realtime-<STAGE>-websocket-api``, the name ``chalice deploy`` gives it), looked
             up when none of ``WEBSOCKET_ENDPOINT_URL``, ``WEBSOCKET_API_ID``,
             ``WEBSOCKET_DOMAIN`` is set.
+        client_event_rate_limit: client events one connection may publish per second
+            (``CLIENT_EVENT_RATE_LIMIT``, default 10: Pusher's limit, "Events" docs).
     """
 
     connections_table: str
@@ -421,6 +462,7 @@ class WebSocketSettings:
     push_max_workers: int
     push_max_attempts: int
     api_name: str
+    client_event_rate_limit: int = 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,6 +479,7 @@ def websocket_settings() -> WebSocketSettings:
         push_max_attempts=_int("PUSH_MAX_ATTEMPTS", 4, 1, 10),
         api_name=_raw("WEBSOCKET_API_NAME")
         or f"realtime-{app_settings().stage}-websocket-api",
+        client_event_rate_limit=_int("CLIENT_EVENT_RATE_LIMIT", 10, 1, 1000),
     )
 
 

@@ -8,8 +8,13 @@ route responses are configured):
 * ``{"action": "subscribe", "channel": C}`` -> ``{"type": "subscribed", "channel": C}``;
 * ``{"action": "unsubscribe", "channel": C}`` -> ``{"type": "unsubscribed", "channel": C}``;
 * ``{"action": "publish", "channel": C, "event": E, "data": D}`` ->
-  ``{"type": "published", "channel": C, "event": E}``, and every subscriber of C receives
-  ``{"type": "event", "channel": C, "event": E, "data": D}``;
+  ``{"type": "published", "channel": C, "event": E}``. A *client event* (``E`` = ``client-…``:
+  Pusher's client-event model, :func:`chalicelib.channels.check_client_event`) goes to every
+  other subscriber of the ``private-``/``presence-`` channel C the connection is subscribed
+  to, as ``{"type": "event", "channel": C, "event": E, "data": D}`` plus ``"user_id"`` (the
+  sender's) on presence channels, at most ``CLIENT_EVENT_RATE_LIMIT`` per second per
+  connection. Any other event needs the scope ``notifications:send`` and then behaves exactly
+  like ``POST /notifications`` to C;
 * ``{"action": "pushtowebsocket", "message": M}`` (the seeds' echo route) ->
   ``{"type": "message", "message": M}``.
 
@@ -38,6 +43,7 @@ from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge,
 from chalicelib.identity import authenticate_request, header, principal_from_request
 from chalicelib.logtext import for_log
 from chalicelib.principal import Principal
+from chalicelib.settings import websocket_settings
 
 log = logging.getLogger("realtime.ws")
 
@@ -135,7 +141,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
     except Exception:  # never a stack trace to API Gateway; the handshake is refused
         log.exception("$connect failed")
         return {"statusCode": 500}
-    log.info("connected %s for %s", connection_id, for_log(principal.sub))
+    log.info("connected %s for %s", connection_id, principal.user_id)
     return {"statusCode": 200}
 
 
@@ -313,15 +319,39 @@ def _unsubscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Di
 
 
 def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
-    name_given = frame.get("channel")
     event_name = push.validate_event_name(frame.get("event"))
+    name_given = frame.get("channel")
+    if name_given is None:
+        raise BadRequest('"channel" is required')
     connection = _registered(connection_id)
-    grant = _grant(connection.principal, name_given)
-    notification = push.Notification("channel", grant.channel_name, event_name,
-                                     frame.get("data"))
-    summary = push.deliver(notification, event=event)
-    log.info("publish by %s to %s: %s", connection.user_id, grant.channel_name, summary)
-    return {"type": "published", "channel": grant.channel_name, "event": event_name}
+    if not channels.is_client_event(event_name):
+        if not connection.principal.has_scope(NOTIFY_SCOPE):
+            raise channels.ClientEventNameRefused(
+                f"{connection.user_id} published a non-client event without {NOTIFY_SCOPE}",
+                public_message=f'Events published by clients must be named '
+                               f'"{channels.CLIENT_EVENT_PREFIX}…"; other events need the '
+                               f'scope {NOTIFY_SCOPE}')
+        # a server event, exactly as POST /notifications to a channel
+        notification = push.parse_notification(
+            {"channel": name_given, "event": event_name, "data": frame.get("data")},
+            targets=("channel",))
+        summary = push.deliver(notification, event=event)
+        log.info("server event by %s to %s: %s", connection.user_id, notification.address,
+                 summary)
+        return {"type": "published", "channel": notification.address, "event": event_name}
+    channel = channels.check_client_event(name_given, event_name, connection.channels)
+    outgoing: Dict[str, Any] = {"type": "event", "channel": channel, "event": event_name,
+                                "data": frame.get("data")}
+    if channels.channel_kind(channel) == channels.PRESENCE:
+        outgoing["user_id"] = connection.user_id
+    push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    limit = websocket_settings().client_event_rate_limit
+    if not connections.allow_client_event(connection_id, limit):
+        raise channels.ClientEventRateLimited(
+            f"at most {limit} client events per second per connection")
+    summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
+    log.info("client event by %s to %s: %s", connection.user_id, channel, summary)
+    return {"type": "published", "channel": channel, "event": event_name}
 
 
 def _echo(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
@@ -344,8 +374,9 @@ _HANDLERS = {
 def notify(request: Any, app: Any = None):
     """``POST /notifications`` (behind ``jwt_auth``): push an event to a user or a channel.
 
-    Body: ``{"user_id": U | "channel": C, "event": E, "data": D}``. A caller may always notify
-    themself (``user_id`` equal to their ``sub``); any other user, and every channel, needs the
+    Body: ``{"user_id": U | "channel": C, "event": E, "data": D}``; ``U`` is a user id
+    (:attr:`Principal.user_id`, as ``GET /me`` shows it). A caller may always notify themself
+    (``user_id`` equal to their own user id); any other user, and every channel, needs the
     scope :data:`NOTIFY_SCOPE`.
 
     Returns:
@@ -370,13 +401,13 @@ def notify(request: Any, app: Any = None):
         except jsonutil.JSONRejected as err:
             raise BadRequest(f"the body is not valid JSON: {err.reason}") from None
         notification = push.parse_notification(body, targets=("user_id", "channel"))
-        own = notification.target == "user_id" and notification.address == principal.sub
+        own = notification.target == "user_id" and notification.address == principal.user_id
         if not own and not principal.has_scope(NOTIFY_SCOPE):
-            raise Forbidden(f"{principal.sub} lacks {NOTIFY_SCOPE}",
+            raise Forbidden(f"{principal.user_id} lacks {NOTIFY_SCOPE}",
                             public_message=f"Notifying others needs the scope {NOTIFY_SCOPE}")
         started = time.monotonic()
         summary = push.deliver(notification)
-        log.info("notification by %s to %s %s: %s in %.3f s", for_log(principal.sub),
+        log.info("notification by %s to %s %s: %s in %.3f s", principal.user_id,
                  notification.target, for_log(notification.address), summary,
                  time.monotonic() - started)
         return Response(body=summary, status_code=200,

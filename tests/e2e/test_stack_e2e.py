@@ -4,7 +4,8 @@ moto (DynamoDB + SQS), soketi, ``chalice local`` and the local WebSocket gateway
 200 real WebSocket clients (100 users, two connections each) connect with their tokens and
 subscribe; pushes made through ``POST /notifications``, through the SQS push queue (the stack
 feeds it to ``push_worker`` as Lambda's event source mapping would) and through the WebSocket
-``publish`` action must each reach every intended client exactly once and no other client.
+``publish`` action (a client event) must each reach every intended client exactly once and no
+other client.
 Closing the clients empties the connection registry.
 """
 from __future__ import annotations
@@ -157,11 +158,12 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
         expect("sqs-user", lambda c: c.user == sqs_user)
         expect("sqs-connection", lambda c: c is connection_target)
 
-        # 4. publish from a client to ROOM: every subscriber, the sender included
+        # 4. a client event from a client to ROOM: every other subscriber (Pusher's model: never
+        #    echoed to the sending connection), with the sender's user id on a presence channel
         publisher = clients[10]
         await publisher.ws.send(json.dumps({"action": "publish", "channel": ROOM,
-                                            "event": "published", "data": {"n": 5}}))
-        expect("published", lambda c: c.in_room)
+                                            "event": "client-published", "data": {"n": 5}}))
+        expect("client-published", lambda c: c.in_room and c is not publisher)
 
         total = sum(sum(e.values()) for e in expected.values())
         await wait_until(lambda: sum(len(c.events) for c in clients) >= total, 60,
@@ -171,6 +173,8 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
                  for c in clients if c.received() != expected[c.index]}
         assert not wrong, f"clients with wrong deliveries (got, expected): {wrong}"
         assert any(r.get("type") == "published" for r in publisher.replies)
+        assert {f.get("user_id") for c in clients for f in c.events
+                if f["event"] == "client-published"} == {publisher.user}
 
         await asyncio.gather(*(c.ws.close() for c in clients))
         await asyncio.gather(*(c.reader for c in clients))

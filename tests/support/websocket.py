@@ -9,7 +9,11 @@ Import the fixtures you use into a test module::
 * ``registry``: ``mock_aws`` with the connections table created by
   :func:`chalicelib.connections.create_table`;
 * ``management_api``: a :class:`tests.support.management_api.ManagementAPI` on 127.0.0.1
-  that ``WEBSOCKET_ENDPOINT_URL`` points to.
+  that ``WEBSOCKET_ENDPOINT_URL`` points to;
+* ``serial_registry``: instead of ``registry``, for concurrency tests: a moto server on
+  127.0.0.1 that handles one request at a time (``AWS_ENDPOINT_URL_DYNAMODB`` points to it), so
+  each DynamoDB request is atomic as on DynamoDB — in-process ``mock_aws`` evaluates a
+  condition and applies the write in separate steps that threads interleave.
 """
 from __future__ import annotations
 
@@ -67,3 +71,38 @@ def management_api(aws_env, monkeypatch):
         _reset_clients()
         yield api
     _reset_clients()
+
+
+@pytest.fixture
+def serial_registry(aws_env, monkeypatch):
+    import logging
+    import threading
+    import uuid
+
+    from moto.moto_server.werkzeug_app import (DomainDispatcherApplication,
+                                               MotoRequestHandler, create_backend_app)
+    from werkzeug.serving import make_server
+
+    from chalicelib import connections
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
+                         threaded=False, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="serial-moto", daemon=True)
+    thread.start()
+    table = f"{TABLE}-{uuid.uuid4().hex[:8]}"  # moto's server state outlives the test
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("CONNECTIONS_TABLE", table)
+    _reset_clients()
+    try:
+        connections.create_table()
+        yield table
+    finally:
+        try:
+            connections._client().delete_table(TableName=table)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            _reset_clients()

@@ -49,7 +49,7 @@ def test_every_algorithm_passes_get_me(alg, client, dev_issuer):
     response = client.http.get("/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.body
     assert json.loads(response.body) == {
-        "sub": "alice", "iss": dev_issuer.issuer, "scopes": ["openid", "chat:write"],
+        "user_id": "alice", "sub": "alice", "iss": dev_issuer.issuer, "scopes": ["openid", "chat:write"],
         "claims": {"name": "Alice", "email": "alice@example.com",
                    "groups": ["admins", "staff"]},
     }

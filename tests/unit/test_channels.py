@@ -236,10 +236,44 @@ def test_authorize_only_ever_grants_or_raises_400_403(name):
 
 
 @hsettings(max_examples=200, deadline=None)
-@given(st.text(alphabet=CHARSET, min_size=1, max_size=140))
+@given(st.text(alphabet=CHARSET, min_size=1, max_size=47))  # "=" escapes to 3 characters
 def test_a_user_channel_is_granted_exactly_to_its_owner(sub):
     owner = Principal(sub=sub, issuer="i")
-    assert authorize(owner, f"private-user-{sub}").params == {"user_id": sub}
-    if sub != "alice":
+    name = f"private-user-{owner.user_id}"
+    assert authorize(owner, name).params == {"user_id": owner.user_id}
+    if owner.user_id != "alice":
         with pytest.raises(Forbidden):
-            authorize(ALICE, f"private-user-{sub}")
+            authorize(ALICE, name)
+
+
+# --- client events ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channel, event_name, subscribed, error", [
+    ("presence-room", "client-typing", ["presence-room"], None),
+    ("private-user-alice", "client-sync", ["news", "private-user-alice"], None),
+    ("presence-room", "typing", ["presence-room"], channels.ClientEventNameRefused),
+    ("presence-room", "Client-typing", ["presence-room"], channels.ClientEventNameRefused),
+    ("news", "client-x", ["news"], channels.ClientEventChannelRefused),
+    ("private-encrypted-user-alice", "client-x", ["private-encrypted-user-alice"],
+     channels.ClientEventChannelRefused),
+    ("presence-room", "client-x", ["presence-other"], channels.NotSubscribed),
+    ("presence-room", "client-x", [], channels.NotSubscribed),
+    ("bad name", "client-x", ["bad name"], BadRequest),
+    (None, "client-x", [], BadRequest),
+])
+def test_check_client_event_follows_pushers_rules(channel, event_name, subscribed, error):
+    if error is None:
+        assert channels.check_client_event(channel, event_name, subscribed) == channel
+        return
+    with pytest.raises(error) as caught:
+        channels.check_client_event(channel, event_name, subscribed)
+    assert caught.value.body()["message"]
+
+
+def test_client_event_error_codes():
+    assert [cls.code for cls in (channels.ClientEventNameRefused,
+                                 channels.ClientEventChannelRefused, channels.NotSubscribed,
+                                 channels.ClientEventRateLimited)] == \
+        ["client_event_name", "client_event_channel", "not_subscribed",
+         "client_event_rate_limited"]
+    assert channels.is_client_event("client-x") and not channels.is_client_event("x-client-")

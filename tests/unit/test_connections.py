@@ -12,7 +12,7 @@ from chalicelib.connections import (MAX_CONNECTION_SECONDS, MAX_SUBSCRIPTIONS_PE
                                     TABLE_SCHEMA, RegistryUnavailable, SubscriptionLimit)
 from chalicelib.principal import Principal
 from tests.conftest import ROOT
-from tests.support.websocket import TABLE, aws_env, registry  # noqa: F401
+from tests.support.websocket import TABLE, aws_env, registry, serial_registry  # noqa: F401
 
 ALICE = Principal(sub="alice", issuer="https://issuer.example", scopes=("read", "write"),
                   claims={"name": "Alice", "groups": ["admins"]})
@@ -171,3 +171,44 @@ def test_importing_app_does_not_import_boto3():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+# --- client event rate limit ------------------------------------------------------------------
+
+def test_client_event_rate_limit_counts_per_connection_and_second(registry):
+    connections.register("conn-1=", ALICE)
+    second = 1_700_000_000
+    allowed = [connections.allow_client_event("conn-1=", 10, now=second + 0.05 * n)
+               for n in range(12)]
+    assert allowed == [True] * 10 + [False, False]
+    assert connections.allow_client_event("conn-2=", 10, now=second + 0.5) is True
+    assert connections.allow_client_event("conn-1=", 10, now=second + 1.0) is True
+    windows = [item for item in _raw_items() if item["sk"]["S"].startswith("rate#")]
+    assert {int(item["expires_at"]["N"]) for item in windows} == \
+        {second + connections.RATE_ITEM_TTL_SECONDS,
+         second + 1 + connections.RATE_ITEM_TTL_SECONDS}
+    # rate windows are neither subscriptions nor audience, and leave with their connection
+    assert connections.get_connection("conn-1=").channels == ()
+    connections.remove_connection("conn-1=")
+    assert {item["connection_id"]["S"] for item in _raw_items()} == {"conn-2="}
+
+
+def test_client_event_rate_limit_holds_across_concurrent_invocations(serial_registry):
+    from concurrent.futures import ThreadPoolExecutor
+
+    connections.register("conn-1=", ALICE)
+    second = int(time.time()) + 5  # one window for every call, whatever the clock does
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        allowed = list(pool.map(
+            lambda _: connections.allow_client_event("conn-1=", 10, now=second), range(50)))
+    assert allowed.count(True) == 10
+
+
+def test_subscribe_on_a_removed_connection_asks_to_reconnect(registry):
+    from chalicelib.errors import Unauthorized
+
+    connection = connections.register("conn-1=", ALICE)
+    connections.remove_connection("conn-1=")
+    with pytest.raises(Unauthorized):
+        connections.subscribe(connection, "news")
+    assert _raw_items() == []

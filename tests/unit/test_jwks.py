@@ -387,8 +387,10 @@ def test_several_issuers(server, app_env, monkeypatch):
                                          alg="ES256")]}) as other:
         monkeypatch.delenv("JWT_ISSUER")
         monkeypatch.setenv("JWT_ISSUERS", json.dumps([
-            {"issuer": server.issuer, "jwks_uri": server.jwks_uri, "audiences": [AUD]},
-            {"issuer": other.issuer, "jwks_uri": other.jwks_uri, "audiences": ["b-app"]},
+            {"issuer": server.issuer, "jwks_uri": server.jwks_uri, "audiences": [AUD],
+             "user_id_prefix": "a"},
+            {"issuer": other.issuer, "jwks_uri": other.jwks_uri, "audiences": ["b-app"],
+             "user_id_prefix": "b"},
         ]))
         now = int(time.time())
         token_b = forge({"alg": "ES256", "kid": "b-1"},

@@ -333,12 +333,12 @@ def test_signin_without_token_is_401(post):
     assert post("/pusher/user-auth", "socket_id=1.2", auth=False).status_code == 401
 
 
-def test_signin_with_a_sub_pusher_cannot_carry_is_403(client, dev_issuer):
+def test_signin_with_an_auth0_sub_signs_its_escaped_user_id(client, dev_issuer):
     tok = dev_issuer.mint("auth0|12345")
     response = client.http.post("/pusher/user-auth", body="socket_id=1.2",
                                 headers={"Content-Type": FORM, "Authorization": f"Bearer {tok}"})
-    assert response.status_code == 403
-    assert "Pusher user id" in body_json(response)["message"]
+    assert response.status_code == 200
+    assert json.loads(body_json(response)["user_data"])["id"] == "auth0=7C12345"
 
 
 # --- CORS ---------------------------------------------------------------------------------------

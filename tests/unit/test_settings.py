@@ -101,8 +101,9 @@ def test_jwks_uri_must_be_https(env, uri):
 def test_issuers_list(env):
     env.delenv("JWT_ISSUER")
     env.setenv("JWT_ISSUERS", json.dumps([
-        {"issuer": "https://a.example", "audiences": ["x"]},
-        {"issuer": "https://b.example", "jwks_uri": "https://b.example/k", "audiences": "y,z"},
+        {"issuer": "https://a.example", "audiences": ["x"], "user_id_prefix": "a"},
+        {"issuer": "https://b.example", "jwks_uri": "https://b.example/k", "audiences": "y,z",
+         "user_id_prefix": "b"},
     ]))
     issuers = load().issuers
     assert issuers["https://a.example"].audiences == ("x",)

@@ -10,7 +10,10 @@ import pytest
 from chalicelib import connections, settings
 from chalicelib.principal import Principal
 from tests.support import events
-from tests.support.websocket import TABLE, aws_env, management_api, registry  # noqa: F401
+from tests.support.websocket import (TABLE, aws_env, management_api, registry,  # noqa: F401
+                                     serial_registry)
+
+SCOPE = "notifications:send"
 
 
 @pytest.fixture
@@ -120,7 +123,7 @@ def test_subscribe_publish_unsubscribe(ws, dev_issuer):
     client, api = ws
     alice = connected(client, dev_issuer, "alice")
     bob = connected(client, dev_issuer, "bob")
-    carol = connected(client, dev_issuer, "carol")
+    carol = connected(client, dev_issuer, "carol", scope=SCOPE)  # server events need it
 
     assert send(client, api, alice, {"action": "subscribe", "channel": "news"}) == \
         [{"type": "subscribed", "channel": "news"}]
@@ -170,14 +173,15 @@ def test_channel_rules_apply_to_subscriptions(ws, dev_issuer):
                                                           "private-user-alice")
 
 
-def test_publish_is_judged_by_the_channel_rules(ws, dev_issuer):
+def test_publish_cannot_reach_a_channel_of_someone_else(ws, dev_issuer):
     client, api = ws
     alice = connected(client, dev_issuer, "alice")
     bob = connected(client, dev_issuer, "bob")
     send(client, api, bob, {"action": "subscribe", "channel": "private-user-bob"})
-    (reply,) = send(client, api, alice, {"action": "publish", "channel": "private-user-bob",
-                                         "event": "spoof", "data": 1})
-    assert reply["code"] == "forbidden"
+    for event_name, code in (("spoof", "client_event_name"), ("client-spoof", "not_subscribed")):
+        (reply,) = send(client, api, alice, {"action": "publish", "channel": "private-user-bob",
+                                             "event": event_name, "data": 1})
+        assert reply["type"] == "error" and reply["code"] == code
     assert api.frames(bob) == [{"type": "subscribed", "channel": "private-user-bob"}]
 
 
@@ -186,20 +190,22 @@ def test_publish_is_judged_by_the_channel_rules(ws, dev_issuer):
     ({"action": "publish", "channel": "news", "event": ""}, "bad_request"),
     ({"action": "publish", "channel": "news", "event": "e" * 201}, "bad_request"),
     ({"action": "publish", "event": "e"}, "bad_request"),
-    ({"action": "publish", "channel": "news", "event": "e", "data": "x" * 140_000},
-     "payload_too_large"),
+    ({"action": "publish", "channel": "presence-room", "event": "client-e",
+      "data": "x" * 140_000}, "payload_too_large"),
     ({"action": "pushtowebsocket"}, "bad_request"),
 ])
 def test_bad_action_fields_get_error_frames(ws, dev_issuer, body, code):
     client, api = ws
-    alice = connected(client, dev_issuer, "alice")
+    alice = connected(client, dev_issuer, "alice", scope=SCOPE)
     listener = connected(client, dev_issuer, "bob")
-    send(client, api, listener, {"action": "subscribe", "channel": "news"})
+    for channel in ("news", "presence-room"):
+        send(client, api, listener, {"action": "subscribe", "channel": channel})
+    send(client, api, alice, {"action": "subscribe", "channel": "presence-room"})
     (reply,) = send(client, api, alice, body)
     assert reply["type"] == "error"
     assert reply["code"] == code
     assert reply["action"] == body["action"]
-    assert len(api.frames(listener)) == 1  # only its "subscribed": nothing was published
+    assert len(api.frames(listener)) == 2  # only its "subscribed": nothing was published
 
 
 def test_pushtowebsocket_echoes_through_post_to_connection(ws, dev_issuer):
@@ -274,3 +280,169 @@ def test_disconnect_with_registry_down_still_answers(ws, dev_issuer, monkeypatch
     monkeypatch.setenv("CONNECTIONS_TABLE", TABLE)
     settings.reset()
     assert connections.get_connection(alice) is not None  # left for the TTL
+
+
+# --- client events (Pusher's model) -----------------------------------------------------------
+
+def _subscribe_all(client, api, channel, *connection_ids):
+    for connection_id in connection_ids:
+        assert send(client, api, connection_id, {"action": "subscribe", "channel": channel}) \
+            == [{"type": "subscribed", "channel": channel}]
+
+
+def _events(api, connection_id):
+    return [f for f in api.frames(connection_id) if f["type"] == "event"]
+
+
+def test_client_event_on_presence_reaches_the_others_with_the_senders_user_id(ws, dev_issuer):
+    client, api = ws
+    alice = connected(client, dev_issuer, "auth0|alice")
+    bob = connected(client, dev_issuer, "bob")
+    carol = connected(client, dev_issuer, "carol")
+    outsider = connected(client, dev_issuer, "dave")
+    _subscribe_all(client, api, "presence-room", alice, bob, carol)
+
+    replies = send(client, api, alice, {"action": "publish", "channel": "presence-room",
+                                        "event": "client-typing", "data": {"on": True}})
+    assert replies == [{"type": "published", "channel": "presence-room",
+                        "event": "client-typing"}]
+    expected = {"type": "event", "channel": "presence-room", "event": "client-typing",
+                "data": {"on": True}, "user_id": "auth0=7Calice"}
+    assert _events(api, bob) == [expected]
+    assert _events(api, carol) == [expected]
+    assert _events(api, alice) == []          # never echoed to its sender
+    assert api.frames(outsider) == []
+
+
+def test_client_event_on_a_private_channel_skips_only_the_sending_connection(ws, dev_issuer):
+    client, api = ws
+    phone = connected(client, dev_issuer, "alice")
+    laptop = connected(client, dev_issuer, "alice")
+    _subscribe_all(client, api, "private-user-alice", phone, laptop)
+    send(client, api, phone, {"action": "publish", "channel": "private-user-alice",
+                              "event": "client-sync", "data": 3})
+    assert _events(api, laptop) == [{"type": "event", "channel": "private-user-alice",
+                                     "event": "client-sync", "data": 3}]
+    assert _events(api, phone) == []
+
+
+@pytest.mark.parametrize("channel, event_name, code", [
+    ("news", "client-x", "client_event_channel"),            # public channel
+    ("presence-room", "typing", "client_event_name"),        # not client-, no scope
+    ("presence-other", "client-x", "not_subscribed"),
+    ("private-encrypted-user-alice", "client-x", "client_event_channel"),
+    ("bad name", "client-x", "bad_request"),
+])
+def test_client_event_rules_give_clear_error_frames(ws, dev_issuer, channel, event_name, code):
+    client, api = ws
+    alice = connected(client, dev_issuer, "alice")
+    bob = connected(client, dev_issuer, "bob")
+    for name in ("news", "presence-room"):
+        _subscribe_all(client, api, name, alice, bob)
+    (reply,) = send(client, api, alice, {"action": "publish", "channel": channel,
+                                         "event": event_name, "id": 9})
+    assert reply["type"] == "error" and reply["code"] == code, reply
+    assert reply["id"] == 9 and reply["message"]
+    assert _events(api, bob) == []
+
+
+def test_server_events_over_the_socket_need_the_scope_and_act_like_rest(ws, dev_issuer):
+    client, api = ws
+    sender = connected(client, dev_issuer, "ops", scope=SCOPE)
+    listener = connected(client, dev_issuer, "bob")
+    _subscribe_all(client, api, "news", sender, listener)
+    (reply,) = [f for f in send(client, api, sender, {
+        "action": "publish", "channel": "news", "event": "deploy", "data": 1})
+        if f["type"] != "event"]
+    assert reply == {"type": "published", "channel": "news", "event": "deploy"}
+    frame = {"type": "event", "channel": "news", "event": "deploy", "data": 1}
+    assert _events(api, listener) == [frame]
+    assert _events(api, sender) == [frame]    # as POST /notifications: every subscriber
+
+
+def _wait_for_a_fresh_second():
+    import time
+
+    while time.time() % 1 > 0.3:
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("limit", [None, "3"])
+def test_client_events_are_rate_limited_per_connection(ws, dev_issuer, monkeypatch, limit):
+    client, api = ws
+    if limit:
+        monkeypatch.setenv("CLIENT_EVENT_RATE_LIMIT", limit)
+    allowed = int(limit or 10)  # Pusher's 10 per second by default
+    alice = connected(client, dev_issuer, "alice")
+    bob = connected(client, dev_issuer, "bob")
+    _subscribe_all(client, api, "presence-room", alice, bob)
+    frame = {"action": "publish", "channel": "presence-room", "event": "client-move"}
+    _wait_for_a_fresh_second()
+    replies = [send(client, api, alice, {**frame, "data": n})[0] for n in range(allowed + 2)]
+    assert [r["type"] for r in replies] == ["published"] * allowed + ["error", "error"]
+    assert replies[-1]["code"] == "client_event_rate_limited"
+    assert str(allowed) in replies[-1]["message"]
+    assert [f["data"] for f in _events(api, bob)] == list(range(allowed))
+    # another connection has its own budget
+    _subscribe_all(client, api, "presence-room", bob)
+    assert send(client, api, bob, {**frame, "data": "b"})[0]["type"] == "published"
+
+
+# --- the subscription cap under concurrency ---------------------------------------------------
+
+def test_concurrent_subscribes_never_pass_the_cap(serial_registry, management_api, client,
+                                                  dev_issuer):
+    """API Gateway runs $default invocations of one connection concurrently: 150 subscribe
+    frames at once, through the real Lambda handler, leave at most 100 subscriptions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import app as app_module
+
+    api = management_api
+    alice = connected(client, dev_issuer, "alice")
+    frames = [events.message_event(alice, {"action": "subscribe", "channel": f"room-{n}",
+                                           "id": n}) for n in range(150)]
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(lambda e: app_module.ws_message(e, None), frames))
+    assert results == [{"statusCode": 200}] * 150
+
+    replies = {f["id"]: f for f in api.frames(alice)}
+    assert sorted(replies) == list(range(150))   # every frame answered
+    kinds = [r.get("type") if r["type"] == "subscribed" else r["code"]
+             for r in replies.values()]
+    assert set(kinds) <= {"subscribed", "subscription_limit"}
+    stored = connections.get_connection(alice).channels
+    assert len(stored) == kinds.count("subscribed") == \
+        connections.MAX_SUBSCRIPTIONS_PER_CONNECTION
+    assert sorted(stored) == sorted(r["channel"] for r in replies.values()
+                                    if r["type"] == "subscribed")
+
+
+def test_duplicate_and_removed_subscriptions_keep_the_count_exact(serial_registry,
+                                                                  management_api, client,
+                                                                  dev_issuer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import app as app_module
+
+    api = management_api
+    alice = connected(client, dev_issuer, "alice")
+    same = [events.message_event(alice, {"action": "subscribe", "channel": "news"})
+            for _ in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(lambda e: app_module.ws_message(e, None), same))
+    assert api.frames(alice) == [{"type": "subscribed", "channel": "news"}] * 20
+    for n in range(99):
+        send(client, api, alice, {"action": "subscribe", "channel": f"room-{n}"})
+    (reply,) = send(client, api, alice, {"action": "subscribe", "channel": "one-more"})
+    assert reply["code"] == "subscription_limit"
+    for _ in range(3):  # unsubscribing what is not there gives nothing back
+        send(client, api, alice, {"action": "unsubscribe", "channel": "never"})
+    (reply,) = send(client, api, alice, {"action": "subscribe", "channel": "one-more"})
+    assert reply["code"] == "subscription_limit"
+    send(client, api, alice, {"action": "unsubscribe", "channel": "news"})
+    send(client, api, alice, {"action": "unsubscribe", "channel": "news"})
+    assert send(client, api, alice, {"action": "subscribe", "channel": "one-more"}) == \
+        [{"type": "subscribed", "channel": "one-more"}]
+    (reply,) = send(client, api, alice, {"action": "subscribe", "channel": "another"})
+    assert reply["code"] == "subscription_limit"
