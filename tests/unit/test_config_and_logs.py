@@ -232,13 +232,13 @@ def test_a_failing_webhook_handler_logs_the_event_name_escaped(client, monkeypat
 
 
 def test_worker_logs_escape_producer_values(registry, management_api, client, auth_log):
-    record = events.sqs_record({"user_id": "nobody\nERROR forged", "event": "e"},
+    record = events.sqs_record({"connection_id": "nobody\nERROR forged", "event": "e"},
                                message_id="m1")
     result = client.lambda_.invoke("push_worker", events.sqs_event([record])).payload
     assert result == {"batchItemFailures": []}
     (line,) = [r.getMessage() for r in auth_log.records if r.getMessage().startswith(
         "push message m1 to")]
-    assert "user_id nobody\\nERROR forged" in line
+    assert "connection_id nobody\\nERROR forged" in line
 
 
 def test_error_reasons_that_quote_input_are_escaped(auth_log):
