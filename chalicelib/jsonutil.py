@@ -125,6 +125,8 @@ def _unique_members(pairs: list) -> dict:
 
 _strict_decode = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant,
                                   object_pairs_hook=_unique_members).decode
+
+
 def _unambiguous_members(pairs: list) -> dict:
     counts: Dict[str, int] = {}
     for name, _ in pairs:
@@ -162,8 +164,14 @@ def loads(data: Any, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JSONRejected(too_deep)
     try:
         value = _strict_decode(text)
-    except _Fault as fault:  # the text is valid syntax: parse it again to keep its values
-        raise JSONRejected(str(fault), document=_lenient_decode(text)) from None
+    except _Fault as fault:  # parse it again to keep its values, if the rest is valid syntax
+        try:
+            document = _lenient_decode(text)
+        except json.JSONDecodeError as err:  # a syntax error after the fault: that one counts
+            raise JSONRejected(f"not valid JSON: {err.msg} at character {err.pos}") from None
+        except ValueError:  # an integer over Python's digit limit after the fault
+            raise JSONRejected("a number has too many digits") from None
+        raise JSONRejected(str(fault), document=document) from None
     except json.JSONDecodeError as err:
         raise JSONRejected(f"not valid JSON: {err.msg} at character {err.pos}") from None
     except ValueError:  # an integer over Python's digit limit

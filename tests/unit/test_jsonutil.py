@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import example, given, settings as hsettings, strategies as st
 
 from chalicelib.jsonutil import MAX_DEPTH, JSONRejected, loads
 
@@ -101,6 +101,8 @@ def test_round_trips_every_clean_value(value):
 
 
 @hsettings(max_examples=500, deadline=None)
+@example(text="1E309:")  # a value fault, then a syntax error (found by this test)
+@example(text='[NaN, {"a": 1e400,]')
 @given(text=st.one_of(st.text(max_size=60),
                       st.text(alphabet='[]{}",:\\u0123456789dDeE.-+ntrfalsNIy', max_size=80),
                       st.binary(max_size=60)))
@@ -111,3 +113,10 @@ def test_anything_is_either_encodable_or_refused(text):
         assert err.reason and isinstance(err.reason, str)
         return
     encode_like_a_frame(value)  # never raises for an accepted value
+
+
+def test_a_value_fault_followed_by_a_syntax_error_is_a_syntax_error():
+    for text in ("1E309:", '[NaN, }', '{"a": 1e400, "a": 1,'):
+        with pytest.raises(JSONRejected, match="not valid JSON") as caught:
+            loads(text)
+        assert caught.value.document is None
