@@ -1,6 +1,6 @@
 """A command-line WebSocket client for the local stack (or a deployed stage).
 
-Connects with a token, subscribes to ``private-user-{sub}`` (and any ``--channel``), then prints
+Connects with a token, subscribes to ``private-user-{user id}`` (and any ``--channel``), then prints
 every frame that arrives, one JSON document per line, until Ctrl-C::
 
     python -m devtools.client --token "$(make -s token SUB=alice)"
@@ -22,6 +22,9 @@ from urllib.parse import urlencode
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
+
+from chalicelib.errors import AppError
+from chalicelib.principal import make_user_id
 
 DEFAULT_URL = "ws://127.0.0.1:3001/dev"
 
@@ -52,6 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                      help="a JWT (default: $TOKEN)")
     who.add_argument("--sub", help="mint a token for SUB with the local dev issuer")
     parser.add_argument("--issuer-port", type=int, default=9999)
+    parser.add_argument("--user-id-prefix", default=None,
+                        help="the issuer's user_id_prefix in JWT_ISSUERS, if it has one (the "
+                             "user id is then PREFIX.<escaped sub>; see README, User ids)")
     parser.add_argument("--channel", action="append", default=[],
                         help="another channel to subscribe to (repeatable)")
     parser.add_argument("--count", type=int, default=0,
@@ -72,7 +78,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         sub = token_subject(token)
     except ValueError as exc:
         parser.error(str(exc))
-    channels = [f"private-user-{sub}", *args.channel]
+    try:
+        user_id = make_user_id(sub, args.user_id_prefix)
+    except (ValueError, AppError) as exc:  # a bad prefix; a sub no user id can carry
+        parser.error(str(exc))
+    channels = [f"private-user-{user_id}", *args.channel]
     separator = "&" if "?" in args.url else "?"
     url = f"{args.url}{separator}{urlencode({'token': token})}"
 

@@ -5,7 +5,7 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { config: null, token: null, sub: null, ws: null, pusher: null };
+  const state = { config: null, token: null, sub: null, userId: null, ws: null, pusher: null };
 
   // Every arrival becomes one <li data-transport="websocket|pusher|http|error" data-event="...">.
   function log(transport, event, detail) {
@@ -80,6 +80,21 @@
     return claims.sub;
   }
 
+  // The user id the server names this user by (README, "User ids"): every character outside
+  // A-Z a-z 0-9 _ - @ , . ; becomes =XX per UTF-8 byte. The dev stack trusts one issuer without
+  // a user_id_prefix; with one, the id would be `${prefix}.${escaped}`.
+  const USER_ID_SAFE = /[A-Za-z0-9_\-@,.;]/;
+  function userIdOf(sub) {
+    let out = '';
+    for (const char of sub) {
+      if (USER_ID_SAFE.test(char)) { out += char; continue; }
+      for (const byte of new TextEncoder().encode(char)) {
+        out += `=${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+      }
+    }
+    return out;
+  }
+
   // --- API Gateway WebSocket ----------------------------------------------------------------
   function openWebSocket() {
     if (state.ws) state.ws.close(1000);
@@ -92,7 +107,7 @@
     ws.onopen = () => {
       opened = true;
       setStatus('ws-status', 'open');
-      ws.send(JSON.stringify({ action: 'subscribe', channel: `private-user-${state.sub}` }));
+      ws.send(JSON.stringify({ action: 'subscribe', channel: `private-user-${state.userId}` }));
       $('ping').disabled = false;
     };
     ws.onmessage = (message) => {
@@ -172,7 +187,7 @@
       showError('pusher', data && data.message ? `${data.code || ''} ${data.message}`.trim()
         : `connection error ${(e && e.type) || ''}`.trim());
     });
-    const names = [`private-user-${state.sub}`, 'presence-lobby'];
+    const names = [`private-user-${state.userId}`, 'presence-lobby'];
     for (const name of names) {
       const channel = pusher.subscribe(name);
       channel.bind('pusher:subscription_succeeded', () => {
@@ -196,7 +211,7 @@
 
   function showChannels() {
     const subscribed = state.pusher.allChannels().filter((c) => c.subscribed).map((c) => c.name);
-    $('channels').textContent = [`ws: private-user-${state.sub}`, ...subscribed.map((n) => `pusher: ${n}`)].join(', ');
+    $('channels').textContent = [`ws: private-user-${state.userId}`, ...subscribed.map((n) => `pusher: ${n}`)].join(', ');
   }
 
   function showMembers(channel) {
@@ -216,6 +231,7 @@
     }
     clearError();
     state.sub = sub;
+    state.userId = userIdOf(sub);
     state.token = token;
     $('who').textContent = `signed in as ${state.sub}`;
     $('notify').disabled = false;
@@ -247,7 +263,7 @@
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${state.token}` },
         body: JSON.stringify({
-          user_id: state.sub, event: 'hello', data: { from: 'demo page', at: new Date().toISOString() },
+          user_id: state.userId, event: 'hello', data: { from: 'demo page', at: new Date().toISOString() },
         }),
       });
       log('http', 'POST /notifications', `HTTP 200 delivered ${summary.delivered}, gone ${summary.gone}, `

@@ -278,7 +278,8 @@ def test_sigterm_stops_every_part_and_frees_every_port(tmp_path):
 
 
 def test_the_command_line_client_prints_what_arrives(stack):
-    sub = f"cli-{uuid.uuid4().hex[:8]}"
+    sub = f"auth0|cli-{uuid.uuid4().hex[:8]}"  # an Auth0 subject: its user id escapes the "|"
+    user_id = sub.replace("|", "=7C")
     token = stack.mint(sub)
     proc = subprocess.Popen(
         [sys.executable, "-m", "devtools.client", "--url", stack.websocket_url, "--token", token,
@@ -287,7 +288,7 @@ def test_the_command_line_client_prints_what_arrives(stack):
     try:
         first = proc.stdout.readline()  # the subscription reply (bounded by --timeout)
         response = requests.post(f"{stack.http_url}/notifications", timeout=30,
-                                 json={"user_id": sub, "event": "cli-hello", "data": [1]},
+                                 json={"user_id": user_id, "event": "cli-hello", "data": [1]},
                                  headers={"Authorization": f"Bearer {token}"})
         assert response.json()["delivered"] == 1
         out, err = proc.communicate(timeout=30)
@@ -296,8 +297,8 @@ def test_the_command_line_client_prints_what_arrives(stack):
             proc.kill()
     out = first + out
     frames = [json.loads(line) for line in out.splitlines()]
-    assert frames[0] == {"type": "subscribed", "channel": f"private-user-{sub}",
-                         "id": f"sub-private-user-{sub}"}
+    assert frames[0] == {"type": "subscribed", "channel": f"private-user-{user_id}",
+                         "id": f"sub-private-user-{user_id}"}
     assert frames[1] == {"type": "event", "event": "cli-hello", "data": [1]}
     assert proc.returncode == 0
     assert token not in out + err

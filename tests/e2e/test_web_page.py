@@ -173,11 +173,13 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     pusher_item = page.wait_for_selector('#log li[data-transport=pusher][data-event=pusher-hello]')
     assert "soketi" in pusher_item.inner_text()
 
-    # 5. "Connect with this token": a pasted (valid) token for another user replaces the first
-    other = f"web-{uuid.uuid4().hex[:8]}"
+    # 5. "Connect with this token": a pasted (valid) token for another user replaces the first;
+    #    an Auth0 subject, whose user id escapes the "|" (README, "User ids")
+    other = f"auth0|web-{uuid.uuid4().hex[:8]}"
+    other_user_id = other.replace("|", "=7C")
     _paste_token(page, stack.mint(other, name="Pasted Person"))
     page.wait_for_selector(f"#who:text-is('signed in as {other}')")
-    page.wait_for_selector(f"{WS_SUBSCRIBED}:has-text('private-user-{other}')")
+    page.wait_for_selector(f"{WS_SUBSCRIBED}:has-text('private-user-{other_user_id}')")
     page.wait_for_selector("#ws-status[data-state=open]")
     _wait_count(page, PUSHER_SUBSCRIBED, 4)
     page.wait_for_function("document.getElementById('members').textContent"
