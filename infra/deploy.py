@@ -436,7 +436,35 @@ class Deployer:
                       "cold start)")
         self.ensure_log_retention([self.cfg.function_name(f) for f in templates.FUNCTIONS
                                    if f in app.functions])
+        self.ensure_cors_gateway_responses(app.rest_api_id)
         return self.changes[before:]
+
+    def ensure_cors_gateway_responses(self, rest_api_id: Optional[str]) -> None:
+        """Put the stage's CORS headers (:func:`infra.templates.cors_response_headers`) on the
+        REST API's gateway responses (:data:`infra.templates.CORS_GATEWAY_RESPONSES`), then
+        redeploy its stage if anything changed. ``chalice deploy`` overwrites the API's
+        definition, and with it these, on every run: this puts them back."""
+        headers = templates.cors_response_headers(self.cfg)
+        if not headers or not rest_api_id:
+            return
+        wanted = {f"gatewayresponse.header.{name}": value for name, value in headers.items()}
+        api = self.client("apigateway")
+        changed = False
+        for kind in templates.CORS_GATEWAY_RESPONSES:
+            try:
+                current = api.get_gateway_response(
+                    restApiId=rest_api_id, responseType=kind).get("responseParameters") or {}
+            except api.exceptions.NotFoundException:  # moto; AWS answers the default response
+                current = {}
+            if all(current.get(name) == value for name, value in wanted.items()):
+                continue
+            api.put_gateway_response(restApiId=rest_api_id, responseType=kind,
+                                     responseParameters={**current, **wanted})
+            self._changed(f"CORS headers on the REST API's {kind} gateway response")
+            changed = True
+        if changed:  # gateway responses reach clients with the next deployment of the stage
+            api.create_deployment(restApiId=rest_api_id, stageName=self.cfg.api_gateway_stage,
+                                  description="gateway responses with the stage's CORS headers")
 
     # --- 5. endpoints --------------------------------------------------------------------------
 

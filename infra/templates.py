@@ -54,6 +54,11 @@ FUNCTIONS = (
 PUSHING_FUNCTIONS = ("api_handler", "push_worker")
 #: logical id Chalice gives the SQS event of ``push_worker`` inside its SAM function
 SQS_EVENT_NAME = "PushWorkerSqsEventSource"
+#: the REST API's own answers (not the app's) that get the stage's CORS headers: a 401/403 from
+#: ``jwt_auth`` or a throttle is API Gateway's answer, and without ``Access-Control-Allow-Origin``
+#: a browser page cannot read it (AWS docs, "Setting up gateway responses to customize error
+#: responses" and "Enabling CORS for a REST API resource")
+CORS_GATEWAY_RESPONSES = ("UNAUTHORIZED", "ACCESS_DENIED", "DEFAULT_4XX", "DEFAULT_5XX")
 AUTHORIZER_ID = "WsConnectAuthorizer"
 #: what ``identitySource`` is set to, on purpose (see the module docstring)
 IDENTITY_SOURCE: List[str] = []
@@ -384,11 +389,35 @@ def pin_websocket_deployment(template: Mapping[str, Any]) -> Dict[str, Any]:
     return pinned
 
 
+def cors_response_headers(cfg: StageConfig) -> Dict[str, str]:
+    """The CORS headers of the REST API's gateway responses (:data:`CORS_GATEWAY_RESPONSES`),
+    as API Gateway takes them: header name -> quoted static value.
+
+    Returns:
+        ``{"Access-Control-Allow-Origin": "'<origin>'"}`` (plus ``"Vary": "'Origin'"`` for a
+        specific origin) for the stage's ``CORS_ALLOW_ORIGIN`` (``*`` on dev when unset, as
+        :func:`chalicelib.settings.app_settings`); empty when the stage allows no origin.
+    Raises:
+        SystemExit: an origin holding a quote or a comma (never a valid origin).
+    """
+    origin = cfg.environment.get("CORS_ALLOW_ORIGIN") or ("*" if cfg.stage == "dev" else "")
+    origin = origin.strip()
+    if not origin:
+        return {}
+    if any(char in origin for char in "',\\"):
+        raise SystemExit(f"stage {cfg.stage}: CORS_ALLOW_ORIGIN is not an origin")
+    headers = {"Access-Control-Allow-Origin": f"'{origin}'"}
+    if origin != "*":
+        headers["Vary"] = "'Origin'"
+    return headers
+
+
 def merge_template(cfg: StageConfig) -> Dict[str, Any]:
     """The ``--merge-template`` for ``chalice package --stage <stage>``.
 
     Adds the table, the queues, the authorizer and its permission, log groups with the stage's
-    retention; attaches the authorizer to ``$connect``; points the stage at a new deployment
+    retention; the stage's CORS headers on the REST API's gateway responses
+    (:func:`cors_response_headers`); attaches the authorizer to ``$connect``; points the stage at a new deployment
     whose logical id hashes the authorizer and route settings, so CloudFormation creates a
     fresh deployment (a real redeployment) whenever they change, including when this merge is
     first applied to a stack packaged without it (``AWS::ApiGatewayV2::Deployment`` has no
@@ -433,6 +462,11 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
                        "Description": "routes with the $connect authorizer"},
     }
     resources["WebsocketAPIStage"] = {"Properties": {"DeploymentId": {"Ref": deployment}}}
+
+    cors = cors_response_headers(cfg)
+    if cors:  # SAM writes these into the API's definition: a change redeploys the stage
+        resources["RestAPI"] = {"Properties": {"GatewayResponses": {
+            kind: {"ResponseParameters": {"Headers": cors}} for kind in CORS_GATEWAY_RESPONSES}}}
 
     suffix = "${AWS::URLSuffix}"
     outputs = {

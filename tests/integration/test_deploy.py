@@ -53,6 +53,19 @@ class FakeChaliceDeploy:
         self.project, self.cfg, self.calls = project, cfg, []
         self.fail = False
 
+    def rest_api(self) -> str:
+        """The REST API chalice deploy makes: one route, deployed to the stage (moto)."""
+        if getattr(self, "_rest_api_id", None) is None:
+            api = boto3.client("apigateway", region_name=REGION)
+            self._rest_api_id = api.create_rest_api(name=f"realtime-{STAGE}")["id"]
+            root = api.get_resources(restApiId=self._rest_api_id)["items"][0]["id"]
+            api.put_method(restApiId=self._rest_api_id, resourceId=root, httpMethod="GET",
+                           authorizationType="NONE")
+            api.put_integration(restApiId=self._rest_api_id, resourceId=root,
+                                httpMethod="GET", type="MOCK")
+            api.create_deployment(restApiId=self._rest_api_id, stageName=STAGE)
+        return self._rest_api_id
+
     def __call__(self, command, check, cwd, env):
         assert command[-3:] == ["deploy", "--stage", STAGE] and check
         assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # chalice imports app.py: no __pycache__
@@ -94,8 +107,8 @@ class FakeChaliceDeploy:
             {"name": "websocket_api", "resource_type": "websocket_api",
              "websocket_api_id": API_ID,
              "websocket_api_url": f"wss://{API_ID}.execute-api.{REGION}.amazonaws.com/prod/"},
-            {"name": "rest_api", "resource_type": "rest_api", "rest_api_id": "rest123",
-             "rest_api_url": f"https://rest123.execute-api.{REGION}.amazonaws.com/prod/"},
+            {"name": "rest_api", "resource_type": "rest_api", "rest_api_id": self.rest_api(),
+             "rest_api_url": f"https://{self.rest_api()}.execute-api.{REGION}.amazonaws.com/prod/"},
         ]
         deployed = self.project / ".chalice" / "deployed"
         deployed.mkdir(exist_ok=True)
@@ -171,7 +184,8 @@ def test_first_deploy_builds_everything_from_an_empty_account(setup):
 
     stubber.assert_no_pending_responses()
     assert endpoints == {"WebSocket": f"wss://{API_ID}.execute-api.{REGION}.amazonaws.com/prod/",
-                         "HTTP": f"https://rest123.execute-api.{REGION}.amazonaws.com/prod/"}
+                         "HTTP": f"https://{setup['chalice'].rest_api()}.execute-api."
+                                 f"{REGION}.amazonaws.com/prod/"}
     assert any(f"wss://{API_ID}" in line for line in setup["lines"])
     assert any(f'"WEBSOCKET_API_ID": "{API_ID}"' in line for line in setup["lines"])
     assert len(setup["chalice"].calls) == 1
@@ -451,3 +465,22 @@ def test_main_reports_an_aws_failure_with_the_way_to_finish(monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "deploy failed: An error occurred (ExpiredTokenException)" in err
     assert f"python -m infra.deploy --stage {STAGE} --attach-only" in err
+
+
+def test_authorizer_refusals_carry_the_stages_cors_headers(setup):
+    """A 401 from jwt_auth is API Gateway's own answer: without CORS headers on its gateway
+    responses a browser page cannot read it (issue 9, item 7 on AWS)."""
+    cfg, deployer, stubber = setup["cfg"], setup["deployer"], setup["stubber"]
+    expect_first_attach(stubber, cfg)
+    deployer.run()
+    api = boto3.client("apigateway", region_name=REGION)
+    rest_api_id = setup["chalice"].rest_api()
+    origin = cfg.environment["CORS_ALLOW_ORIGIN"]
+    for kind in templates.CORS_GATEWAY_RESPONSES:
+        parameters = api.get_gateway_response(restApiId=rest_api_id,
+                                              responseType=kind)["responseParameters"]
+        assert parameters["gatewayresponse.header.Access-Control-Allow-Origin"] == f"'{origin}'"
+        assert parameters["gatewayresponse.header.Vary"] == "'Origin'"
+    deployments = api.get_deployments(restApiId=rest_api_id)["items"]
+    assert len(deployments) == 2  # chalice's, then the one that publishes the responses
+    assert any("CORS" in line for line in setup["lines"])

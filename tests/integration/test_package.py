@@ -441,3 +441,26 @@ def test_the_websocket_api_is_named_as_the_functions_look_it_up(packaged, monkey
         assert settings.websocket_settings().api_name == cfg.websocket_api_name
     finally:
         settings.reset()
+
+
+def test_authorizer_refusals_carry_the_stages_cors_headers(packaged):
+    """API Gateway's own 401/403/4xx/5xx answers (jwt_auth's refusals) carry the stage's CORS
+    headers, or a browser page cannot read them; SAM writes them into the API's definition, so
+    the stage is redeployed with them."""
+    origin = packaged["cfg"].environment["CORS_ALLOW_ORIGIN"]
+    transformed = package.sam_transform(packaged["template"])
+    (api,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::ApiGateway::RestApi"]
+    responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    assert set(responses) == set(templates.CORS_GATEWAY_RESPONSES)
+    for response in responses.values():
+        headers = response["responseParameters"]
+        assert headers["gatewayresponse.header.Access-Control-Allow-Origin"] == f"'{origin}'"
+        assert headers["gatewayresponse.header.Vary"] == "'Origin'"
+
+
+def test_a_stage_without_cors_origin_adds_no_gateway_responses(packaged):
+    cfg = packaged["cfg"]
+    bare = templates.StageConfig(**{**cfg.__dict__, "environment": {
+        k: v for k, v in cfg.environment.items() if k != "CORS_ALLOW_ORIGIN"}})
+    assert templates.cors_response_headers(bare) == {}
+    assert "RestAPI" not in templates.merge_template(bare)["Resources"]
