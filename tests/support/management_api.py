@@ -57,8 +57,9 @@ class ManagementAPI:
         peak_in_flight: the most posts received and not yet answered at one time.
     """
 
-    def __init__(self, stage: str = "test", latency: float = 0.0) -> None:
+    def __init__(self, stage: str = "test", latency: float = 0.0, tls=None) -> None:
         self.stage = stage
+        self.tls = tls  # an ssl.SSLContext (server side): serve https instead of http
         self.latency = latency
         self.gone: Set[str] = set()
         self.script: Dict[str, List[int]] = {}
@@ -74,9 +75,10 @@ class ManagementAPI:
 
     @property
     def endpoint_url(self) -> str:
-        """``http://127.0.0.1:<port>/<stage>`` (what ``WEBSOCKET_ENDPOINT_URL`` is set to)."""
+        """``http(s)://127.0.0.1:<port>/<stage>`` (what ``WEBSOCKET_ENDPOINT_URL`` is set to)."""
         assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/{self.stage}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}/{self.stage}"
 
     def delivered_total(self) -> int:
         """Number of bodies delivered, over all connections."""
@@ -142,7 +144,10 @@ class ManagementAPI:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._server = LoopbackHTTPServer(Handler).start(poll_interval=0.1)
+        server = LoopbackHTTPServer(Handler)
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
+        self._server = server.start(poll_interval=0.1)
         return self
 
     def stop(self) -> None:

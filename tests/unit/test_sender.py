@@ -251,3 +251,69 @@ def test_importing_push_does_not_import_botocore():
 def test_settings_default_keeps_128_posts_in_flight(aws_env):
     settings.reset()
     assert settings.websocket_settings().push_max_workers == 128
+
+
+def _tls_server_context(tmp_path):
+    """A server-side TLS context (TLS 1.3 allowed, Python's default: it sends session tickets
+    after the handshake) for a self-signed certificate of 127.0.0.1; returns (context, CA path)."""
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context, str(tmp_path / "cert.pem")
+
+
+def test_https_keep_alive_connections_survive_between_fan_outs(tmp_path, monkeypatch):
+    """Over TLS, as on AWS (trust store: botocore's AWS_CA_BUNDLE): every post of a fan-out is
+    in flight at once, each on its own connection, and the next fan-out reuses them. A TLS 1.3
+    session ticket arriving after the handshake made a connection readable before its answer,
+    and the blocking read then serialized the fan-out (19 connections for 40 posts here)."""
+    context, ca_bundle = _tls_server_context(tmp_path)
+    monkeypatch.setenv("AWS_CA_BUNDLE", ca_bundle)
+    ids = [f"tls-{n}" for n in range(40)]
+    with ManagementAPI(stage="tls", latency=0.5, tls=context) as api:
+        engine = sender.Sender(api.endpoint_url, REGION, max_connections=40,
+                               credentials=Credentials("AKIDEXAMPLE", "secret"))
+        try:
+            assert engine.post_many(ids, b"{}") == {cid: sender.DELIVERED for cid in ids}
+            first = {request["client_port"] for request in api.requests}
+            assert engine.post_many(ids, b"{}") == {cid: sender.DELIVERED for cid in ids}
+        finally:
+            engine.close()
+        ports = {request["client_port"] for request in api.requests}
+    assert len(first) == 40  # all in flight at once
+    assert len(api.requests) == 80 and ports == first  # the second fan-out reused them
+
+
+def test_https_certificates_are_verified_against_the_trust_store(tmp_path, monkeypatch):
+    context, _ = _tls_server_context(tmp_path)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    with ManagementAPI(stage="tls", tls=context) as api:
+        engine = sender.Sender(api.endpoint_url, REGION, max_connections=2,
+                               credentials=Credentials("AKIDEXAMPLE", "secret"))
+        try:
+            assert engine.post_many(["a", "b"], b"{}") == {"a": sender.FAILED,
+                                                           "b": sender.FAILED}
+        finally:
+            engine.close()
+        assert api.requests == []
