@@ -110,9 +110,11 @@ def main() -> None:
     print(f"{'management API':34} {'measure':40} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
     for label, name, n, p50, p99 in rows:
         print(f"{label:34} {name:40} {n:>4} {p50:>8.1f} {p99:>8.1f}")
-    print("expected on AWS: ~50-150 ms p50 after the socket opens (Lambda async invoke queue"
-          " ~20-50 ms + a warm pusher_hello's PostToConnection ~10-20 ms, retried every 20-160 ms"
-          " while API Gateway finishes $connect); p99 ~0.5-1 s when pusher_hello cold-starts")
+    print("expected on AWS: ~30-80 ms p50 after the socket opens (the asynchronous invoke is"
+          " queued and started ~20-50 ms after $connect made it, a warm pusher_hello's"
+          " PostToConnection takes ~10-20 ms, a 410 while API Gateway finishes $connect is"
+          " retried every 10 ms); p99 ~0.3-1 s, set by pusher_hello's cold starts (Python"
+          " 3.11 + botocore, 256 MB), not by the retries")
 
 
 if __name__ == "__main__":

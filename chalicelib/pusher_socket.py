@@ -15,7 +15,7 @@ the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this di
   cannot send ``pusher:connection_established`` itself. It invokes the ``pusher_hello``
   function asynchronously (Lambda ``Invoke`` with ``InvocationType=Event``: the call returns
   once Lambda has queued the event, ~10-30 ms), and :func:`hello` posts the frame, retrying a
-  410 every 20 ms doubling to 160 ms for up to :data:`HELLO_DEADLINE_SECONDS`. A refused
+  410 every 10 ms ten times, then doubling to 160 ms, for up to :data:`HELLO_DEADLINE_SECONDS`. A refused
   handshake (bad version, unknown key, registry down) gets its ``pusher:error`` the same way,
   and the socket is then closed (DeleteConnection), as Pusher closes it.
 * ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong``;
@@ -49,7 +49,11 @@ CONTEXT_KEY = "dialect"
 ANONYMOUS_PRINCIPAL = "pusher-anonymous"
 #: how long :func:`hello` keeps retrying a 410 (``$connect`` not returned yet), seconds
 HELLO_DEADLINE_SECONDS = 5.0
-HELLO_FIRST_DELAY = 0.02
+#: retry schedule of a 410: every :data:`HELLO_FIRST_DELAY` s for :data:`HELLO_FAST_RETRIES`
+#: retries (``$connect`` returns within a few ms of registering, so the socket opens within
+#: the first ones), then doubling up to :data:`HELLO_MAX_DELAY` s
+HELLO_FIRST_DELAY = 0.01
+HELLO_FAST_RETRIES = 10
 HELLO_MAX_DELAY = 0.16
 #: Lambda client bounds for the asynchronous invoke made inside ``$connect``
 INVOKE_CONNECT_TIMEOUT = 1.0
@@ -238,9 +242,9 @@ def hello(event: Mapping[str, Any], *, sleep=time.sleep,
             :func:`invoke_hello`.
         sleep, clock: for tests.
     Returns:
-        ``{"delivered": bool, "attempts": int, "seconds": float}``. A 410 is retried (20 ms
-        doubling to 160 ms) until :data:`HELLO_DEADLINE_SECONDS`; then the client is gone (or
-        ``$connect`` failed) and the frame is dropped. Never raises.
+        ``{"delivered": bool, "attempts": int, "seconds": float}``. A 410 is retried (every
+        10 ms ten times, then doubling to 160 ms) until :data:`HELLO_DEADLINE_SECONDS`; then
+        the client is gone (or ``$connect`` failed) and the frame is dropped. Never raises.
     """
     from chalicelib import push
 
@@ -270,7 +274,8 @@ def hello(event: Mapping[str, Any], *, sleep=time.sleep,
                             "attempts)", connection_id, outcome, attempts)
                 break
             sleep(delay)
-            delay = min(delay * 2, HELLO_MAX_DELAY)
+            if attempts >= HELLO_FAST_RETRIES:
+                delay = min(delay * 2, HELLO_MAX_DELAY)
         if delivered and event.get("close"):
             _close(endpoint, connection_id)
     except AppError as err:
