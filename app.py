@@ -6,7 +6,7 @@ and the SQS push queue. See ../shared/DESIGN.md and README.md.
 """
 from chalice import Chalice
 
-from chalicelib import authorizer, http, pusher_auth, settings, ws, worker
+from chalicelib import authorizer, http, pusher_auth, pusher_socket, settings, ws, worker
 
 app = Chalice(app_name="realtime")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -93,6 +93,13 @@ def ws_message(event):
 @app.on_ws_disconnect()
 def ws_disconnect(event):
     return ws.on_disconnect(event, app)
+
+
+@app.lambda_function(name="pusher_hello")
+def pusher_hello(event, context):
+    """Sends a Pusher connection's first frame once ``$connect`` has returned (invoked
+    asynchronously by ``ws_connect``)."""
+    return pusher_socket.hello(event)
 
 
 # --- SQS push worker ------------------------------------------------------------------------

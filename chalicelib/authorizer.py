@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from chalicelib import identity, jwks
+from chalicelib import identity, jwks, pusher_socket
 from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
@@ -141,7 +141,10 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
             ``multiValueQueryStringParameters`` are used when the single-value maps are absent).
     Returns:
         ``{"principalId": user id, "policyDocument": {Allow execute-api:Invoke on the method ARN,
-        or on each API of AUTHORIZED_APIS}, "context": flat claims}``.
+        or on each API of AUTHORIZED_APIS}, "context": flat claims}``; for a Pusher-dialect
+        connect (``protocol`` in the query string, ``PUSHER_DIALECT`` on) the same policy with
+        principal ``pusher-anonymous`` and context ``{"dialect": "pusher"}``
+        (:func:`chalicelib.pusher_socket.authorizer_answer`).
     Raises:
         Exception: ``'Unauthorized'`` for any failure (API Gateway answers 401).
     """
@@ -149,6 +152,9 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         headers = event.get("headers") or _first_values(event.get("multiValueHeaders"))
         query = (event.get("queryStringParameters")
                  or _first_values(event.get("multiValueQueryStringParameters")))
+        if pusher_socket.requested(event):  # anonymous: rights come from signed subscriptions
+            return pusher_socket.authorizer_answer(
+                event, policy_resources(event.get("methodArn"), jwt_settings().authorized_apis))
         principal = identity.authenticate_request(headers, query)
         resources = policy_resources(event.get("methodArn"), jwt_settings().authorized_apis)
     except AppError as err:

@@ -65,6 +65,11 @@ CHANNELS_ATTRIBUTE = "subscribed_channels"
 #: a rate window item expires this long after its second, seconds
 RATE_ITEM_TTL_SECONDS = 60
 USER_AUDIENCE_PREFIX = "user#"
+#: what a connection speaks (:mod:`chalicelib.ws` frames, or Pusher protocol 7 through
+#: :mod:`chalicelib.pusher_socket`); stored as ``dialect`` on its items only when not native
+NATIVE = "native"
+PUSHER = "pusher"
+DIALECTS = (NATIVE, PUSHER)
 CHANNEL_AUDIENCE_PREFIX = "channel#"
 
 #: The table's schema. Keys are shared by boto3 ``create_table`` and CloudFormation's
@@ -88,7 +93,9 @@ TABLE_SCHEMA: Dict[str, Any] = {
                 {"AttributeName": "connection_id", "KeyType": "RANGE"},
             ],
             # fan-out needs the connection id (a key) and expires_at (to skip expired items)
-            "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": [TTL_ATTRIBUTE]},
+            # and the dialect, so one push is encoded once per dialect without a read
+            "Projection": {"ProjectionType": "INCLUDE",
+                           "NonKeyAttributes": [TTL_ATTRIBUTE, "dialect"]},
         },
     ],
     "BillingMode": "PAY_PER_REQUEST",
@@ -120,21 +127,25 @@ class Connection:
 
     Attributes:
         connection_id: API Gateway's connection id.
-        user_id: the principal's user id (:attr:`Principal.user_id`).
-        principal: the verified caller as it was at ``$connect``.
+        user_id: the principal's user id (:attr:`Principal.user_id`); ``""`` for an anonymous
+            Pusher connection.
+        principal: the verified caller as it was at ``$connect``; None for an anonymous
+            Pusher connection (its rights come from signed subscriptions).
         connected_at, expires_at: epoch seconds.
         source_ip, user_agent: from the ``$connect`` request, or None.
         channels: channel names this connection is subscribed to (sorted).
+        dialect: :data:`NATIVE` or :data:`PUSHER`.
     """
 
     connection_id: str
     user_id: str
-    principal: Principal
+    principal: Optional[Principal]
     connected_at: int
     expires_at: int
     source_ip: Optional[str] = None
     user_agent: Optional[str] = None
     channels: Tuple[str, ...] = ()
+    dialect: str = NATIVE
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -241,13 +252,17 @@ def expires_at_for(connected_at: float) -> int:
     return int(connected_at) + MAX_CONNECTION_SECONDS + TTL_MARGIN_SECONDS
 
 
-def register(connection_id: str, principal: Principal, *, source_ip: Optional[str] = None,
-             user_agent: Optional[str] = None, connected_at: Optional[float] = None) -> Connection:
+def register(connection_id: str, principal: Optional[Principal], *,
+             source_ip: Optional[str] = None, user_agent: Optional[str] = None,
+             connected_at: Optional[float] = None, dialect: str = NATIVE) -> Connection:
     """Store a new connection (one PutItem; a repeated ``$connect`` overwrites).
 
     Args:
         connection_id: API Gateway's connection id (non-empty).
-        principal: the verified caller.
+        principal: the verified caller; None for an anonymous Pusher connection (then the item
+            has no ``audience``: it is in no user's audience until sign-in).
+        dialect: :data:`NATIVE` or :data:`PUSHER` (kept as ``dialect`` on the connection's
+            items when not native, and projected into the index for fan-out).
         source_ip, user_agent: from the ``$connect`` request (user agent truncated to
             :data:`MAX_USER_AGENT_LENGTH` characters).
         connected_at: epoch seconds; defaults to now.
@@ -259,21 +274,30 @@ def register(connection_id: str, principal: Principal, *, source_ip: Optional[st
     """
     if not connection_id:
         raise ValueError("connection_id must not be empty")
+    if dialect not in DIALECTS or (principal is None and dialect == NATIVE):
+        raise ValueError("a native connection needs a principal; dialect must be one of "
+                         + ", ".join(DIALECTS))
     started = int(connected_at if connected_at is not None else time.time())
     connection = Connection(
-        connection_id=connection_id, user_id=principal.user_id, principal=principal,
-        connected_at=started, expires_at=expires_at_for(started),
+        connection_id=connection_id, user_id=principal.user_id if principal else "",
+        principal=principal, connected_at=started, expires_at=expires_at_for(started),
         source_ip=source_ip or None,
-        user_agent=(user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None))
+        user_agent=(user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None),
+        dialect=dialect)
     item = {
         "connection_id": _s(connection_id),
         "sk": _s(CONNECTION_SK),
-        "audience": _s(USER_AUDIENCE_PREFIX + principal.user_id),
-        "user_id": _s(principal.user_id),
-        "principal": _s(json.dumps(principal.flat_context(), separators=(",", ":"))),
         "connected_at": _n(connection.connected_at),
         TTL_ATTRIBUTE: _n(connection.expires_at),
     }
+    if principal is not None:
+        item.update({
+            "audience": _s(USER_AUDIENCE_PREFIX + principal.user_id),
+            "user_id": _s(principal.user_id),
+            "principal": _s(json.dumps(principal.flat_context(), separators=(",", ":"))),
+        })
+    if dialect != NATIVE:
+        item["dialect"] = _s(dialect)
     if connection.source_ip:
         item["source_ip"] = _s(connection.source_ip)
     if connection.user_agent:
@@ -308,17 +332,21 @@ def get_connection(connection_id: str, *, now: Optional[float] = None) -> Option
             channels.append(sk[len(CHANNEL_SK_PREFIX):])
     if meta is None:
         return None
-    try:
-        principal = Principal.from_context(json.loads(meta["principal"]["S"]))
-    except (KeyError, ValueError, AppError):
-        raise RegistryUnavailable(f"connection item {connection_id} has no usable principal") \
-            from None
+    dialect = meta.get("dialect", {}).get("S", NATIVE)
+    principal = None
+    if "principal" in meta or dialect == NATIVE:
+        try:
+            principal = Principal.from_context(json.loads(meta["principal"]["S"]))
+        except (KeyError, ValueError, AppError):
+            raise RegistryUnavailable(
+                f"connection item {connection_id} has no usable principal") from None
     return Connection(
-        connection_id=connection_id, user_id=meta["user_id"]["S"], principal=principal,
+        connection_id=connection_id, user_id=meta.get("user_id", {}).get("S", ""),
+        principal=principal,
         connected_at=int(meta["connected_at"]["N"]), expires_at=int(meta[TTL_ATTRIBUTE]["N"]),
         source_ip=meta.get("source_ip", {}).get("S"),
         user_agent=meta.get("user_agent", {}).get("S"),
-        channels=tuple(sorted(channels)))
+        channels=tuple(sorted(channels)), dialect=dialect)
 
 
 def remove_connection(connection_id: str) -> int:
@@ -411,15 +439,19 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
                                public_message="Connection not registered; reconnect")
         raise _limit()
     before = answer.get("Attributes", {}).get(CHANNELS_ATTRIBUTE, {}).get("SS", [])
-    _call("put_item", TableName=table, Item={
+    item = {
         "connection_id": _s(connection.connection_id),
         "sk": _s(CHANNEL_SK_PREFIX + channel_name),
         "audience": _s(CHANNEL_AUDIENCE_PREFIX + channel_name),
         "channel": _s(channel_name),
-        "user_id": _s(connection.user_id),
         "subscribed_at": _n(time.time()),
         TTL_ATTRIBUTE: _n(connection.expires_at),
-    })
+    }
+    if connection.user_id:
+        item["user_id"] = _s(connection.user_id)
+    if connection.dialect != NATIVE:
+        item["dialect"] = _s(connection.dialect)
+    _call("put_item", TableName=table, Item=item)
     return channel_name not in before
 
 
@@ -513,6 +545,57 @@ def _audience(audience: str, now: Optional[float]) -> List[str]:
                        ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
                        ProjectionExpression="connection_id")
     return [item["connection_id"]["S"] for item in items]
+
+
+def subscribers_by_dialect(channel_name: str, *,
+                           now: Optional[float] = None) -> Dict[str, List[str]]:
+    """Live subscribers of a channel grouped by dialect (one Query on the index, paginated;
+    the dialect is projected into it).
+
+    Returns:
+        ``{dialect: [connection id, ...]}`` with only the dialects present.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    return _audience_by_dialect(CHANNEL_AUDIENCE_PREFIX + channel_name, now)
+
+
+def connections_of_user_by_dialect(user_id: str, *,
+                                   now: Optional[float] = None) -> Dict[str, List[str]]:
+    """Live connections of a user grouped by dialect (as :func:`subscribers_by_dialect`)."""
+    return _audience_by_dialect(USER_AUDIENCE_PREFIX + user_id, now)
+
+
+def _audience_by_dialect(audience: str, now: Optional[float]) -> Dict[str, List[str]]:
+    current = int(time.time() if now is None else now)
+    items = _query_all(TableName=_table(), IndexName=INDEX_NAME,
+                       KeyConditionExpression="audience = :a",
+                       FilterExpression="#ttl > :now",
+                       ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+                       ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
+                       ProjectionExpression="connection_id, dialect")
+    groups: Dict[str, List[str]] = {}
+    for item in items:
+        dialect = item.get("dialect", {}).get("S", NATIVE)
+        groups.setdefault(dialect, []).append(item["connection_id"]["S"])
+    return groups
+
+
+def dialect_of(connection_id: str) -> Optional[str]:
+    """The dialect of a registered connection (one Query of its connection item, projecting
+    ``dialect`` only), or None when it is not registered.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    items = _call("query", TableName=_table(),
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _s(connection_id), ":s": _s(CONNECTION_SK)},
+                  ProjectionExpression="dialect, #ttl",
+                  ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE}).get("Items", [])
+    if not items:
+        return None
+    return items[0].get("dialect", {}).get("S", NATIVE)
 
 
 def _query_all(**kwargs) -> List[Dict[str, Any]]:

@@ -389,22 +389,79 @@ def send_to_connection(connection_id: str, frame: Any, *, event: Any = None) -> 
     return send_to_connections([connection_id], frame, event=event)
 
 
+def encode_for(dialect: str, frame: Any) -> bytes:
+    """The bytes posted for ``frame`` to a connection of ``dialect``: one push engine for
+    every dialect.
+
+    Args:
+        dialect: ``connections.NATIVE`` (the frame as it is, :func:`encode_frame`) or
+            ``connections.PUSHER``: a native event frame ``{"type": "event", "event",
+            "channel"?, "data", "user_id"?}`` becomes Pusher's ``{"event", "channel"?,
+            "data": <JSON string>, "user_id"?}`` (:func:`chalicelib.pusher_protocol.event_frame`);
+            text and bytes go as they are.
+        frame: see :func:`encode_frame`.
+    Raises:
+        PayloadTooLarge: the encoded frame is over 128 KB.
+    """
+    if dialect == connections.PUSHER and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":
+        from chalicelib import pusher_protocol
+
+        frame = pusher_protocol.event_frame(frame.get("event"), frame.get("data"),
+                                            frame.get("channel"), frame.get("user_id"))
+    return encode_frame(frame)
+
+
+def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
+                    event: Any = None) -> Summary:
+    """Post one frame to connections grouped by dialect, each group's frame encoded once
+    (:func:`encode_for`).
+
+    A group whose encoding is over 128 KB (a Pusher frame carries ``data`` as an escaped
+    string, so it can outgrow the native one) counts as ``failed`` (not retryable) and is
+    logged; the other groups are still sent.
+
+    Args:
+        groups: ``{dialect: connection ids}`` (:func:`chalicelib.connections.subscribers_by_dialect`).
+    Returns:
+        the delivery summary of all groups.
+    Raises:
+        ConfigError: no management endpoint is configured.
+    """
+    summaries = []
+    for dialect, ids in groups.items():
+        ids = list(ids)
+        if not ids:
+            continue
+        try:
+            data = encode_for(dialect, frame)
+        except PayloadTooLarge as err:
+            log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
+            summaries.append({FAILED: len(ids)})
+            continue
+        summaries.append(send_to_connections(ids, data, event=event))
+    return merge(*summaries)
+
+
 def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
-    """Post one frame to every live connection of a user (one registry Query, then fan-out).
+    """Post one frame to every live connection of a user (one registry Query, then fan-out),
+    encoded for each connection's dialect.
 
     Raises:
         PayloadTooLarge: checked before the registry is read.
         RegistryUnavailable: the registry could not be read.
         ConfigError: no management endpoint is configured.
     """
-    data = encode_frame(frame)
-    return send_to_connections(connections.connections_of_user(user_id), data, event=event)
+    encode_frame(frame)
+    return send_by_dialect(connections.connections_of_user_by_dialect(user_id), frame,
+                           event=event)
 
 
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
                        exclude: Optional[str] = None) -> Summary:
     """Post one frame to every live subscriber of a channel (one registry Query, then
-    fan-out). The channel name is not judged here: callers authorize first.
+    fan-out), encoded for each subscriber's dialect. The channel name is not judged here:
+    callers authorize first.
 
     Args:
         exclude: a connection id left out (the sender of a client event, which Pusher never
@@ -415,10 +472,10 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
         RegistryUnavailable: the registry could not be read.
         ConfigError: no management endpoint is configured.
     """
-    data = encode_frame(frame)
-    targets = [cid for cid in connections.subscribers_of_channel(channel_name)
-               if cid != exclude]
-    return send_to_connections(targets, data, event=event)
+    encode_frame(frame)
+    groups = connections.subscribers_by_dialect(channel_name)
+    return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
+                            for dialect, ids in groups.items()}, frame, event=event)
 
 
 # --- notifications: the message shape shared by POST /notifications and the SQS worker --------
@@ -510,7 +567,15 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """
     frame = notification.frame()
     if notification.target == "connection_id":
-        return send_to_connection(notification.address, frame, event=event)
+        encode_frame(frame)
+        try:
+            dialect = connections.dialect_of(notification.address) or connections.NATIVE
+        except AppError as err:  # a direct push needs no registry: pusher-js reads the
+            # native frame too ({"event", "data"}; it ignores "type"), only data is not a string
+            log.warning("dialect of %s unknown (%s); sent as native", notification.address,
+                        err.code)
+            dialect = connections.NATIVE
+        return send_by_dialect({dialect: [notification.address]}, frame, event=event)
     if notification.target == "user_id":
         return send_to_user(notification.address, frame, event=event)
     return publish_to_channel(notification.address, frame, event=event)

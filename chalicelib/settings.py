@@ -483,6 +483,37 @@ def websocket_settings() -> WebSocketSettings:
     )
 
 
+# --- the Pusher dialect of the WebSocket API ---------------------------------------------------
+
+@dataclass(frozen=True)
+class PusherSocketSettings:
+    """Settings of the Pusher protocol 7 dialect of the WebSocket API
+    (:mod:`chalicelib.pusher_socket`).
+
+    Attributes:
+        enabled: ``PUSHER_DIALECT`` (default false): pusher-js clients (``protocol=7`` in the
+            query string) may connect anonymously; off, such a ``$connect`` is judged as a
+            native one (a JWT is required).
+        hello_function: ``PUSHER_HELLO_FUNCTION``, the Lambda function ``$connect`` invokes
+            asynchronously to send ``pusher:connection_established`` (default
+            ``realtime-<STAGE>-pusher_hello``, the name ``chalice deploy`` gives
+            ``@app.lambda_function(name="pusher_hello")``).
+    """
+
+    enabled: bool
+    hello_function: str
+
+
+@functools.lru_cache(maxsize=None)
+def pusher_socket_settings() -> PusherSocketSettings:
+    """Load :class:`PusherSocketSettings`. Raises ConfigError naming a bad variable."""
+    return PusherSocketSettings(
+        enabled=_bool("PUSHER_DIALECT", False),
+        hello_function=_raw("PUSHER_HELLO_FUNCTION")
+        or f"realtime-{app_settings().stage}-pusher_hello",
+    )
+
+
 def push_queue_name() -> str:
     """The SQS queue the push worker listens to: ``PUSH_QUEUE_NAME``, default
     ``realtime-push-<STAGE>`` with ``STAGE``'s own default (:data:`DEFAULT_STAGE`, ``prod``).
@@ -497,6 +528,7 @@ def push_queue_name() -> str:
 
 def reset() -> None:
     """Forget every cached section (tests; Chalice's test client switching stages)."""
-    for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings):
+    for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings,
+                   pusher_socket_settings):
         loader.cache_clear()
     _secret_failures.clear()

@@ -37,7 +37,7 @@ import logging
 import time
 from typing import Any, Dict, Mapping
 
-from chalicelib import channels, connections, jsonutil, push
+from chalicelib import channels, connections, jsonutil, push, pusher_socket
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.identity import authenticate_request, header, principal_from_request
@@ -88,6 +88,24 @@ def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return context if isinstance(context, Mapping) else {}
 
 
+def _speaks_pusher(raw: Mapping[str, Any], connecting: bool = False) -> bool:
+    """Dispatch by dialect (:mod:`chalicelib.pusher_socket`): the authorizer context marks a
+    Pusher connection on every event; without ``ws_authorizer`` a ``$connect`` is Pusher when
+    its query asks for it (and the stage serves it), a frame when it has ``event`` and no
+    ``action`` (its handler then checks the registry's dialect)."""
+    if pusher_socket.is_pusher_event(raw):
+        return True
+    authorizer = _context(raw).get("authorizer")
+    if isinstance(authorizer, Mapping) and authorizer.get("sub"):
+        return False
+    if connecting:
+        return pusher_socket.requested(raw)
+    body = raw.get("body")
+    if isinstance(body, str) and '"event"' in body and '"action"' not in body:
+        return pusher_socket.enabled()
+    return False
+
+
 # --- $connect ---------------------------------------------------------------------------------
 
 def connect_principal(raw: Mapping[str, Any]) -> Principal:
@@ -120,6 +138,8 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         API Gateway refuses the handshake.
     """
     raw = _raw(event)
+    if _speaks_pusher(raw, connecting=True):
+        return pusher_socket.on_connect(raw)
     context = _context(raw)
     connection_id = context.get("connectionId")
     try:
@@ -237,6 +257,8 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
     ``{"statusCode": 200}``; never raises.
     """
     raw = _raw(event)
+    if _speaks_pusher(raw):
+        return pusher_socket.on_message(raw, event)
     connection_id = _context(raw).get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         log.warning("$default event without requestContext.connectionId")

@@ -33,6 +33,14 @@ REQUEST authorizers*, *route selection*, *@connections commands*, *quotas*):
   boto3's ``apigatewaymanagementapi`` (``endpoint_url=management_url``) works unchanged.
 * Limits: 32 KB frames and 128 KB messages (close 1009), 10 min idle timeout, 2 h maximum
   connection life (all settable); optional latency per management call (benchmarks).
+* pusher-js paths: ``ws://host:port/app/{key}?protocol=7…`` reaches the stage as a custom domain
+  with the API mapping ``app/{key}`` does on AWS; the key is forwarded as the query parameter
+  ``app_key`` (AWS never tells Lambda the path; see ``_mapped_app_key``). Until ``$connect``
+  has returned, PostToConnection answers 410 (the connection is known only afterwards), as on
+  AWS.
+* Lambda ``Invoke`` (``POST /2015-03-31/functions/{name}/invocations`` on the management port,
+  for ``AWS_ENDPOINT_URL_LAMBDA``): ``InvocationType=Event`` answers 202 and runs the app's
+  function in the handler pool; ``RequestResponse`` answers its result.
 
 Handlers run in a thread pool, so a blocking handler (or one that calls the management API of
 this very gateway) does not stall the event loop. Messages of one connection are handled in
@@ -447,7 +455,8 @@ class LocalWebSocketGateway:
                                request: Request) -> Optional[Response]:
         """The handshake: path check, authorizer, ``$connect``. Returns a refusal or None."""
         path, _, query = request.path.partition("?")
-        if path.rstrip("/") != f"/{self.config.stage}":
+        app_key = self._mapped_app_key(path)
+        if path.rstrip("/") != f"/{self.config.stage}" and app_key is None:
             return self._refuse(connection, 403, "Forbidden")
         source_ip = connection.remote_address[0] if connection.remote_address else "127.0.0.1"
         header_pairs = list(request.headers.raw_items()) + [
@@ -458,6 +467,8 @@ class LocalWebSocketGateway:
         ]
         headers, multi_headers = _single_and_multi(header_pairs)
         query_pairs = parse_qsl(query, keep_blank_values=True)
+        if app_key is not None and not any(k == "app_key" for k, _ in query_pairs):
+            query_pairs.append(("app_key", app_key))
         query_single, query_multi = _single_and_multi(query_pairs)
         connection_id = self.new_connection_id()
         connected_at_ms = int(time.time() * 1000)
@@ -498,6 +509,57 @@ class LocalWebSocketGateway:
             connection_id=connection_id, ws=connection, connected_at_ms=connected_at_ms,
             source_ip=source_ip, user_agent=user_agent, authorizer=authorizer)
         return None
+
+    @staticmethod
+    def _mapped_app_key(path: str) -> Optional[str]:
+        """The key of a pusher-js path ``/app/{key}``, else None.
+
+        pusher-js always connects to ``{host}/app/{key}``; on AWS that is a custom domain
+        whose API mapping ``app/{key}`` leads to the stage (API Gateway then refuses every
+        other key itself, and never tells Lambda the path). This gateway maps ``/app/{key}``
+        for any key and forwards the key as the query parameter ``app_key`` (unless the
+        client sent one), so the app's own check of the key can be exercised locally.
+        """
+        parts = path.split("/")
+        if len(parts) == 3 and parts[0] == "" and parts[1] == "app" and parts[2]:
+            return unquote(parts[2])
+        return None
+
+    def invoke_function(self, name: str, payload: bytes, asynchronous: bool) -> Tuple[int, bytes]:
+        """Lambda ``Invoke`` of one of the app's functions (``AWS_ENDPOINT_URL_LAMBDA``
+        pointed at the management port), for handlers that invoke another function.
+
+        Args:
+            name: the function name, ARN or ``{app_name}-{stage}-{name}`` as ``chalice
+                deploy`` names it.
+            payload: the JSON event.
+            asynchronous: ``InvocationType=Event``: queued, 202 at once, run in the pool.
+        Returns:
+            (status, body): 202 / 200 with the JSON result; 404 ``ResourceNotFoundException``
+            for an unknown function; 400 for a payload that is not JSON.
+        """
+        short = name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        prefix = f"{getattr(self.app, 'app_name', '')}-"
+        candidates = [short] + ([short[len(prefix):].split("-", 1)[-1]]
+                                if short.startswith(prefix) else [])
+        function = next((c for c in candidates if c in self.app.handler_map), None)
+        if function is None:
+            return 404, json.dumps({"Type": "User", "Message": f"Function not found: "
+                                    f"{short}"}).encode()
+        try:
+            event = json.loads(payload or b"{}")
+        except ValueError:
+            return 400, json.dumps({"Type": "User",
+                                    "Message": "Could not parse request body into json"}).encode()
+        if asynchronous:
+            def run() -> None:
+                try:
+                    self._invoke(function, event)
+                except Exception:
+                    log.exception("function %s failed", function)
+            self._pool.submit(run)
+            return 202, b""
+        return 200, json.dumps(self._invoke(function, event)).encode()
 
     async def _authorize(self, base: Dict[str, Any], connection_id: str, connected_at_ms: int,
                          source_ip: str, user_agent: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -781,6 +843,20 @@ class LocalWebSocketGateway:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 data = self._body()
+                path = urlsplit(self.path).path
+                if path.startswith("/2015-03-31/functions/") and path.endswith("/invocations"):
+                    name = unquote(path[len("/2015-03-31/functions/"):-len("/invocations")])
+                    kind = self.headers.get("X-Amz-Invocation-Type") or "RequestResponse"
+                    status, body = gateway.invoke_function(name, data, kind == "Event")
+                    self.send_response(status)
+                    self.send_header("x-amzn-RequestId", new_id())
+                    if status == 404:
+                        self.send_header("x-amzn-ErrorType", "ResourceNotFoundException")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 target = self._target()
                 if target is None:
                     return self._not_found()

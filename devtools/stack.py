@@ -123,6 +123,8 @@ def stage_env(ports: Ports, config: Optional[dict] = None) -> Dict[str, str]:
         "WEBSOCKET_ENDPOINT_URL": f"http://127.0.0.1:{ports.management}/{STAGE}",
         "AWS_ENDPOINT_URL_DYNAMODB": f"http://127.0.0.1:{ports.dynamodb}",
         "AWS_ENDPOINT_URL_SQS": f"http://127.0.0.1:{ports.dynamodb}",
+        # the gateway's management port also answers Lambda Invoke (pusher_hello)
+        "AWS_ENDPOINT_URL_LAMBDA": f"http://127.0.0.1:{ports.management}",
     })
     return env
 

@@ -48,7 +48,7 @@ from chalicelib.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at impo
 FUNCTIONS = (
     "api_handler", "jwt_auth", "ws_authorizer",
     "websocket_connect", "websocket_message", "websocket_disconnect",
-    "push_worker",
+    "push_worker", "pusher_hello",
 )
 #: functions that push to connections outside a WebSocket handler, so need the API id
 PUSHING_FUNCTIONS = ("api_handler", "push_worker")

@@ -203,8 +203,10 @@ def test_role_policies_are_pinned_to_this_stack(packaged):
                         assert arn == "arn:${AWS::Partition}:apigateway:${AWS::Region}::/apis"
                         continue
                     assert ":${AWS::Region}:${AWS::AccountId}:" in arn
-                    if ":execute-api:" in arn:
-                        assert "${WebsocketAPI}/prod/POST/@connections/*" in arn
+                    if ":execute-api:" in arn:  # POST: pushes; DELETE: closing a refused
+                        # Pusher connection (chalicelib.pusher_socket)
+                        assert any(f"${{WebsocketAPI}}/prod/{method}/@connections/*" in arn
+                                   for method in ("POST", "DELETE"))
 
 
 def test_log_groups_keep_the_stage_retention(packaged):

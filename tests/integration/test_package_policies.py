@@ -28,6 +28,9 @@ CHALICE_WEBSOCKET_METHODS = {"send": "POST", "close": "DELETE", "info": "GET"}
 #: ``apigateway:<HTTP method>`` on the resource path (API Gateway Developer Guide, "Control
 #: access for managing an API with IAM")
 APIGATEWAY_READS = {"get_apis": ("apigateway:GET", "/apis")}
+#: Lambda calls (``lambda_client.invoke(FunctionName=..., InvocationType=...)``): the Pusher
+#: dialect's ``$connect`` invokes ``pusher_hello`` asynchronously
+LAMBDA_CALLS = {"invoke": "lambda:InvokeFunction"}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
 NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}
@@ -69,6 +72,10 @@ def calls_in_chalicelib() -> dict:
                     needed.add("execute-api:" + CHALICE_WEBSOCKET_METHODS[node.func.attr])
                     continue
                 if owner_name == "connections":  # our registry module, not the management API
+                    continue
+                if node.func.attr in LAMBDA_CALLS and any(
+                        k.arg == "FunctionName" for k in node.keywords):
+                    needed.add(LAMBDA_CALLS[node.func.attr])
                     continue
                 names.append(node.func.attr)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
@@ -148,10 +155,15 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
         assert not any(a.startswith("ssm:") for a in grants)
     # GetApis lists the region's APIs: the list is the only resource it has
     assert grants["apigateway:GET"] == ["arn:aws:apigateway:*::/apis"]
+    # $connect of a Pusher connection invokes pusher_hello, and only it
+    assert "lambda:InvokeFunction" in needed
+    assert grants["lambda:InvokeFunction"] == [
+        f"arn:aws:lambda:*:*:function:{cfg.function_name('pusher_hello')}"]
 
     # the default aws/ssm key needs no KMS grant; nothing else is granted
     assert set(grants) <= LOG_ACTIONS | SQS_EVENT_SOURCE_ACTIONS | dynamo_needed | {
-        "execute-api:ManageConnections", "ssm:GetParameter", "apigateway:GET"}
+        "execute-api:ManageConnections", "ssm:GetParameter", "apigateway:GET",
+        "lambda:InvokeFunction"}
 
     logs = {cfg.function_name(f) for f in templates.FUNCTIONS
             if f not in ("jwt_auth", "ws_authorizer")}

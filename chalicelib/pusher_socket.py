@@ -1,0 +1,431 @@
+"""The Pusher Channels protocol 7 dialect of the WebSocket API: pusher-js (and every Pusher
+client) connects to API Gateway as it would to Pusher or soketi.
+
+Framing and signature checks are in :mod:`chalicelib.pusher_protocol` (pure); this module holds
+the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this dialect.
+
+* ``$connect`` (:func:`on_connect`): chosen when the query string carries ``protocol``
+  (pusher-js sends ``protocol=7``) and ``PUSHER_DIALECT`` is on. ``ws_authorizer`` lets such a
+  connect in anonymously with the context ``{"dialect": "pusher"}`` (:func:`authorizer_answer`);
+  rights come from signed subscriptions. The version and app key are checked
+  (:func:`chalicelib.pusher_protocol.handshake_error`), the connection is registered with its
+  dialect and no user, and the first frame is handed to :func:`hello`.
+* First frame: API Gateway answers ``410 Gone`` to PostToConnection until ``$connect`` has
+  returned (AWS re:Post, "410 Gone" on PostToConnection during ``$connect``), so ``$connect``
+  cannot send ``pusher:connection_established`` itself. It invokes the ``pusher_hello``
+  function asynchronously (Lambda ``Invoke`` with ``InvocationType=Event``: the call returns
+  once Lambda has queued the event, ~10-30 ms), and :func:`hello` posts the frame, retrying a
+  410 every 10 ms ten times, then doubling to 160 ms, for up to :data:`HELLO_DEADLINE_SECONDS`. A refused
+  handshake (bad version, unknown key, registry down) gets its ``pusher:error`` the same way,
+  and the socket is then closed (DeleteConnection), as Pusher closes it.
+* ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong``;
+  ``pusher:subscribe`` for public channels and, with a valid ``auth`` (constant-time HMAC
+  check), ``private-`` and ``private-encrypted-`` channels ->
+  ``pusher_internal:subscription_succeeded``, else ``pusher:subscription_error`` with its
+  ``status``; ``pusher:unsubscribe``; anything else gets a ``pusher:error`` (never silence).
+
+The registry keeps ``dialect = "pusher"`` on the connection's items, and :mod:`chalicelib.push`
+encodes every event for the receiving connection's dialect, so ``POST /notifications`` and
+queue pushes reach Pusher clients as ``{"event", "channel", "data": <JSON string>}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from chalicelib import channels, connections, pusher_protocol as protocol
+from chalicelib.errors import AppError, BadRequest
+from chalicelib.logtext import for_log
+from chalicelib.settings import pusher_settings, pusher_socket_settings, websocket_settings
+
+log = logging.getLogger("realtime.pusher_socket")
+
+DIALECT = connections.PUSHER
+#: the authorizer context that marks a Pusher connection (nothing else: it is anonymous)
+CONTEXT_KEY = "dialect"
+#: principal id of the authorizer's answer for anonymous Pusher connections (API Gateway logs)
+ANONYMOUS_PRINCIPAL = "pusher-anonymous"
+#: how long :func:`hello` keeps retrying a 410 (``$connect`` not returned yet), seconds
+HELLO_DEADLINE_SECONDS = 5.0
+#: retry schedule of a 410: every :data:`HELLO_FIRST_DELAY` s for :data:`HELLO_FAST_RETRIES`
+#: retries (``$connect`` returns within a few ms of registering, so the socket opens within
+#: the first ones), then doubling up to :data:`HELLO_MAX_DELAY` s
+HELLO_FIRST_DELAY = 0.01
+HELLO_FAST_RETRIES = 10
+HELLO_MAX_DELAY = 0.16
+#: Lambda client bounds for the asynchronous invoke made inside ``$connect``
+INVOKE_CONNECT_TIMEOUT = 1.0
+INVOKE_READ_TIMEOUT = 2.0
+INVOKE_MAX_ATTEMPTS = 2
+
+
+def _query(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    query = raw.get("queryStringParameters")
+    if not isinstance(query, Mapping):
+        multi = raw.get("multiValueQueryStringParameters")
+        query = {k: v[0] for k, v in multi.items() if isinstance(v, list) and v} \
+            if isinstance(multi, Mapping) else {}
+    return query
+
+
+def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    context = raw.get("requestContext")
+    return context if isinstance(context, Mapping) else {}
+
+
+def enabled() -> bool:
+    """``PUSHER_DIALECT``; an invalid value is logged and counts as off."""
+    try:
+        return pusher_socket_settings().enabled
+    except AppError as err:
+        log.error("PUSHER_DIALECT: %s", err.public_message)
+        return False
+
+
+def requested(raw: Mapping[str, Any]) -> bool:
+    """True when a ``$connect`` (or its authorizer event) asks for the Pusher dialect and the
+    stage serves it: ``protocol`` in the query string and ``PUSHER_DIALECT`` on."""
+    return protocol.requests_pusher(_query(raw)) and enabled()
+
+
+def is_pusher_event(raw: Mapping[str, Any]) -> bool:
+    """True when a WebSocket event belongs to a Pusher connection: its authorizer context
+    says so (API Gateway repeats the ``$connect`` context on every event of the connection)."""
+    authorizer = _context(raw).get("authorizer")
+    return isinstance(authorizer, Mapping) and authorizer.get(CONTEXT_KEY) == DIALECT
+
+
+def authorizer_answer(event: Mapping[str, Any], resources) -> Dict[str, Any]:
+    """``ws_authorizer``'s answer for a Pusher connect: allow, anonymously.
+
+    Args:
+        event: the REQUEST authorizer event.
+        resources: the policy's resources (:func:`chalicelib.authorizer.policy_resources`).
+    Returns:
+        ``{"principalId": "pusher-anonymous", "policyDocument": Allow execute-api:Invoke,
+        "context": {"dialect": "pusher"}}``.
+    """
+    return {
+        "principalId": ANONYMOUS_PRINCIPAL,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow",
+                           "Resource": resources}],
+        },
+        "context": {CONTEXT_KEY: DIALECT},
+    }
+
+
+# --- $connect ---------------------------------------------------------------------------------
+
+def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
+    """``$connect`` of a Pusher connection.
+
+    Checks the handshake, registers the connection (dialect ``pusher``, no user) and invokes
+    :func:`hello` asynchronously with ``pusher:connection_established`` — or with the
+    ``pusher:error`` of a refused handshake (4006/4007/4008 version, 4001 app key, 4100
+    registry unavailable), which then closes the socket.
+
+    Returns:
+        ``{"statusCode": 200}``; ``503`` when the first frame cannot be handed over (nothing
+        stays registered) or the settings are broken.
+    """
+    context = _context(raw)
+    connection_id = context.get("connectionId")
+    if not isinstance(connection_id, str) or not connection_id:
+        log.warning("$connect (pusher) without requestContext.connectionId")
+        return {"statusCode": 400}
+    registered = False
+    try:
+        refusal = protocol.handshake_error(_query(raw), pusher_settings().key)
+        if refusal is None:
+            identity = context.get("identity") if isinstance(context.get("identity"), Mapping) \
+                else {}
+            connected_at = context.get("connectedAt")
+            user_agent = identity.get("userAgent")
+            try:
+                connections.register(
+                    connection_id, None, dialect=DIALECT, source_ip=identity.get("sourceIp"),
+                    user_agent=user_agent if isinstance(user_agent, str) else None,
+                    connected_at=(connected_at / 1000.0
+                                  if isinstance(connected_at, (int, float)) else None))
+                registered = True
+            except connections.RegistryUnavailable as err:
+                log.error("$connect (pusher) %s: %s", connection_id, err)
+                refusal = protocol.ProtocolError("Over capacity; reconnect later",
+                                                 protocol.OVER_CAPACITY)
+        if refusal is None:
+            frame, close = protocol.connection_established(
+                protocol.socket_id_for(connection_id)), False
+        else:
+            log.info("$connect (pusher) %s refused: %s %s", connection_id, refusal.code,
+                     refusal.message)
+            frame, close = protocol.error(refusal.message, refusal.code), True
+        invoke_hello(connection_id, frame, context, close=close)
+    except AppError as err:
+        log.error("$connect (pusher) %s: %s (%s)", connection_id, err.code, for_log(err))
+        if registered:
+            _forget(connection_id)
+        return {"statusCode": err.status if err.status >= 400 else 503}
+    except Exception:
+        log.exception("$connect (pusher) failed")
+        if registered:
+            _forget(connection_id)
+        return {"statusCode": 503}
+    return {"statusCode": 200}
+
+
+def _forget(connection_id: str) -> None:
+    try:
+        connections.remove_connection(connection_id)
+    except AppError as err:
+        log.warning("could not remove %s: %s", connection_id, err.code)
+
+
+class HelloUnavailable(AppError):
+    """The ``pusher_hello`` function could not be invoked (503)."""
+
+    status = 503
+    code = "hello_unavailable"
+    public_message = "Service unavailable"
+
+
+def invoke_hello(connection_id: str, frame: str, context: Mapping[str, Any], *,
+                 close: bool = False) -> None:
+    """Invoke ``PUSHER_HELLO_FUNCTION`` asynchronously (``InvocationType=Event``) with the
+    first frame of a connection.
+
+    The Lambda client is created lazily and cached (:func:`chalicelib.aws.client`, so
+    ``AWS_ENDPOINT_URL_LAMBDA`` reaches a local gateway), with 1 s to connect, 2 s to answer
+    and 2 attempts.
+
+    Args:
+        connection_id: the new connection.
+        frame: the text to post.
+        context: the ``$connect`` request context (its ``domainName``, ``stage``, ``apiId``
+            name the management endpoint, as :func:`chalicelib.push.management_endpoint`
+            reads them).
+        close: close the socket once the frame is delivered.
+    Raises:
+        HelloUnavailable: Lambda refused or did not answer.
+    """
+    from chalicelib import aws
+
+    payload = {"connection_id": connection_id, "frame": frame, "close": close,
+               "requestContext": {k: context.get(k) for k in ("domainName", "stage", "apiId")}}
+    name = pusher_socket_settings().hello_function
+    try:
+        client = aws.client("lambda", websocket_settings().region,
+                            max_attempts=INVOKE_MAX_ATTEMPTS,
+                            connect_timeout=INVOKE_CONNECT_TIMEOUT,
+                            read_timeout=INVOKE_READ_TIMEOUT)
+        client.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps(payload).encode("utf-8"))
+    except AppError:
+        raise
+    except Exception as exc:  # botocore errors, no credentials, timeouts
+        response = getattr(exc, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        raise HelloUnavailable(f"invoking {name} failed: {code or type(exc).__name__}") \
+            from None
+
+
+def hello(event: Mapping[str, Any], *, sleep=time.sleep,
+          clock=time.monotonic) -> Dict[str, Any]:
+    """The ``pusher_hello`` function: post a connection's first frame once ``$connect`` has
+    returned.
+
+    Args:
+        event: ``{"connection_id", "frame", "close", "requestContext"}`` from
+            :func:`invoke_hello`.
+        sleep, clock: for tests.
+    Returns:
+        ``{"delivered": bool, "attempts": int, "seconds": float}``. A 410 is retried (every
+        10 ms ten times, then doubling to 160 ms) until :data:`HELLO_DEADLINE_SECONDS`; then
+        the client is gone (or ``$connect`` failed) and the frame is dropped. Never raises.
+    """
+    from chalicelib import push
+
+    started = clock()
+    attempts = 0
+    delivered = False
+    connection_id = event.get("connection_id") if isinstance(event, Mapping) else None
+    frame = event.get("frame") if isinstance(event, Mapping) else None
+    if not isinstance(connection_id, str) or not connection_id or not isinstance(frame, str):
+        log.error("pusher_hello: malformed event")
+        return {"delivered": False, "attempts": 0, "seconds": 0.0}
+    try:
+        data = push.encode_frame(frame)
+        endpoint = push.management_endpoint(event)
+        sender = push.management_client(endpoint)
+        delay = HELLO_FIRST_DELAY
+        while True:
+            attempts += 1
+            outcome = sender.post_many([connection_id], data,
+                                       max_attempts=websocket_settings().push_max_attempts,
+                                       on_gone=lambda _id: None, sleep=sleep)[connection_id]
+            if outcome == push.DELIVERED:
+                delivered = True
+                break
+            if outcome != push.GONE or clock() - started + delay > HELLO_DEADLINE_SECONDS:
+                log.warning("pusher_hello: first frame to %s not delivered (%s after %d "
+                            "attempts)", connection_id, outcome, attempts)
+                break
+            sleep(delay)
+            if attempts >= HELLO_FAST_RETRIES:
+                delay = min(delay * 2, HELLO_MAX_DELAY)
+        if delivered and event.get("close"):
+            _close(endpoint, connection_id)
+    except AppError as err:
+        log.error("pusher_hello %s: %s (%s)", connection_id, err.code, for_log(err))
+    except Exception:
+        log.exception("pusher_hello failed")
+    seconds = clock() - started
+    log.info("pusher_hello %s: delivered=%s attempts=%d in %.3f s", connection_id, delivered,
+             attempts, seconds)
+    return {"delivered": delivered, "attempts": attempts, "seconds": round(seconds, 4)}
+
+
+def _close(endpoint: str, connection_id: str) -> None:
+    """DeleteConnection (API Gateway closes the socket), as Pusher closes a refused one."""
+    from chalicelib import aws
+
+    try:
+        client = aws.client("apigatewaymanagementapi", websocket_settings().region,
+                            endpoint_url=endpoint, max_attempts=2, connect_timeout=1,
+                            read_timeout=2)
+        client.delete_connection(ConnectionId=connection_id)
+    except Exception as exc:  # already gone, or the API refused: API Gateway's idle close
+        log.warning("pusher_hello: closing %s failed (%s)", connection_id, type(exc).__name__)
+
+
+# --- $default ---------------------------------------------------------------------------------
+
+class SubscriptionRefused(Exception):
+    """Internal: answer ``pusher:subscription_error`` with ``status``, ``error_type``."""
+
+    def __init__(self, status: int, message: str, error_type: str = "AuthError") -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+
+
+def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
+    """``$default`` of a Pusher connection: one frame (see the module docstring).
+
+    Every answer goes back through PostToConnection; a frame the server cannot take gets a
+    ``pusher:error``. Returns ``{"statusCode": 200}``; never raises.
+    """
+    connection_id = _context(raw).get("connectionId")
+    if not isinstance(connection_id, str) or not connection_id:
+        log.warning("$default (pusher) without requestContext.connectionId")
+        return {"statusCode": 200}
+    channel: Optional[str] = None
+    try:
+        if raw.get("isBase64Encoded"):
+            raise protocol.ProtocolError("Binary messages are not supported; send JSON text")
+        name, data, channel = protocol.parse_message(raw.get("body"))
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            if name.startswith("pusher:") or name.startswith("pusher_internal:"):
+                raise protocol.ProtocolError(f"Unsupported event {name[:64]}")
+            raise protocol.ProtocolError(
+                "Unknown event; clients send pusher:ping, pusher:subscribe, "
+                "pusher:unsubscribe or client events")
+        reply = handler(connection_id, data, channel)
+    except protocol.ProtocolError as err:
+        reply = protocol.error(err.message, err.code)
+    except SubscriptionRefused as err:
+        reply = protocol.subscription_error(channel or "", err.status, err.message,
+                                            err.error_type)
+    except AppError as err:
+        log.warning("$default (pusher) %s: %s (%s)", connection_id, err.code, for_log(err))
+        reply = protocol.error(err.public_message)
+    except Exception:
+        log.exception("$default (pusher) failed")
+        reply = protocol.error("Internal error")
+    if reply is not None:
+        _send(connection_id, reply, event if event is not None else raw)
+    return {"statusCode": 200}
+
+
+def _send(connection_id: str, text: str, event: Any) -> None:
+    from chalicelib import push
+
+    try:
+        push.send_to_connection(connection_id, text, event=event)
+    except Exception:
+        log.exception("reply to %s failed", connection_id)
+
+
+def _ping(connection_id: str, data: Any, channel: Optional[str]) -> str:
+    return protocol.pong()
+
+
+def _subscription_data(data: Any) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise protocol.ProtocolError("pusher:subscribe needs data {\"channel\", \"auth\"?}")
+    return data
+
+
+def _subscribe(connection_id: str, data: Any, channel: Optional[str]) -> str:
+    data = _subscription_data(data)
+    name = data.get("channel")
+    if not isinstance(name, str):
+        raise protocol.ProtocolError("pusher:subscribe needs data.channel")
+    # errors below are about this channel: answered as its subscription_error
+    try:
+        return _join(connection_id, data, name)
+    except SubscriptionRefused as err:
+        return protocol.subscription_error(name, err.status, err.message, err.error_type)
+
+
+def _join(connection_id: str, data: Mapping[str, Any], name: str) -> str:
+    try:
+        name = channels.validate_channel_name(name)
+    except BadRequest as err:
+        raise SubscriptionRefused(400, err.public_message, "InvalidChannel") from None
+    kind = channels.channel_kind(name)
+    if kind == channels.PRESENCE:
+        raise SubscriptionRefused(501, "Presence channels are not served yet", "Unsupported")
+    if kind != channels.PUBLIC:
+        config = pusher_settings()
+        socket_id = protocol.socket_id_for(connection_id)
+        if not protocol.auth_valid(data.get("auth"), config.key, config.secret, socket_id,
+                                   name):
+            log.info("pusher subscribe %s to %s: invalid signature", connection_id,
+                     for_log(name))
+            raise SubscriptionRefused(
+                401, f"Invalid signature: expected HMAC SHA256 hex digest of "
+                     f"{socket_id}:{name}, signed with the app secret")
+    connection = connections.get_connection(connection_id)
+    if connection is None or connection.dialect != DIALECT:
+        raise protocol.ProtocolError("Connection not registered; reconnect",
+                                     protocol.UNAUTHORIZED_CONNECTION)
+    try:
+        connections.subscribe(connection, name)
+    except connections.SubscriptionLimit as err:
+        raise SubscriptionRefused(400, err.public_message, "LimitReached") from None
+    except connections.RegistryUnavailable:
+        raise SubscriptionRefused(503, "Connection registry unavailable; retry",
+                                  "ServiceUnavailable") from None
+    return protocol.subscription_succeeded(name)
+
+
+def _unsubscribe(connection_id: str, data: Any, channel: Optional[str]) -> Optional[str]:
+    data = _subscription_data(data)
+    name = data.get("channel")
+    try:
+        name = channels.validate_channel_name(name)
+    except BadRequest as err:
+        raise protocol.ProtocolError(f"pusher:unsubscribe: {err.public_message}") from None
+    connections.unsubscribe(connection_id, name)
+    return None  # Pusher answers nothing
+
+
+_HANDLERS = {
+    "pusher:ping": _ping,
+    "pusher:subscribe": _subscribe,
+    "pusher:unsubscribe": _unsubscribe,
+}

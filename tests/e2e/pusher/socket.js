@@ -1,0 +1,116 @@
+// pusher-js 8.x (Node build) against OUR WebSocket API (the local gateway of devtools.stack,
+// Pusher protocol 7 dialect): no soketi involved.
+// Usage: node socket.js <scenario>. Configuration from the environment:
+//   PUSHER_KEY, WS_PORT (the local gateway on 127.0.0.1), AUTH_BASE (our HTTP API),
+//   TOKEN_ALICE (a dev issuer JWT), CHANNEL (public channel name), CONNECTS (timing scenario).
+// Prints one JSON object per line on stdout: {"step": ...}. The driving test (Python) waits for
+// "ready" lines, pushes through POST /notifications or the SQS queue, and reads what arrived.
+// Every scenario ends by itself: a watchdog exits with status 2 after SCENARIO_TIMEOUT_MS.
+'use strict';
+
+const Pusher = require('pusher-js');
+
+const env = process.env;
+const TIMEOUT_MS = Number(env.SCENARIO_TIMEOUT_MS || 20000);
+const clients = [];
+
+function emit(step, fields) {
+  process.stdout.write(JSON.stringify(Object.assign({ step }, fields || {})) + '\n');
+}
+
+function finish(code) {
+  for (const client of clients) client.disconnect();
+  setTimeout(() => process.exit(code), 200);
+}
+
+const watchdog = setTimeout(() => { emit('timeout'); finish(2); }, TIMEOUT_MS);
+watchdog.unref();
+
+function connect(key, extra) {
+  const headers = { Authorization: 'Bearer ' + (env.TOKEN_ALICE || '') };
+  const client = new Pusher(key || env.PUSHER_KEY, Object.assign({
+    cluster: 'mt1',
+    wsHost: '127.0.0.1',
+    wsPort: Number(env.WS_PORT),
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    channelAuthorization: { endpoint: env.AUTH_BASE + '/pusher/auth', transport: 'ajax', headers },
+  }, extra || {}));
+  clients.push(client);
+  return client;
+}
+
+function subscribeAndWait(client, name) {
+  const channel = client.subscribe(name);
+  channel.bind('pusher:subscription_succeeded', () =>
+    emit('ready', { channel: name, socket_id: client.connection.socket_id }));
+  channel.bind('pusher:subscription_error', (error) => { emit('subscription_error', { error }); finish(1); });
+  channel.bind('greet', (data, metadata) => {
+    emit('received', { event: 'greet', channel: name, data, metadata });
+    finish(0);
+  });
+}
+
+const scenarios = {
+  // a public channel; the test pushes "greet" through POST /notifications
+  public() {
+    subscribeAndWait(connect(), env.CHANNEL || 'news');
+  },
+
+  // a private channel authorized by our /pusher/auth; the test pushes through the SQS queue
+  private() {
+    subscribeAndWait(connect(), 'private-user-alice');
+  },
+
+  // a signature the server must refuse: pusher:subscription_error with status 401
+  badsig() {
+    const client = connect(null, {
+      channelAuthorization: {
+        customHandler: (params, callback) =>
+          callback(null, { auth: env.PUSHER_KEY + ':' + '0'.repeat(64) }),
+      },
+    });
+    const channel = client.subscribe('private-user-alice');
+    channel.bind('pusher:subscription_succeeded', () => { emit('subscribed'); finish(1); });
+    channel.bind('pusher:subscription_error', (error) => { emit('subscription_error', { error }); finish(0); });
+  },
+
+  // an app key the server does not serve: pusher:error 4001, and pusher-js gives up
+  badkey() {
+    const client = connect('no-such-key');
+    const states = [];
+    client.connection.bind('state_change', (change) => states.push(change.current));
+    client.connection.bind('connected', () => { emit('connected'); finish(1); });
+    client.connection.bind('error', (error) => {
+      emit('error', { type: error.type, code: error.error && error.error.data && error.error.data.code,
+                      message: error.error && error.error.data && error.error.data.message });
+      setTimeout(() => { emit('states', { states }); finish(0); }, 300);
+    });
+  },
+
+  // sequential connects: ms from `new Pusher` to "connected" (TCP + handshake + authorizer
+  // + $connect + pusher_hello's first frame)
+  timing() {
+    const total = Number(env.CONNECTS || 20);
+    const times = [];
+    const next = () => {
+      if (times.length === total) { emit('times', { ms: times }); finish(0); return; }
+      const started = process.hrtime.bigint();
+      const client = connect();
+      client.connection.bind('connected', () => {
+        times.push(Number(process.hrtime.bigint() - started) / 1e6);
+        client.disconnect();
+        setTimeout(next, 20);
+      });
+    };
+    next();
+  },
+};
+
+const scenario = scenarios[process.argv[2]];
+if (!scenario) {
+  emit('unknown_scenario', { name: process.argv[2] });
+  process.exit(3);
+}
+scenario();

@@ -1,0 +1,84 @@
+"""The real pusher-js (Node build, ``tests/e2e/pusher/socket.js``) against OUR WebSocket API:
+the local stack on free ports (devtools.stack: local gateway with the app's handlers, moto,
+``chalice local`` for ``/pusher/auth`` and ``/notifications``, the SQS push queue).
+
+Scenarios: connect and a public channel event from ``POST /notifications``; a private channel
+authorized by our ``/pusher/auth`` receiving a push from the SQS queue; a bad signature ->
+``pusher:subscription_error`` 401; an unknown app key -> ``pusher:error`` 4001.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import boto3
+import pytest
+import requests
+
+from tests.e2e.test_pusher_e2e import NODE_DIR, NodeClient
+from tests.support.local_stack import running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("pusher-socket-run")) as running:
+        yield running
+
+
+def node(stack, scenario, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "NODE_PATH": str(NODE_DIR / "node_modules"),
+        "PUSHER_KEY": stack.env["PUSHER_KEY"],
+        "WS_PORT": str(stack.ports.websocket),
+        "AUTH_BASE": stack.http_url,
+        "TOKEN_ALICE": stack.mint("alice"),
+        **extra,
+    })
+    return NodeClient("socket.js", scenario, env)
+
+
+def test_public_channel_event_from_post_notifications(stack):
+    channel = f"news-{uuid.uuid4().hex[:8]}"
+    client = node(stack, "public", CHANNEL=channel)
+    ready = client.expect("ready")
+    assert ready["channel"] == channel and "." in ready["socket_id"]
+    token = stack.mint("ops", scope="notifications:send")
+    answer = requests.post(f"{stack.http_url}/notifications",
+                           headers={"Authorization": f"Bearer {token}"},
+                           json={"channel": channel, "event": "greet", "data": {"n": 1}},
+                           timeout=10)
+    assert answer.status_code == 200 and answer.json()["delivered"] == 1, answer.text
+    received = client.expect("received")
+    assert received["data"] == {"n": 1} and received["channel"] == channel
+
+
+def test_private_channel_via_our_auth_and_a_queue_push(stack):
+    client = node(stack, "private")
+    client.expect("ready")
+    sqs = boto3.session.Session().client(
+        "sqs", endpoint_url=stack.dynamodb_url, region_name="us-east-1",
+        aws_access_key_id="local", aws_secret_access_key="local")
+    queue_url = sqs.get_queue_url(QueueName=stack.env["PUSH_QUEUE_NAME"])["QueueUrl"]
+    sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(
+        {"channel": "private-user-alice", "event": "greet", "data": {"from": "queue"}}))
+    received = client.expect("received", within=30)
+    assert received["data"] == {"from": "queue"}
+    assert received["channel"] == "private-user-alice"
+
+
+def test_bad_signature_gets_subscription_error_401(stack):
+    client = node(stack, "badsig")
+    error = client.expect("subscription_error")["error"]
+    assert error["status"] == 401 and error["type"] == "AuthError"
+
+
+def test_unknown_app_key_gets_pusher_error_4001(stack):
+    client = node(stack, "badkey")
+    error = client.expect("error")
+    assert error["code"] == 4001
+    states = client.expect("states")["states"]
+    assert "connected" not in states

@@ -1,0 +1,155 @@
+"""The Pusher protocol 7 dialect through the local gateway, in process: the app's real handlers
+(``ws_authorizer``, ``$connect``, ``$default``, ``pusher_hello`` invoked asynchronously through
+the gateway's Lambda Invoke endpoint), a moto server registry, and a real WebSocket client on
+127.0.0.1 speaking Pusher's frames. pusher-js itself runs in ``tests/e2e/test_pusher_socket_e2e.py``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from chalicelib import connections, pusher_protocol, push, settings
+from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
+from tests.support.websocket import aws_env, serial_registry  # noqa: F401
+
+KEY, SECRET = "app-key", "app-secret"
+
+
+@pytest.fixture
+def gateway(serial_registry, monkeypatch):
+    import app as app_module
+
+    monkeypatch.setenv("PUSHER_DIALECT", "true")
+    gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test"))
+    gw.start_in_thread()
+    monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", gw.management_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA",
+                       f"http://127.0.0.1:{gw.management_port}")
+    settings.reset()
+    connections.reset_clients()
+    push.reset_clients()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        push.reset_clients()
+
+
+def url(gw, path="/app/app-key", query="protocol=7&client=js&version=8.6.0&flash=false"):
+    return f"ws://127.0.0.1:{gw.port}{path}?{query}"
+
+
+def recv(ws, timeout=5.0):
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def data_of(frame):
+    assert isinstance(frame["data"], str), frame  # Pusher sends data as a JSON string
+    return json.loads(frame["data"])
+
+
+def established(ws):
+    frame = recv(ws)
+    assert frame["event"] == "pusher:connection_established", frame
+    return data_of(frame)
+
+
+def test_connection_established_carries_a_reversible_socket_id(gateway):
+    with connect(url(gateway)) as ws:
+        data = established(ws)
+        assert data["activity_timeout"] <= 120
+        assert pusher_protocol.SOCKET_ID_RE.fullmatch(data["socket_id"])
+        connection_id = pusher_protocol.connection_id_for(data["socket_id"])
+        assert connection_id in gateway.connection_ids()
+        stored = connections.get_connection(connection_id)
+        assert stored.dialect == "pusher" and stored.principal is None
+
+
+@pytest.mark.parametrize("query, code", [
+    ("protocol=6", 4007), ("protocol=seven", 4006), ("protocol=", 4008),
+    ("protocol=7&app_key=other", 4001)])
+def test_refused_handshakes_get_the_protocols_error_then_close(gateway, query, code):
+    with connect(url(gateway, path="/test", query=query)) as ws:
+        frame = recv(ws)
+        assert frame["event"] == "pusher:error"
+        assert data_of(frame)["code"] == code
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)  # the server closes the socket (DeleteConnection)
+    deadline = time.monotonic() + 5
+    while gateway.connection_ids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gateway.connection_ids()
+
+
+def test_unknown_app_key_in_the_path_is_refused(gateway):
+    with connect(url(gateway, path="/app/wrong-key")) as ws:
+        frame = recv(ws)
+        assert (frame["event"], data_of(frame)["code"]) == ("pusher:error", 4001)
+
+
+def test_ping_subscribe_public_and_receive_a_notification_push(gateway):
+    with connect(url(gateway)) as ws:
+        established(ws)
+        ws.send(json.dumps({"event": "pusher:ping", "data": {}}))
+        assert recv(ws)["event"] == "pusher:pong"
+        ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "news"}}))
+        frame = recv(ws)
+        assert (frame["event"], frame["channel"]) == (
+            "pusher_internal:subscription_succeeded", "news")
+        summary = push.deliver(push.parse_notification(
+            {"channel": "news", "event": "greet", "data": {"n": 1}}))
+        assert summary["delivered"] == 1
+        frame = recv(ws)
+        assert frame == {"event": "greet", "channel": "news", "data": '{"n":1}'}
+
+
+def test_private_channel_needs_a_valid_signature(gateway):
+    with connect(url(gateway)) as ws:
+        socket_id = established(ws)["socket_id"]
+        good = pusher_protocol.channel_signature(SECRET, socket_id, "private-x")
+        ws.send(json.dumps({"event": "pusher:subscribe",
+                            "data": {"channel": "private-x", "auth": f"{KEY}:{'0' * 64}"}}))
+        frame = recv(ws)
+        assert frame["event"] == "pusher:subscription_error"
+        assert data_of(frame)["status"] == 401 and frame["channel"] == "private-x"
+        ws.send(json.dumps({"event": "pusher:subscribe",
+                            "data": {"channel": "private-x", "auth": f"{KEY}:{good}"}}))
+        assert recv(ws)["event"] == "pusher_internal:subscription_succeeded"
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '{"data": {}}', '{"event": "nope"}',
+                                  '{"event": "pusher:subscribe", "data": 3}'])
+def test_garbage_gets_a_pusher_error_never_silence(gateway, text):
+    with connect(url(gateway)) as ws:
+        established(ws)
+        ws.send(text)
+        assert recv(ws)["event"] == "pusher:error"
+
+
+def test_native_clients_are_unchanged_beside_pusher_ones(gateway, dev_issuer):
+    token = dev_issuer.mint("alice")
+    with connect(f"ws://127.0.0.1:{gateway.port}/test?token={token}") as native, \
+            connect(url(gateway)) as pusher_client:
+        established(pusher_client)
+        native.send(json.dumps({"action": "subscribe", "channel": "news"}))
+        assert recv(native) == {"type": "subscribed", "channel": "news"}
+        pusher_client.send(json.dumps({"event": "pusher:subscribe",
+                                       "data": {"channel": "news"}}))
+        assert recv(pusher_client)["event"] == "pusher_internal:subscription_succeeded"
+        push.deliver(push.parse_notification(
+            {"channel": "news", "event": "greet", "data": "text"}))
+        assert recv(native) == {"type": "event", "channel": "news", "event": "greet",
+                                "data": "text"}
+        assert recv(pusher_client) == {"event": "greet", "channel": "news", "data": "text"}
+
+
+def test_first_frame_waits_for_connect_to_return(gateway):
+    """The gateway answers 410 while $connect runs; pusher_hello retries until it returns."""
+    started = time.monotonic()
+    with connect(url(gateway)) as ws:
+        established(ws)
+    assert time.monotonic() - started < 5
