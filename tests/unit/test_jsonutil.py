@@ -80,15 +80,16 @@ def test_the_depth_limit_can_be_lowered():
 
 def test_hostile_texts_are_refused_in_linear_time():
     # an unterminated string full of escaped quotes, and a million brackets, stay cheap: no
-    # quadratic regular expression, no recursion
+    # quadratic regular expression, no recursion. CPU time of this process (not wall time, which
+    # a loaded machine stretches): a quadratic scan of these texts would take hours.
     for text in ('"' + '\\"' * 200_000, "[" * 500_000 + "]" * 500_000,
                  "[" + "[]," * 300_000 + "[]]"):
-        started = time.perf_counter()
+        started = time.process_time()
         try:
             loads(text)
         except JSONRejected:
             pass
-        assert time.perf_counter() - started < 2.0
+        assert time.process_time() - started < 5.0
     assert sys.getrecursionlimit() > MAX_DEPTH * 4
 
 

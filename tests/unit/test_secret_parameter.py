@@ -96,7 +96,7 @@ def test_stuck_ssm_is_503_within_the_bound_then_remembered(ssm, post):
     ssm.mode = "ok"                            # fixed, but the failure is still remembered
     start = time.monotonic()
     assert_503_naming_the_setting(post())
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.0      # no new wait of a timeout (3 s each)
     assert ssm.connections == settings.SSM_MAX_ATTEMPTS   # no new connection to SSM
 
 
