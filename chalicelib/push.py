@@ -413,7 +413,7 @@ def encode_for(dialect: str, frame: Any) -> bytes:
 
 
 def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
-                    event: Any = None) -> Summary:
+                    event: Any = None, frames: Optional[Mapping[str, Any]] = None) -> Summary:
     """Post one frame to connections grouped by dialect, each group's frame encoded once
     (:func:`encode_for`).
 
@@ -423,6 +423,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
 
     Args:
         groups: ``{dialect: connection ids}`` (:func:`chalicelib.connections.subscribers_by_dialect`).
+        frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
     Returns:
         the delivery summary of all groups.
     Raises:
@@ -434,7 +435,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
         if not ids:
             continue
         try:
-            data = encode_for(dialect, frame)
+            data = encode_for(dialect, (frames or {}).get(dialect, frame))
         except PayloadTooLarge as err:
             log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
             summaries.append({FAILED: len(ids)})
@@ -453,8 +454,13 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
+    frames = {}
+    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
+        # Pusher's user channel: pusher-js hands its events to ``pusher.user.bind``
+        # (pusher-js src/core/user.ts; Pusher docs, "User authentication": send_to_user)
+        frames[connections.PUSHER] = {**frame, "channel": f"#server-to-user-{user_id}"}
     return send_by_dialect(connections.connections_of_user_by_dialect(user_id), frame,
-                           event=event)
+                           event=event, frames=frames)
 
 
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,

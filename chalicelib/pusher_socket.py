@@ -416,7 +416,17 @@ def presence_member(channel_data: Any) -> tuple:
     return user_id, member.get("user_info")
 
 
+#: the channel pusher-js subscribes to after ``pusher:signin``: ``#server-to-user-<user id>``
+USER_CHANNEL_PREFIX = "#server-to-user-"
+
+
 def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) -> str:
+    if name.startswith(USER_CHANNEL_PREFIX):  # served by the user audience, no subscription
+        connection = connections.get_connection(connection_id)
+        if connection is None or not connection.user_id \
+                or name != USER_CHANNEL_PREFIX + connection.user_id:
+            raise SubscriptionRefused(403, "Sign in as this user first (pusher:signin)")
+        return protocol.subscription_succeeded(name)
     try:
         name = channels.validate_channel_name(name)
     except BadRequest as err:

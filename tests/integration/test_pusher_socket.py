@@ -280,4 +280,8 @@ def test_signin_joins_the_user_so_send_to_user_reaches_it(gateway):
         assert data_of(frame) == {"user_data": user_data}
         summary = push.send_to_user("alice", {"type": "event", "event": "hi", "data": {"a": 1}})
         assert summary["delivered"] == 1
-        assert recv(ws) == {"event": "hi", "data": '{"a":1}'}
+        assert recv(ws) == {"event": "hi", "channel": "#server-to-user-alice",
+                            "data": '{"a":1}'}
+        ws.send(json.dumps({"event": "pusher:subscribe",
+                            "data": {"channel": "#server-to-user-bob"}}))
+        assert data_of(recv(ws))["status"] == 403
