@@ -777,3 +777,49 @@ def sign_in(connection_id: str, user_id: str) -> None:
     if "refused" in answer:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+
+
+# --- cache channels (Pusher dialect) ----------------------------------------------------------
+#
+# The last event of a cache channel (``cache-…``, ``private-cache-…``, ``presence-cache-…``,
+# ``private-encrypted-cache-…``; Pusher docs, "Cache channels"): one item (``cache#<channel>``,
+# ``event``) with ``event``, ``data`` (JSON text), ``expires_at`` = publication + 30 minutes
+# (Pusher keeps it 30 minutes). Not in the index.
+
+CACHE_PK_PREFIX = "cache#"
+CACHE_TTL_SECONDS = 30 * 60
+
+
+def cache_put(channel_name: str, event_name: str, data: Any, *,
+              now: Optional[float] = None) -> None:
+    """Remember the last event of a cache channel (one PutItem).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    current = int(time.time() if now is None else now)
+    _call("put_item", TableName=_table(), Item={
+        "connection_id": _s(CACHE_PK_PREFIX + channel_name), "sk": _s("event"),
+        "event": _s(event_name),
+        "data": _s(json.dumps(data, separators=(",", ":"), ensure_ascii=False)),
+        TTL_ATTRIBUTE: _n(current + CACHE_TTL_SECONDS)})
+
+
+def cache_get(channel_name: str, *, now: Optional[float] = None) -> Optional[Tuple[str, Any]]:
+    """The last event of a cache channel, ``(event, data)``, or None (none, or older than 30
+    minutes). One Query.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed or the item is unreadable.
+    """
+    current = int(time.time() if now is None else now)
+    items = _call("query", TableName=_table(), ConsistentRead=True,
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _s(CACHE_PK_PREFIX + channel_name),
+                                             ":s": _s("event")}).get("Items", [])
+    if not items or int(items[0].get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
+        return None
+    try:
+        return items[0]["event"]["S"], json.loads(items[0]["data"]["S"])
+    except (KeyError, ValueError):
+        raise RegistryUnavailable(f"cache item of {channel_name} is unreadable") from None

@@ -479,6 +479,9 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
+    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":  # kept 30 min for new subscribers
+        connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
     groups = connections.subscribers_by_dialect(channel_name)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event)
@@ -514,6 +517,20 @@ class Notification:
             frame["channel"] = self.address
         frame.update(event=self.event, data=self.data)
         return frame
+
+
+def is_encrypted_payload(data: Any) -> bool:
+    """True for the data of an end-to-end encrypted event as Pusher's server libraries make it
+    (``pusher.crypto.encrypt``: ``{"nonce": base64, "ciphertext": base64}``, as an object or
+    its JSON text; Pusher docs, "End-to-end encryption"). Such data is relayed as it is: only
+    the clients hold the channel's key."""
+    if isinstance(data, str):
+        try:
+            data = jsonutil.loads(data)
+        except jsonutil.JSONRejected:
+            return False
+    return isinstance(data, dict) and set(data) == {"nonce", "ciphertext"} \
+        and all(isinstance(v, str) and v for v in data.values())
 
 
 def validate_event_name(name: Any) -> str:
@@ -552,8 +569,10 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
     address = body[target]
     if target == "channel":
         address = channels.validate_channel_name(address)
-        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED:
-            raise BadRequest("private-encrypted channels are only served through Pusher")
+        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED \
+                and not is_encrypted_payload(body.get("data")):
+            raise BadRequest("private-encrypted channels take only data a Pusher server "
+                             "library encrypted: {\"nonce\", \"ciphertext\"} (base64)")
     elif target == "user_id":  # a user id (chalicelib.principal), within DynamoDB key limits
         address = validate_user_id(address)
     elif not isinstance(address, str) or not address or len(address) > 1024:

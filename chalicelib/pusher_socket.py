@@ -349,8 +349,8 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     except Exception:
         log.exception("$default (pusher) failed")
         reply = protocol.error("Internal error")
-    if reply is not None:
-        _send(connection_id, reply, event if event is not None else raw)
+    for text in ([reply] if isinstance(reply, str) else reply or []):
+        _send(connection_id, text, event if event is not None else raw)
     return {"statusCode": 200}
 
 
@@ -472,14 +472,28 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) ->
         raise SubscriptionRefused(503, "Connection registry unavailable; retry",
                                   "ServiceUnavailable") from None
     if member is None:
-        return protocol.subscription_succeeded(name)
+        return _with_cache(name, protocol.subscription_succeeded(name))
     if first:
         _broadcast(name, protocol.encode("pusher_internal:member_added",
                                          {"user_id": member[0], "user_info": member[1]}, name),
                    exclude=connection_id, event=event)
     members = connections.presence_members(name)
-    return protocol.subscription_succeeded(name, {"presence": {
-        "ids": list(members), "hash": members, "count": len(members)}})
+    return _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
+        "ids": list(members), "hash": members, "count": len(members)}}))
+
+
+def _with_cache(name: str, succeeded: str):
+    """A cache channel's subscriber also gets its last event (kept 30 minutes), or
+    ``pusher:cache_miss`` (Pusher docs, "Cache channels")."""
+    if not channels.is_cache_channel(name):
+        return succeeded
+    try:
+        cached = connections.cache_get(name)
+    except connections.RegistryUnavailable:
+        cached = None
+    if cached is None:
+        return [succeeded, protocol.encode("pusher:cache_miss", {}, name)]
+    return [succeeded, protocol.event_frame(cached[0], cached[1], name)]
 
 
 def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -> None:

@@ -7,7 +7,9 @@ authorized by our ``/pusher/auth`` receiving a push from the SQS queue; a bad si
 ``pusher:subscription_error`` 401; an unknown app key -> ``pusher:error`` 4001; presence
 through our ``/pusher/auth`` (member list, member_added, member_removed after a dropped
 socket); a client event (``trigger``) reaching the other member with the sender's user id and
-never echoed; ``signin()`` through our ``/pusher/user-auth`` and a push to the user.
+never echoed; ``signin()`` through our ``/pusher/user-auth`` and a push to the user; an
+encrypted channel (server library encrypts, pusher-js decrypts); a cache channel (miss, then
+the last event for a new subscriber).
 """
 from __future__ import annotations
 
@@ -121,3 +123,36 @@ def test_signin_then_a_push_to_the_user(stack):
                            timeout=10)
     assert answer.status_code == 200 and answer.json()["delivered"] >= 1, answer.text
     assert client.expect("received")["data"] == {"to": "you"}
+
+
+def test_encrypted_channel_is_relayed_and_decrypted_by_the_client(stack):
+    import base64
+
+    from pusher import crypto
+
+    client = node(stack, "encrypted")
+    client.expect("ready")
+    master_key = base64.b64decode(stack.env["PUSHER_ENCRYPTION_MASTER_KEY_BASE64"])
+    channel = "private-encrypted-user-alice"
+    payload = crypto.encrypt(channel, json.dumps({"secret": "only alice"}), master_key)
+    token = stack.mint("ops", scope="notifications:send")
+    answer = requests.post(f"{stack.http_url}/notifications",
+                           headers={"Authorization": f"Bearer {token}"},
+                           json={"channel": channel, "event": "greet", "data": payload},
+                           timeout=10)
+    assert answer.status_code == 200 and answer.json()["delivered"] == 1, answer.text
+    assert client.expect("received")["data"] == {"secret": "only alice"}
+
+
+def test_cache_channel_miss_then_the_last_event_for_a_new_subscriber(stack):
+    channel = f"cache-{uuid.uuid4().hex[:8]}"
+    client = node(stack, "cache", CHANNEL=channel)
+    client.expect("cache_miss")
+    token = stack.mint("ops", scope="notifications:send")
+    answer = requests.post(f"{stack.http_url}/notifications",
+                           headers={"Authorization": f"Bearer {token}"},
+                           json={"channel": channel, "event": "greet", "data": {"v": 7}},
+                           timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert client.expect("first_received")["data"] == {"v": 7}
+    assert client.expect("received")["data"] == {"v": 7}

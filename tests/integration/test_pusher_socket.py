@@ -285,3 +285,35 @@ def test_signin_joins_the_user_so_send_to_user_reaches_it(gateway):
         ws.send(json.dumps({"event": "pusher:subscribe",
                             "data": {"channel": "#server-to-user-bob"}}))
         assert data_of(recv(ws))["status"] == 403
+
+
+def test_cache_channels_give_the_last_event_or_a_cache_miss(gateway):
+    channel = "cache-scores"
+    with connect(url(gateway)) as first:
+        established(first)
+        first.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        assert recv(first)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(first) == {"event": "pusher:cache_miss", "channel": channel, "data": "{}"}
+        push.deliver(push.parse_notification(
+            {"channel": channel, "event": "score", "data": {"home": 2}}))
+        assert data_of(recv(first)) == {"home": 2}
+    with connect(url(gateway)) as later:
+        established(later)
+        later.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        assert recv(later)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(later) == {"event": "score", "channel": channel, "data": '{"home":2}'}
+
+
+def test_encrypted_channels_relay_what_a_server_library_encrypted(gateway):
+    from pusher import crypto
+
+    channel = "private-encrypted-x"
+    with connect(url(gateway)) as ws:
+        subscribe_private(ws, established(ws)["socket_id"], channel)
+        payload = crypto.encrypt(channel, '{"a":1}', b"k" * 32)
+        push.deliver(push.parse_notification({"channel": channel, "event": "e",
+                                              "data": payload}))
+        assert data_of(recv(ws)) == payload
+    with pytest.raises(Exception) as refused:
+        push.parse_notification({"channel": channel, "event": "e", "data": {"plain": 1}})
+    assert "encrypted" in str(refused.value.public_message)

@@ -152,6 +152,26 @@ const scenarios = {
     client.user.bind('greet', (data) => { emit('received', { data }); finish(0); });
   },
 
+  // an end-to-end encrypted channel: our /pusher/auth gives the shared secret, the server
+  // library encrypts, our server relays, pusher-js decrypts
+  encrypted() {
+    subscribeAndWait(connect(), 'private-encrypted-user-alice');
+  },
+
+  // a cache channel: the first subscriber gets pusher:cache_miss; after the test's push a
+  // second client subscribing gets the cached event at once
+  cache() {
+    const name = env.CHANNEL;
+    const first = connect().subscribe(name);
+    first.bind('pusher:cache_miss', () => emit('cache_miss'));
+    first.bind('greet', (data) => {
+      emit('first_received', { data });
+      const second = connect().subscribe(name);
+      second.bind('pusher:cache_miss', () => { emit('unexpected_miss'); finish(1); });
+      second.bind('greet', (cached) => { emit('received', { data: cached }); finish(0); });
+    });
+  },
+
   // sequential connects: ms from `new Pusher` to "connected" (TCP + handshake + authorizer
   // + $connect + pusher_hello's first frame)
   timing() {
