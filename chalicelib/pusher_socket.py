@@ -23,6 +23,12 @@ the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this di
   check), ``private-`` and ``private-encrypted-`` channels ->
   ``pusher_internal:subscription_succeeded``, else ``pusher:subscription_error`` with its
   ``status``; ``pusher:unsubscribe``; anything else gets a ``pusher:error`` (never silence).
+* Presence (signed ``channel_data``; member list in ``subscription_succeeded``;
+  ``member_added``/``member_removed`` on a user's first/last connection, also on
+  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``), client
+  events (the trust issue's rules and rate limit, 4301), ``pusher:signin``
+  (``#server-to-user-<id>``), cache channels (last event 30 minutes, ``pusher:cache_miss``),
+  encrypted channels (relayed as the server library encrypted them).
 
 The registry keeps ``dialect = "pusher"`` on the connection's items, and :mod:`chalicelib.push`
 encodes every event for the receiving connection's dialect, so ``POST /notifications`` and
