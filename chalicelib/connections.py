@@ -100,6 +100,9 @@ TABLE_SCHEMA: Dict[str, Any] = {
     ],
     "BillingMode": "PAY_PER_REQUEST",
     "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+    # TTL deletes reach ``registry_stream`` (presence member_removed); OLD_IMAGE carries the
+    # deleted item (CloudFormation's StreamSpecification has StreamViewType only)
+    "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "OLD_IMAGE"},
 }
 
 

@@ -623,3 +623,58 @@ _HANDLERS = {
     "pusher:subscribe": _subscribe,
     "pusher:unsubscribe": _unsubscribe,
 }
+
+
+# --- TTL deletes (DynamoDB Streams) -----------------------------------------------------------
+
+#: how DynamoDB Streams marks a delete made by TTL (DynamoDB Developer Guide, "DynamoDB Streams
+#: and Time to Live")
+TTL_IDENTITY = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+
+
+def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``registry_stream`` function: TTL deletes of the registry become
+    ``member_removed``, for connections API Gateway never reported closed (no ``$disconnect``)
+    and no push ever met (no GoneException).
+
+    Reads REMOVE records made by TTL (``userIdentity`` = ``{"type": "Service", "principalId":
+    "dynamodb.amazonaws.com"}``; the event source mapping filters on it too) with the old image
+    (``StreamViewType`` ``OLD_IMAGE``):
+
+    * a presence subscription item (``member_user_id``): the connection leaves the member;
+      ``member_removed`` when it was the member's last connection;
+    * a member item still holding connections: ``member_removed``.
+
+    Other records are skipped. Returns ``{"batchItemFailures": []}`` (a record that fails is
+    logged, never retried: the stream must not stall on it). Never raises.
+    """
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    handled = 0
+    for record in records if isinstance(records, list) else []:
+        try:
+            if not isinstance(record, Mapping) or record.get("eventName") != "REMOVE" \
+                    or record.get("userIdentity") != TTL_IDENTITY:
+                continue
+            old = (record.get("dynamodb") or {}).get("OldImage") or {}
+            pk = old.get("connection_id", {}).get("S", "")
+            sk = old.get("sk", {}).get("S", "")
+            member = old.get("member_user_id", {}).get("S")
+            if member and sk.startswith(connections.CHANNEL_SK_PREFIX):
+                _member_left(sk[len(connections.CHANNEL_SK_PREFIX):], member, pk, None)
+                handled += 1
+            elif pk.startswith(connections.PRESENCE_PK_PREFIX) \
+                    and sk.startswith(connections.MEMBER_SK_PREFIX) \
+                    and old.get("connections", {}).get("SS"):
+                channel = pk[len(connections.PRESENCE_PK_PREFIX):]
+                _broadcast(channel, protocol.encode(
+                    "pusher_internal:member_removed",
+                    {"user_id": sk[len(connections.MEMBER_SK_PREFIX):]}, channel),
+                    exclude=None, event=None)
+                handled += 1
+        except Exception:
+            log.exception("registry stream record %s not handled",
+                          for_log(str(record.get("eventID")) if isinstance(record, Mapping)
+                                  else "?"))
+    if handled:
+        log.info("registry stream: %d TTL deletes turned into member_removed", handled)
+    return {"batchItemFailures": []}

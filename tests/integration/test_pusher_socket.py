@@ -317,3 +317,40 @@ def test_encrypted_channels_relay_what_a_server_library_encrypted(gateway):
     with pytest.raises(Exception) as refused:
         push.parse_notification({"channel": channel, "event": "e", "data": {"plain": 1}})
     assert "encrypted" in str(refused.value.public_message)
+
+
+def ttl_remove(item):
+    """A REMOVE record as DynamoDB Streams reports a TTL delete (OLD_IMAGE view)."""
+    return {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb",
+            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
+            "dynamodb": {"Keys": {k: item[k] for k in ("connection_id", "sk")},
+                         "OldImage": item, "StreamViewType": "OLD_IMAGE"}}
+
+
+def test_ttl_deletes_from_the_stream_become_member_removed(gateway):
+    import app as app_module
+
+    room = "presence-ttl"
+    with connect(url(gateway)) as alice:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        stale = connections.register("stale-conn=", None, dialect="pusher")
+        connections.subscribe(stale, room, member_user_id="zed")
+        connections.presence_join(room, "zed", {}, stale)
+        item = {"connection_id": {"S": "stale-conn="}, "sk": {"S": f"channel#{room}"},
+                "member_user_id": {"S": "zed"}, "channel": {"S": room}}
+        user_delete = dict(ttl_remove(item), userIdentity=None)  # a delete by someone: skipped
+        handler = app_module.app.handler_map["registry_stream"]
+        assert handler({"Records": [user_delete, {"eventName": "INSERT"}, "junk"]}, None) == \
+            {"batchItemFailures": []}
+        assert sorted(connections.presence_members(room)) == ["alice", "zed"]
+        assert handler({"Records": [ttl_remove(item)]}, None) == {"batchItemFailures": []}
+        removed = recv(alice)
+        assert (removed["event"], data_of(removed)) == ("pusher_internal:member_removed",
+                                                        {"user_id": "zed"})
+        assert sorted(connections.presence_members(room)) == ["alice"]
+        # a member item expiring by itself (its connections gone unnoticed)
+        member = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#yan"},
+                  "connections": {"SS": ["x="]}}
+        handler({"Records": [ttl_remove(member)]}, None)
+        assert data_of(recv(alice)) == {"user_id": "yan"}
