@@ -102,6 +102,12 @@ def pusher_hello(event, context):
     return pusher_socket.hello(event)
 
 
+@app.lambda_function(name="registry_stream")
+def registry_stream(event, context):
+    """DynamoDB Streams of the registry: TTL deletes become presence ``member_removed``."""
+    return pusher_socket.on_registry_stream(event)
+
+
 # --- SQS push worker ------------------------------------------------------------------------
 
 @app.on_sqs_message(queue=settings.push_queue_name(), batch_size=10)

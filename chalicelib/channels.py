@@ -384,3 +384,13 @@ def own_encrypted_user_channel(principal: Principal, user_id: str) -> bool:
 def any_presence_room(principal: Principal, room: str) -> bool:
     """Presence rooms are open to every authenticated user."""
     return True
+
+
+_CACHE_RE = re.compile(r"(?:private-encrypted-|private-|presence-)?cache-")
+
+
+def is_cache_channel(name: Any) -> bool:
+    """True for a cache channel: ``cache-…``, ``private-cache-…``, ``presence-cache-…`` or
+    ``private-encrypted-cache-…`` (Pusher docs, "Cache channels"); its kind is still given by
+    its first prefix."""
+    return isinstance(name, str) and _CACHE_RE.match(name) is not None

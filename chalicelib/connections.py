@@ -100,6 +100,9 @@ TABLE_SCHEMA: Dict[str, Any] = {
     ],
     "BillingMode": "PAY_PER_REQUEST",
     "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+    # TTL deletes reach ``registry_stream`` (presence member_removed); OLD_IMAGE carries the
+    # deleted item (CloudFormation's StreamSpecification has StreamViewType only)
+    "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "OLD_IMAGE"},
 }
 
 
@@ -365,10 +368,21 @@ def remove_connection(connection_id: str) -> int:
     items = _query_all(TableName=_table(), ConsistentRead=True,
                        KeyConditionExpression="connection_id = :c",
                        ExpressionAttributeValues={":c": _s(connection_id)},
-                       ProjectionExpression="connection_id, sk")
+                       ProjectionExpression="connection_id, sk, member_user_id")
     keys = [{"connection_id": item["connection_id"], "sk": item["sk"]} for item in items]
     _batch_delete(keys)
+    for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.pusher_socket)
+        try:
+            hook(connection_id, items)
+        except Exception:  # a hook never fails the removal (TTL is the backstop)
+            log.exception("removal hook failed for %s", connection_id)
     return len(keys)
+
+
+#: functions called as ``hook(connection_id, items)`` after :func:`remove_connection`
+#: deleted a connection's items (``connection_id``, ``sk``, ``member_user_id`` each); the
+#: Pusher dialect registers one that turns presence memberships into ``member_removed``
+REMOVAL_HOOKS: List[Any] = []
 
 
 def _batch_delete(keys: List[Dict[str, Any]]) -> None:
@@ -387,7 +401,8 @@ def _batch_delete(keys: List[Dict[str, Any]]) -> None:
 
 # --- subscriptions ----------------------------------------------------------------------------
 
-def subscribe(connection: Connection, channel_name: str) -> bool:
+def subscribe(connection: Connection, channel_name: str, *,
+              member_user_id: Optional[str] = None) -> bool:
     """Subscribe a registered connection to a channel; idempotent, and the cap of
     :data:`MAX_SUBSCRIPTIONS_PER_CONNECTION` holds under concurrency.
 
@@ -411,6 +426,9 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
         connection: from :func:`get_connection` (its ``channels`` answer a repeated subscribe
             without a write).
         channel_name: an already authorized channel name.
+        member_user_id: on a presence channel joined through the Pusher dialect, the member's
+            user id (from the signed ``channel_data``), kept as ``member_user_id`` so leaving
+            finds the member (:func:`presence_leave`).
     Returns:
         True when the subscription is new, False when it already existed.
     Raises:
@@ -418,9 +436,10 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
         Unauthorized: the connection is no longer registered.
         RegistryUnavailable: DynamoDB failed.
     """
-    if channel_name in connection.channels:
+    if channel_name in connection.channels and member_user_id is None:
         return False
-    if len(connection.channels) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+    if channel_name not in connection.channels \
+            and len(connection.channels) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
         raise _limit()
     table = _table()
     answer = _conditional(
@@ -451,6 +470,8 @@ def subscribe(connection: Connection, channel_name: str) -> bool:
         item["user_id"] = _s(connection.user_id)
     if connection.dialect != NATIVE:
         item["dialect"] = _s(connection.dialect)
+    if member_user_id is not None:
+        item["member_user_id"] = _s(member_user_id)
     _call("put_item", TableName=table, Item=item)
     return channel_name not in before
 
@@ -470,6 +491,16 @@ def unsubscribe(connection_id: str, channel_name: str) -> bool:
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
+    return bool(unsubscribe_item(connection_id, channel_name))
+
+
+def unsubscribe_item(connection_id: str, channel_name: str) -> Dict[str, Any]:
+    """:func:`unsubscribe`, answering the removed subscription item (DynamoDB's attribute
+    map; ``{}`` when there was none), so a presence member can be found.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
     response = _call("delete_item", TableName=_table(), ReturnValues="ALL_OLD", Key={
         "connection_id": _s(connection_id), "sk": _s(CHANNEL_SK_PREFIX + channel_name)})
     _conditional(
@@ -479,7 +510,7 @@ def unsubscribe(connection_id: str, channel_name: str) -> bool:
         ConditionExpression="attribute_exists(sk)",  # never re-create a removed connection
         ExpressionAttributeNames={"#subs": CHANNELS_ATTRIBUTE},
         ExpressionAttributeValues={":names": {"SS": [channel_name]}})
-    return bool(response.get("Attributes"))
+    return response.get("Attributes") or {}
 
 
 # --- client event rate limit ------------------------------------------------------------------
@@ -613,3 +644,185 @@ def _query_all(**kwargs) -> List[Dict[str, Any]]:
 def remove_connections(connection_ids: Iterable[str]) -> int:
     """:func:`remove_connection` for several ids; returns the items deleted in total."""
     return sum(remove_connection(connection_id) for connection_id in connection_ids)
+
+
+# --- presence members (Pusher dialect) --------------------------------------------------------
+#
+# One item per (presence channel, user): table key (``presence#<channel>``, ``member#<user
+# id>``), no ``audience`` (not in the index); ``user_info`` (JSON text), ``connections`` (string
+# set of the user's connection ids on the channel), ``expires_at``. A user is a member while the
+# set is not empty: ``member_added`` on its first connection, ``member_removed`` when the last
+# one leaves (Pusher docs, "Presence channels"). Listing the members is one Query.
+
+PRESENCE_PK_PREFIX = "presence#"
+MEMBER_SK_PREFIX = "member#"
+
+
+class PresenceFull(AppError):
+    """A presence channel already has its maximum of members (Pusher's default: 100)."""
+
+    status = 400
+    code = "presence_full"
+    public_message = "The presence channel has reached its maximum number of members"
+
+
+def presence_members(channel_name: str) -> Dict[str, Any]:
+    """The members of a presence channel: ``{user_id: user_info}`` (one Query).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed, or a stored ``user_info`` is unreadable.
+    """
+    items = _query_all(TableName=_table(), ConsistentRead=True,
+                       KeyConditionExpression="connection_id = :c",
+                       ExpressionAttributeValues={":c": _s(PRESENCE_PK_PREFIX + channel_name)})
+    members: Dict[str, Any] = {}
+    for item in items:
+        if not item.get("connections", {}).get("SS"):
+            continue
+        try:
+            members[item["user_id"]["S"]] = json.loads(item.get("user_info", {}).get("S",
+                                                                                     "null"))
+        except (KeyError, ValueError):
+            raise RegistryUnavailable(f"member item of {channel_name} is unreadable") from None
+    return members
+
+
+def presence_join(channel_name: str, user_id: str, user_info: Any, connection: Connection, *,
+                  max_members: int = 100) -> bool:
+    """Add a connection to a presence member (creating the member).
+
+    Args:
+        channel_name, user_id, user_info: the channel and the signed member.
+        connection: the joining connection.
+        max_members: members allowed (a new member beyond it is refused; checked with one
+            Query before the write, so concurrent joins of new members may pass it by a few).
+    Returns:
+        True when this is the user's first connection on the channel (a new member).
+    Raises:
+        PresenceFull: a new member and the channel is full.
+        RegistryUnavailable: DynamoDB failed.
+    """
+    members = presence_members(channel_name)
+    if user_id not in members and len(members) >= max_members:
+        raise PresenceFull(f"{channel_name} has {len(members)} members")
+    answer = _call(
+        "update_item", TableName=_table(),
+        Key={"connection_id": _s(PRESENCE_PK_PREFIX + channel_name),
+             "sk": _s(MEMBER_SK_PREFIX + user_id)},
+        UpdateExpression="ADD #conns :c SET #info = :i, #ch = :ch, #uid = :u, #ttl = :e",
+        ExpressionAttributeNames={"#conns": "connections", "#info": "user_info",
+                                  "#ch": "channel", "#uid": "user_id", "#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={
+            ":c": {"SS": [connection.connection_id]},
+            ":i": _s(json.dumps(user_info, separators=(",", ":"))), ":ch": _s(channel_name),
+            ":u": _s(user_id), ":e": _n(connection.expires_at)},
+        ReturnValues="UPDATED_OLD")
+    before = answer.get("Attributes", {}).get("connections", {}).get("SS", [])
+    return not before
+
+
+def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
+    """Remove a connection from a presence member; the member goes with its last connection.
+
+    Returns:
+        True when the member is gone (this was its last connection): ``member_removed``.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    key = {"connection_id": _s(PRESENCE_PK_PREFIX + channel_name),
+           "sk": _s(MEMBER_SK_PREFIX + user_id)}
+    answer = _conditional(
+        "update_item", TableName=_table(), Key=key,
+        UpdateExpression="DELETE #conns :c", ConditionExpression="contains(#conns, :id)",
+        ExpressionAttributeNames={"#conns": "connections"},
+        ExpressionAttributeValues={":c": {"SS": [connection_id]}, ":id": _s(connection_id)},
+        ReturnValues="ALL_NEW")
+    if "refused" in answer:
+        return False  # not a member through this connection (already left)
+    if answer.get("Attributes", {}).get("connections", {}).get("SS"):
+        return False
+    # the set emptied (DynamoDB removes an empty set): delete the member unless it rejoined
+    gone = _conditional("delete_item", TableName=_table(), Key=key,
+                        ConditionExpression="attribute_not_exists(#conns)",
+                        ExpressionAttributeNames={"#conns": "connections"})
+    return "refused" not in gone
+
+
+def member_of(connection_id: str, channel_name: str) -> Optional[str]:
+    """The presence member user id a connection joined ``channel_name`` as, or None.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    items = _call("query", TableName=_table(), ConsistentRead=True,
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _s(connection_id),
+                                             ":s": _s(CHANNEL_SK_PREFIX + channel_name)},
+                  ProjectionExpression="member_user_id").get("Items", [])
+    return items[0].get("member_user_id", {}).get("S") if items else None
+
+
+def sign_in(connection_id: str, user_id: str) -> None:
+    """A Pusher connection signed in (``pusher:signin``): it joins its user's audience, so
+    :func:`connections_of_user` (``send_to_user``) finds it. One conditional UpdateItem on the
+    connection item (never re-creates a removed connection).
+
+    Raises:
+        Unauthorized: the connection is not registered.
+        RegistryUnavailable: DynamoDB failed.
+    """
+    answer = _conditional(
+        "update_item", TableName=_table(),
+        Key={"connection_id": _s(connection_id), "sk": _s(CONNECTION_SK)},
+        UpdateExpression="SET #aud = :a, #uid = :u", ConditionExpression="attribute_exists(sk)",
+        ExpressionAttributeNames={"#aud": "audience", "#uid": "user_id"},
+        ExpressionAttributeValues={":a": _s(USER_AUDIENCE_PREFIX + user_id), ":u": _s(user_id)})
+    if "refused" in answer:
+        raise Unauthorized(f"connection {connection_id} is not registered",
+                           public_message="Connection not registered; reconnect")
+
+
+# --- cache channels (Pusher dialect) ----------------------------------------------------------
+#
+# The last event of a cache channel (``cache-…``, ``private-cache-…``, ``presence-cache-…``,
+# ``private-encrypted-cache-…``; Pusher docs, "Cache channels"): one item (``cache#<channel>``,
+# ``event``) with ``event``, ``data`` (JSON text), ``expires_at`` = publication + 30 minutes
+# (Pusher keeps it 30 minutes). Not in the index.
+
+CACHE_PK_PREFIX = "cache#"
+CACHE_TTL_SECONDS = 30 * 60
+
+
+def cache_put(channel_name: str, event_name: str, data: Any, *,
+              now: Optional[float] = None) -> None:
+    """Remember the last event of a cache channel (one PutItem).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    current = int(time.time() if now is None else now)
+    _call("put_item", TableName=_table(), Item={
+        "connection_id": _s(CACHE_PK_PREFIX + channel_name), "sk": _s("event"),
+        "event": _s(event_name),
+        "data": _s(json.dumps(data, separators=(",", ":"), ensure_ascii=False)),
+        TTL_ATTRIBUTE: _n(current + CACHE_TTL_SECONDS)})
+
+
+def cache_get(channel_name: str, *, now: Optional[float] = None) -> Optional[Tuple[str, Any]]:
+    """The last event of a cache channel, ``(event, data)``, or None (none, or older than 30
+    minutes). One Query.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed or the item is unreadable.
+    """
+    current = int(time.time() if now is None else now)
+    items = _call("query", TableName=_table(), ConsistentRead=True,
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _s(CACHE_PK_PREFIX + channel_name),
+                                             ":s": _s("event")}).get("Items", [])
+    if not items or int(items[0].get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
+        return None
+    try:
+        return items[0]["event"]["S"], json.loads(items[0]["data"]["S"])
+    except (KeyError, ValueError):
+        raise RegistryUnavailable(f"cache item of {channel_name} is unreadable") from None

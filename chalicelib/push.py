@@ -413,7 +413,7 @@ def encode_for(dialect: str, frame: Any) -> bytes:
 
 
 def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
-                    event: Any = None) -> Summary:
+                    event: Any = None, frames: Optional[Mapping[str, Any]] = None) -> Summary:
     """Post one frame to connections grouped by dialect, each group's frame encoded once
     (:func:`encode_for`).
 
@@ -423,6 +423,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
 
     Args:
         groups: ``{dialect: connection ids}`` (:func:`chalicelib.connections.subscribers_by_dialect`).
+        frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
     Returns:
         the delivery summary of all groups.
     Raises:
@@ -434,7 +435,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
         if not ids:
             continue
         try:
-            data = encode_for(dialect, frame)
+            data = encode_for(dialect, (frames or {}).get(dialect, frame))
         except PayloadTooLarge as err:
             log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
             summaries.append({FAILED: len(ids)})
@@ -453,8 +454,13 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
+    frames = {}
+    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
+        # Pusher's user channel: pusher-js hands its events to ``pusher.user.bind``
+        # (pusher-js src/core/user.ts; Pusher docs, "User authentication": send_to_user)
+        frames[connections.PUSHER] = {**frame, "channel": f"#server-to-user-{user_id}"}
     return send_by_dialect(connections.connections_of_user_by_dialect(user_id), frame,
-                           event=event)
+                           event=event, frames=frames)
 
 
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
@@ -473,6 +479,9 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
+    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":  # kept 30 min for new subscribers
+        connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
     groups = connections.subscribers_by_dialect(channel_name)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event)
@@ -508,6 +517,20 @@ class Notification:
             frame["channel"] = self.address
         frame.update(event=self.event, data=self.data)
         return frame
+
+
+def is_encrypted_payload(data: Any) -> bool:
+    """True for the data of an end-to-end encrypted event as Pusher's server libraries make it
+    (``pusher.crypto.encrypt``: ``{"nonce": base64, "ciphertext": base64}``, as an object or
+    its JSON text; Pusher docs, "End-to-end encryption"). Such data is relayed as it is: only
+    the clients hold the channel's key."""
+    if isinstance(data, str):
+        try:
+            data = jsonutil.loads(data)
+        except jsonutil.JSONRejected:
+            return False
+    return isinstance(data, dict) and set(data) == {"nonce", "ciphertext"} \
+        and all(isinstance(v, str) and v for v in data.values())
 
 
 def validate_event_name(name: Any) -> str:
@@ -546,8 +569,10 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
     address = body[target]
     if target == "channel":
         address = channels.validate_channel_name(address)
-        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED:
-            raise BadRequest("private-encrypted channels are only served through Pusher")
+        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED \
+                and not is_encrypted_payload(body.get("data")):
+            raise BadRequest("private-encrypted channels take only data a Pusher server "
+                             "library encrypted: {\"nonce\", \"ciphertext\"} (base64)")
     elif target == "user_id":  # a user id (chalicelib.principal), within DynamoDB key limits
         address = validate_user_id(address)
     elif not isinstance(address, str) or not address or len(address) > 1024:

@@ -309,3 +309,22 @@ def auth_valid(auth: Any, key: str, secret: str, socket_id: str, channel_name: s
     key_ok = hmac.compare_digest(given_key.encode("utf-8"), key.encode("utf-8"))
     signature_ok = hmac.compare_digest(signature.encode("utf-8"), expected.encode("ascii"))
     return key_ok and signature_ok
+
+
+def user_signature(secret: str, socket_id: str, user_data: str) -> str:
+    """HMAC-SHA256 (hex) of ``socket_id::user::user_data`` with the app secret: the
+    signature of ``pusher:signin`` (Pusher docs, "Authentication and authorization signatures",
+    user authentication)."""
+    text = f"{socket_id}::user::{user_data}"
+    return hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signin_valid(auth: Any, key: str, secret: str, socket_id: str, user_data: str) -> bool:
+    """Check a ``pusher:signin``'s ``auth`` (``"<key>:<hex>"``) in constant time."""
+    if not isinstance(auth, str) or ":" not in auth or len(auth) > 512:
+        return False
+    given_key, _, signature = auth.rpartition(":")
+    expected = user_signature(secret, socket_id, user_data)
+    key_ok = hmac.compare_digest(given_key.encode("utf-8"), key.encode("utf-8"))
+    signature_ok = hmac.compare_digest(signature.encode("utf-8"), expected.encode("ascii"))
+    return key_ok and signature_ok

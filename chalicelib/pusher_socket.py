@@ -23,6 +23,12 @@ the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this di
   check), ``private-`` and ``private-encrypted-`` channels ->
   ``pusher_internal:subscription_succeeded``, else ``pusher:subscription_error`` with its
   ``status``; ``pusher:unsubscribe``; anything else gets a ``pusher:error`` (never silence).
+* Presence (signed ``channel_data``; member list in ``subscription_succeeded``;
+  ``member_added``/``member_removed`` on a user's first/last connection, also on
+  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``), client
+  events (the trust issue's rules and rate limit, 4301), ``pusher:signin``
+  (``#server-to-user-<id>``), cache channels (last event 30 minutes, ``pusher:cache_miss``),
+  encrypted channels (relayed as the server library encrypted them).
 
 The registry keeps ``dialect = "pusher"`` on the connection's items, and :mod:`chalicelib.push`
 encodes every event for the receiving connection's dialect, so ``POST /notifications`` and
@@ -327,13 +333,17 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
             raise protocol.ProtocolError("Binary messages are not supported; send JSON text")
         name, data, channel = protocol.parse_message(raw.get("body"))
         handler = _HANDLERS.get(name)
-        if handler is None:
+        if channels.is_client_event(name):
+            reply = _client_event(connection_id, name, data, channel,
+                                  event if event is not None else raw)
+        elif handler is None:
             if name.startswith("pusher:") or name.startswith("pusher_internal:"):
                 raise protocol.ProtocolError(f"Unsupported event {name[:64]}")
             raise protocol.ProtocolError(
                 "Unknown event; clients send pusher:ping, pusher:subscribe, "
                 "pusher:unsubscribe or client events")
-        reply = handler(connection_id, data, channel)
+        else:
+            reply = handler(connection_id, data, channel, event if event is not None else raw)
     except protocol.ProtocolError as err:
         reply = protocol.error(err.message, err.code)
     except SubscriptionRefused as err:
@@ -345,8 +355,8 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     except Exception:
         log.exception("$default (pusher) failed")
         reply = protocol.error("Internal error")
-    if reply is not None:
-        _send(connection_id, reply, event if event is not None else raw)
+    for text in ([reply] if isinstance(reply, str) else reply or []):
+        _send(connection_id, text, event if event is not None else raw)
     return {"statusCode": 200}
 
 
@@ -359,7 +369,7 @@ def _send(connection_id: str, text: str, event: Any) -> None:
         log.exception("reply to %s failed", connection_id)
 
 
-def _ping(connection_id: str, data: Any, channel: Optional[str]) -> str:
+def _ping(connection_id: str, data: Any, channel: Optional[str], event: Any) -> str:
     return protocol.pong()
 
 
@@ -369,63 +379,302 @@ def _subscription_data(data: Any) -> Mapping[str, Any]:
     return data
 
 
-def _subscribe(connection_id: str, data: Any, channel: Optional[str]) -> str:
+def _subscribe(connection_id: str, data: Any, channel: Optional[str], event: Any) -> str:
     data = _subscription_data(data)
     name = data.get("channel")
     if not isinstance(name, str):
         raise protocol.ProtocolError("pusher:subscribe needs data.channel")
     # errors below are about this channel: answered as its subscription_error
     try:
-        return _join(connection_id, data, name)
+        return _join(connection_id, data, name, event)
     except SubscriptionRefused as err:
         return protocol.subscription_error(name, err.status, err.message, err.error_type)
 
 
-def _join(connection_id: str, data: Mapping[str, Any], name: str) -> str:
+#: largest ``channel_data`` accepted, bytes (Pusher limits ``user_info`` to 1 KB)
+MAX_CHANNEL_DATA_BYTES = 2048
+
+
+def presence_member(channel_data: Any) -> tuple:
+    """``(user_id, user_info)`` of a presence subscription's signed ``channel_data``
+    (``{"user_id": string or number, "user_info"?: any}``; Pusher docs, "Presence channels").
+
+    Raises:
+        SubscriptionRefused: (400) not such a JSON object, or over 2 KB.
+    """
+    from chalicelib import jsonutil
+
+    if not isinstance(channel_data, str) or len(channel_data.encode("utf-8")) \
+            > MAX_CHANNEL_DATA_BYTES:
+        raise SubscriptionRefused(400, "channel_data must be a JSON text of at most 2 KB",
+                                  "InvalidChannelData")
+    try:
+        member = jsonutil.loads(channel_data)
+    except jsonutil.JSONRejected as err:
+        raise SubscriptionRefused(400, f"channel_data is not valid JSON: {err.reason}",
+                                  "InvalidChannelData") from None
+    user_id = member.get("user_id") if isinstance(member, dict) else None
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        user_id = str(user_id)
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= 200:
+        raise SubscriptionRefused(400, "channel_data needs a user_id (1-200 characters)",
+                                  "InvalidChannelData")
+    return user_id, member.get("user_info")
+
+
+#: the channel pusher-js subscribes to after ``pusher:signin``: ``#server-to-user-<user id>``
+USER_CHANNEL_PREFIX = "#server-to-user-"
+
+
+def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) -> str:
+    if name.startswith(USER_CHANNEL_PREFIX):  # served by the user audience, no subscription
+        connection = connections.get_connection(connection_id)
+        if connection is None or not connection.user_id \
+                or name != USER_CHANNEL_PREFIX + connection.user_id:
+            raise SubscriptionRefused(403, "Sign in as this user first (pusher:signin)")
+        return protocol.subscription_succeeded(name)
     try:
         name = channels.validate_channel_name(name)
     except BadRequest as err:
         raise SubscriptionRefused(400, err.public_message, "InvalidChannel") from None
     kind = channels.channel_kind(name)
-    if kind == channels.PRESENCE:
-        raise SubscriptionRefused(501, "Presence channels are not served yet", "Unsupported")
+    channel_data = data.get("channel_data") if kind == channels.PRESENCE else None
     if kind != channels.PUBLIC:
         config = pusher_settings()
         socket_id = protocol.socket_id_for(connection_id)
-        if not protocol.auth_valid(data.get("auth"), config.key, config.secret, socket_id,
-                                   name):
+        signed = f"{socket_id}:{name}" + (":<channel_data>" if kind == channels.PRESENCE
+                                          else "")
+        if (kind == channels.PRESENCE and not isinstance(channel_data, str)) \
+                or not protocol.auth_valid(data.get("auth"), config.key, config.secret,
+                                           socket_id, name, channel_data):
             log.info("pusher subscribe %s to %s: invalid signature", connection_id,
                      for_log(name))
             raise SubscriptionRefused(
-                401, f"Invalid signature: expected HMAC SHA256 hex digest of "
-                     f"{socket_id}:{name}, signed with the app secret")
+                401, f"Invalid signature: expected HMAC SHA256 hex digest of {signed}, "
+                     f"signed with the app secret")
+    member = presence_member(channel_data) if kind == channels.PRESENCE else None
     connection = connections.get_connection(connection_id)
     if connection is None or connection.dialect != DIALECT:
         raise protocol.ProtocolError("Connection not registered; reconnect",
                                      protocol.UNAUTHORIZED_CONNECTION)
+    first = False
     try:
-        connections.subscribe(connection, name)
+        if member is not None:
+            first = connections.presence_join(
+                name, member[0], member[1], connection,
+                max_members=pusher_socket_settings().presence_max_members)
+        try:
+            connections.subscribe(connection, name,
+                                  member_user_id=member[0] if member else None)
+        except AppError:
+            if member is not None:
+                connections.presence_leave(name, member[0], connection_id)
+            raise
+    except connections.PresenceFull as err:
+        raise SubscriptionRefused(4100, err.public_message, "LimitReached") from None
     except connections.SubscriptionLimit as err:
         raise SubscriptionRefused(400, err.public_message, "LimitReached") from None
     except connections.RegistryUnavailable:
         raise SubscriptionRefused(503, "Connection registry unavailable; retry",
                                   "ServiceUnavailable") from None
-    return protocol.subscription_succeeded(name)
+    if member is None:
+        return _with_cache(name, protocol.subscription_succeeded(name))
+    if first:
+        _broadcast(name, protocol.encode("pusher_internal:member_added",
+                                         {"user_id": member[0], "user_info": member[1]}, name),
+                   exclude=connection_id, event=event)
+    members = connections.presence_members(name)
+    return _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
+        "ids": list(members), "hash": members, "count": len(members)}}))
 
 
-def _unsubscribe(connection_id: str, data: Any, channel: Optional[str]) -> Optional[str]:
+def _with_cache(name: str, succeeded: str):
+    """A cache channel's subscriber also gets its last event (kept 30 minutes), or
+    ``pusher:cache_miss`` (Pusher docs, "Cache channels")."""
+    if not channels.is_cache_channel(name):
+        return succeeded
+    try:
+        cached = connections.cache_get(name)
+    except connections.RegistryUnavailable:
+        cached = None
+    if cached is None:
+        return [succeeded, protocol.encode("pusher:cache_miss", {}, name)]
+    return [succeeded, protocol.event_frame(cached[0], cached[1], name)]
+
+
+def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -> None:
+    """Send a ``pusher_internal:*`` frame to the channel's Pusher subscribers (native
+    connections have no member events); failures are logged, never raised."""
+    from chalicelib import push
+
+    try:
+        ids = [cid for cid in connections.subscribers_by_dialect(channel).get(DIALECT, [])
+               if cid != exclude]
+        push.send_by_dialect({DIALECT: ids}, text, event=event)
+    except Exception:
+        log.exception("member event on %s not sent", for_log(channel))
+
+
+def _member_left(channel: str, user_id: str, connection_id: str, event: Any) -> None:
+    if connections.presence_leave(channel, user_id, connection_id):
+        _broadcast(channel, protocol.encode("pusher_internal:member_removed",
+                                            {"user_id": user_id}, channel),
+                   exclude=connection_id, event=event)
+
+
+def _unsubscribe(connection_id: str, data: Any, channel: Optional[str],
+                 event: Any) -> Optional[str]:
     data = _subscription_data(data)
     name = data.get("channel")
     try:
         name = channels.validate_channel_name(name)
     except BadRequest as err:
         raise protocol.ProtocolError(f"pusher:unsubscribe: {err.public_message}") from None
-    connections.unsubscribe(connection_id, name)
+    old = connections.unsubscribe_item(connection_id, name)
+    member = old.get("member_user_id", {}).get("S")
+    if member:
+        _member_left(name, member, connection_id, event)
     return None  # Pusher answers nothing
 
 
+def _presence_cleanup(connection_id: str, items) -> None:
+    """:data:`chalicelib.connections.REMOVAL_HOOKS`: a removed connection (``$disconnect``,
+    GoneException cleanup) leaves its presence channels; ``member_removed`` goes out when it
+    was the member's last connection."""
+    prefix = connections.CHANNEL_SK_PREFIX
+    for item in items:
+        sk = item.get("sk", {}).get("S", "")
+        member = item.get("member_user_id", {}).get("S")
+        if member and sk.startswith(prefix):
+            try:
+                _member_left(sk[len(prefix):], member, connection_id, None)
+            except AppError as err:
+                log.warning("presence cleanup of %s: %s", connection_id, err.code)
+
+
+connections.REMOVAL_HOOKS.append(_presence_cleanup)
+
+
+def _client_event(connection_id: str, name: str, data: Any, channel: Optional[str],
+                  event: Any) -> None:
+    """A ``client-…`` event: the rules of :func:`chalicelib.channels.check_client_event`
+    (private or presence channel the connection is subscribed to), at most
+    ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), never echoed to the
+    sender; on presence channels it carries the sender's member ``user_id`` (Pusher docs,
+    "Client events"). Pusher answers nothing on success."""
+    from chalicelib import push
+
+    connection = connections.get_connection(connection_id)
+    if connection is None or connection.dialect != DIALECT:
+        raise protocol.ProtocolError("Connection not registered; reconnect",
+                                     protocol.UNAUTHORIZED_CONNECTION)
+    target = channels.check_client_event(channel, name, connection.channels)
+    outgoing: Dict[str, Any] = {"type": "event", "channel": target, "event": name,
+                                "data": data}
+    if channels.channel_kind(target) == channels.PRESENCE:
+        user_id = connections.member_of(connection_id, target)
+        if user_id:
+            outgoing["user_id"] = user_id
+    push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    limit = websocket_settings().client_event_rate_limit
+    if not connections.allow_client_event(connection_id, limit):
+        raise protocol.ProtocolError(
+            f"Client event rejected: at most {limit} client events per second",
+            protocol.CLIENT_EVENT_REJECTED)
+    push.publish_to_channel(target, outgoing, event=event, exclude=connection_id)
+    return None
+
+
+def _signin(connection_id: str, data: Any, channel: Optional[str], event: Any) -> str:
+    """``pusher:signin`` ``{"auth", "user_data"}`` signed by ``/pusher/user-auth`` ->
+    ``pusher:signin_success`` ``{"user_data"}``; the connection joins its user, so
+    ``send_to_user`` reaches it. A bad signature or user data gets ``pusher:error`` 4009
+    (Pusher closes such a connection; we leave it open and anonymous)."""
+    from chalicelib import jsonutil
+
+    if not isinstance(data, Mapping) or not isinstance(data.get("user_data"), str):
+        raise protocol.ProtocolError("pusher:signin needs data {\"auth\", \"user_data\"}")
+    user_data = data["user_data"]
+    config = pusher_settings()
+    socket_id = protocol.socket_id_for(connection_id)
+    if not protocol.signin_valid(data.get("auth"), config.key, config.secret, socket_id,
+                                 user_data):
+        raise protocol.ProtocolError("Invalid signature for pusher:signin",
+                                     protocol.UNAUTHORIZED_CONNECTION)
+    try:
+        user = jsonutil.loads(user_data)
+    except jsonutil.JSONRejected as err:
+        raise protocol.ProtocolError(f"user_data is not valid JSON: {err.reason}") from None
+    user_id = user.get("id") if isinstance(user, dict) else None
+    try:
+        from chalicelib.principal import validate_user_id
+
+        user_id = validate_user_id(user_id, "user_data.id")
+    except BadRequest as err:
+        raise protocol.ProtocolError(err.public_message) from None
+    connections.sign_in(connection_id, user_id)
+    log.info("pusher signin %s as %s", connection_id, for_log(user_id))
+    return protocol.encode("pusher:signin_success", {"user_data": user_data})
+
+
 _HANDLERS = {
+    "pusher:signin": _signin,
     "pusher:ping": _ping,
     "pusher:subscribe": _subscribe,
     "pusher:unsubscribe": _unsubscribe,
 }
+
+
+# --- TTL deletes (DynamoDB Streams) -----------------------------------------------------------
+
+#: how DynamoDB Streams marks a delete made by TTL (DynamoDB Developer Guide, "DynamoDB Streams
+#: and Time to Live")
+TTL_IDENTITY = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+
+
+def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
+    """The ``registry_stream`` function: TTL deletes of the registry become
+    ``member_removed``, for connections API Gateway never reported closed (no ``$disconnect``)
+    and no push ever met (no GoneException).
+
+    Reads REMOVE records made by TTL (``userIdentity`` = ``{"type": "Service", "principalId":
+    "dynamodb.amazonaws.com"}``; the event source mapping filters on it too) with the old image
+    (``StreamViewType`` ``OLD_IMAGE``):
+
+    * a presence subscription item (``member_user_id``): the connection leaves the member;
+      ``member_removed`` when it was the member's last connection;
+    * a member item still holding connections: ``member_removed``.
+
+    Other records are skipped. Returns ``{"batchItemFailures": []}`` (a record that fails is
+    logged, never retried: the stream must not stall on it). Never raises.
+    """
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    handled = 0
+    for record in records if isinstance(records, list) else []:
+        try:
+            if not isinstance(record, Mapping) or record.get("eventName") != "REMOVE" \
+                    or record.get("userIdentity") != TTL_IDENTITY:
+                continue
+            old = (record.get("dynamodb") or {}).get("OldImage") or {}
+            pk = old.get("connection_id", {}).get("S", "")
+            sk = old.get("sk", {}).get("S", "")
+            member = old.get("member_user_id", {}).get("S")
+            if member and sk.startswith(connections.CHANNEL_SK_PREFIX):
+                _member_left(sk[len(connections.CHANNEL_SK_PREFIX):], member, pk, None)
+                handled += 1
+            elif pk.startswith(connections.PRESENCE_PK_PREFIX) \
+                    and sk.startswith(connections.MEMBER_SK_PREFIX) \
+                    and old.get("connections", {}).get("SS"):
+                channel = pk[len(connections.PRESENCE_PK_PREFIX):]
+                _broadcast(channel, protocol.encode(
+                    "pusher_internal:member_removed",
+                    {"user_id": sk[len(connections.MEMBER_SK_PREFIX):]}, channel),
+                    exclude=None, event=None)
+                handled += 1
+        except Exception:
+            log.exception("registry stream record %s not handled",
+                          for_log(str(record.get("eventID")) if isinstance(record, Mapping)
+                                  else "?"))
+    if handled:
+        log.info("registry stream: %d TTL deletes turned into member_removed", handled)
+    return {"batchItemFailures": []}

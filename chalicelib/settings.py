@@ -498,10 +498,13 @@ class PusherSocketSettings:
             asynchronously to send ``pusher:connection_established`` (default
             ``realtime-<STAGE>-pusher_hello``, the name ``chalice deploy`` gives
             ``@app.lambda_function(name="pusher_hello")``).
+        presence_max_members: ``PUSHER_PRESENCE_MAX_MEMBERS`` (default 100, Pusher's limit per
+            presence channel; 1..10000).
     """
 
     enabled: bool
     hello_function: str
+    presence_max_members: int = 100
 
 
 @functools.lru_cache(maxsize=None)
@@ -511,6 +514,7 @@ def pusher_socket_settings() -> PusherSocketSettings:
         enabled=_bool("PUSHER_DIALECT", False),
         hello_function=_raw("PUSHER_HELLO_FUNCTION")
         or f"realtime-{app_settings().stage}-pusher_hello",
+        presence_max_members=_int("PUSHER_PRESENCE_MAX_MEMBERS", 100, 1, 10000),
     )
 
 

@@ -374,6 +374,25 @@ class Deployer:
         lam.update_event_source_mapping(UUID=uuid, FunctionResponseTypes=[BATCH_ITEM_FAILURES])
         self._changed("push worker event source mapping: ReportBatchItemFailures")
 
+    def ensure_registry_stream(self, function_arn: str) -> None:
+        """``registry_stream`` reads the registry's stream (TTL deletes only, filtered by
+        :data:`infra.templates.REGISTRY_STREAM_FILTER`): one event source mapping."""
+        table = self.client("dynamodb").describe_table(TableName=self.cfg.table_name)["Table"]
+        stream_arn = table.get("LatestStreamArn")
+        if not stream_arn:
+            raise DeployError(f"table {self.cfg.table_name} has no stream: run the "
+                              "infrastructure step (make deploy) first")
+        lam = self.client("lambda")
+        mappings = lam.list_event_source_mappings(EventSourceArn=stream_arn,
+                                                  FunctionName=function_arn)
+        if mappings.get("EventSourceMappings"):
+            return
+        lam.create_event_source_mapping(
+            EventSourceArn=stream_arn, FunctionName=function_arn, StartingPosition="LATEST",
+            BatchSize=100, MaximumRetryAttempts=2,
+            FilterCriteria={"Filters": [{"Pattern": templates.REGISTRY_STREAM_FILTER}]})
+        self._changed("registry stream -> registry_stream (TTL deletes: member_removed)")
+
     def ensure_environment(self, function_arn: str, extra: Dict[str, str]) -> None:
         """Add ``extra`` to a function's environment, keeping every other variable."""
         lam = self.client("lambda")
@@ -423,6 +442,8 @@ class Deployer:
         if api_changed:  # a WebSocket stage serves a snapshot: new routes need a deployment
             self.redeploy_stage(app.websocket_api_id)
         self.ensure_batch_item_failures(app.sqs_event_uuid)
+        if "registry_stream" in app.functions:
+            self.ensure_registry_stream(app.functions["registry_stream"])
         for function in templates.PUSHING_FUNCTIONS:
             if function in app.functions:
                 self.ensure_environment(app.functions[function],

@@ -48,8 +48,13 @@ from chalicelib.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at impo
 FUNCTIONS = (
     "api_handler", "jwt_auth", "ws_authorizer",
     "websocket_connect", "websocket_message", "websocket_disconnect",
-    "push_worker", "pusher_hello",
+    "push_worker", "pusher_hello", "registry_stream",
 )
+#: the registry's stream -> ``registry_stream``: only REMOVE records made by TTL (DynamoDB
+#: Developer Guide, "DynamoDB Streams and Time to Live"; Lambda event filtering)
+REGISTRY_STREAM_FILTER = json.dumps({
+    "eventName": ["REMOVE"],
+    "userIdentity": {"type": ["Service"], "principalId": ["dynamodb.amazonaws.com"]}})
 #: functions that push to connections outside a WebSocket handler, so need the API id
 PUSHING_FUNCTIONS = ("api_handler", "push_worker")
 #: logical id Chalice gives the SQS event of ``push_worker`` inside its SAM function
@@ -211,6 +216,8 @@ def table_resource(cfg: StageConfig) -> Dict[str, Any]:
     plus the name and tags. On-demand billing and the TTL come from the schema."""
     properties = {"TableName": cfg.table_name, **copy.deepcopy(TABLE_SCHEMA),
                   "Tags": _tag_list(cfg)}
+    properties["StreamSpecification"] = {  # CloudFormation: no StreamEnabled member
+        "StreamViewType": TABLE_SCHEMA["StreamSpecification"]["StreamViewType"]}
     return _retained({"Type": "AWS::DynamoDB::Table", "Properties": properties})
 
 
@@ -427,6 +434,15 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
     """
     resources: Dict[str, Any] = {"ConnectionsTable": table_resource(cfg),
                                  **queue_resources(cfg), **authorizer_resources(cfg)}
+    resources["RegistryStreamEventSource"] = {
+        "Type": "AWS::Lambda::EventSourceMapping",
+        "Properties": {
+            "FunctionName": {"Ref": _cfn_name("registry_stream")},
+            "EventSourceArn": {"Fn::GetAtt": ["ConnectionsTable", "StreamArn"]},
+            "StartingPosition": "LATEST", "BatchSize": 100, "MaximumRetryAttempts": 2,
+            "FilterCriteria": {"Filters": [{"Pattern": REGISTRY_STREAM_FILTER}]},
+        },
+    }
 
     for function in FUNCTIONS:
         logical = _cfn_name(function)

@@ -114,7 +114,10 @@ def test_connections_table_is_chalicelibs_schema(packaged):
     props = table["Properties"]
     assert props["TableName"] == packaged["cfg"].table_name
     for key, value in TABLE_SCHEMA.items():
+        if key == "StreamSpecification":  # CloudFormation's has no StreamEnabled member
+            value = {"StreamViewType": value["StreamViewType"]}
         assert props[key] == value, key
+    assert props["StreamSpecification"] == {"StreamViewType": "OLD_IMAGE"}
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     assert TTL_ATTRIBUTE == "expires_at"
@@ -288,8 +291,9 @@ def test_cfn_lint_applies_the_sam_transform(packaged, tmp_path):
 
 def test_the_transformed_template_has_the_event_source_mapping(packaged):
     transformed = package.sam_transform(packaged["template"])
-    mappings = [r["Properties"] for r in transformed["Resources"].values()
-                if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    mappings = [r["Properties"] for name, r in transformed["Resources"].items()
+                if r["Type"] == "AWS::Lambda::EventSourceMapping"
+                and name != "RegistryStreamEventSource"]  # ours, checked above
     assert len(mappings) == 1
     assert mappings[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mappings[0]["EventSourceArn"] == {"Fn::Sub": "${PushQueue.Arn}"}
@@ -466,3 +470,14 @@ def test_a_stage_without_cors_origin_adds_no_gateway_responses(packaged):
         k: v for k, v in cfg.environment.items() if k != "CORS_ALLOW_ORIGIN"}})
     assert templates.cors_response_headers(bare) == {}
     assert "RestAPI" not in templates.merge_template(bare)["Resources"]
+
+
+def test_registry_stream_reads_only_ttl_deletes_of_the_table(packaged):
+    mapping = packaged["resources"]["RegistryStreamEventSource"]
+    assert mapping["Type"] == "AWS::Lambda::EventSourceMapping"
+    props = mapping["Properties"]
+    assert props["EventSourceArn"] == {"Fn::GetAtt": ["ConnectionsTable", "StreamArn"]}
+    assert props["FunctionName"] == {"Ref": templates._cfn_name("registry_stream")}
+    pattern = json.loads(props["FilterCriteria"]["Filters"][0]["Pattern"])
+    assert pattern == {"eventName": ["REMOVE"], "userIdentity": {
+        "type": ["Service"], "principalId": ["dynamodb.amazonaws.com"]}}

@@ -21,6 +21,10 @@ LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 #: what the Lambda service calls with the function's role to run an SQS event source
 #: (Lambda Developer Guide, "Using Lambda with Amazon SQS": execution role permissions)
 SQS_EVENT_SOURCE_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+#: what Lambda calls with the function's role to read a DynamoDB stream (Lambda Developer Guide,
+#: "Using Lambda with DynamoDB": execution role permissions): registry_stream's event source
+STREAM_EVENT_SOURCE_ACTIONS = {"dynamodb:DescribeStream", "dynamodb:GetRecords",
+                               "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
 MANAGEMENT_METHODS = {"post_to_connection": "POST", "delete_connection": "DELETE",
                       "get_connection": "GET"}
 CHALICE_WEBSOCKET_METHODS = {"send": "POST", "close": "DELETE", "info": "GET"}
@@ -132,7 +136,10 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
     grants = _grants(_policy(files.pop()))
 
     dynamo_needed = {a for a in needed if a.startswith("dynamodb:")}
-    assert {a for a in grants if a.startswith("dynamodb:")} == dynamo_needed
+    assert {a for a in grants if a.startswith("dynamodb:")} == \
+        dynamo_needed | STREAM_EVENT_SOURCE_ACTIONS
+    for action in STREAM_EVENT_SOURCE_ACTIONS:
+        assert grants[action] == [f"arn:aws:dynamodb:*:*:table/{cfg.table_name}/stream/*"]
     for action in dynamo_needed:
         assert sorted(grants[action]) == sorted([
             f"arn:aws:dynamodb:*:*:table/{cfg.table_name}",
@@ -163,7 +170,7 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
     # the default aws/ssm key needs no KMS grant; nothing else is granted
     assert set(grants) <= LOG_ACTIONS | SQS_EVENT_SOURCE_ACTIONS | dynamo_needed | {
         "execute-api:ManageConnections", "ssm:GetParameter", "apigateway:GET",
-        "lambda:InvokeFunction"}
+        "lambda:InvokeFunction"} | STREAM_EVENT_SOURCE_ACTIONS
 
     logs = {cfg.function_name(f) for f in templates.FUNCTIONS
             if f not in ("jwt_auth", "ws_authorizer")}

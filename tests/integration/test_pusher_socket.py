@@ -153,3 +153,204 @@ def test_first_frame_waits_for_connect_to_return(gateway):
     with connect(url(gateway)) as ws:
         established(ws)
     assert time.monotonic() - started < 5
+
+
+# --- step 2: presence, client events, sign-in --------------------------------------------------
+
+def subscribe_presence(ws, socket_id, channel, user_id, info=None):
+    channel_data = json.dumps({"user_id": user_id, "user_info": info or {"name": user_id}})
+    auth = pusher_protocol.channel_signature(SECRET, socket_id, channel, channel_data)
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {
+        "channel": channel, "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
+
+
+def subscribe_private(ws, socket_id, channel):
+    auth = pusher_protocol.channel_signature(SECRET, socket_id, channel)
+    ws.send(json.dumps({"event": "pusher:subscribe",
+                        "data": {"channel": channel, "auth": f"{KEY}:{auth}"}}))
+    assert recv(ws)["event"] == "pusher_internal:subscription_succeeded"
+
+
+def test_presence_members_join_and_leave(gateway):
+    room = "presence-room"
+    with connect(url(gateway)) as alice:
+        alice_socket = established(alice)["socket_id"]
+        subscribe_presence(alice, alice_socket, room, "alice")
+        frame = recv(alice)
+        assert frame["event"] == "pusher_internal:subscription_succeeded"
+        assert data_of(frame)["presence"] == {"ids": ["alice"],
+                                              "hash": {"alice": {"name": "alice"}}, "count": 1}
+        with connect(url(gateway)) as bob:
+            bob_socket = established(bob)["socket_id"]
+            subscribe_presence(bob, bob_socket, room, "bob")
+            presence = data_of(recv(bob))["presence"]
+            assert sorted(presence["ids"]) == ["alice", "bob"] and presence["count"] == 2
+            added = recv(alice)
+            assert added["event"] == "pusher_internal:member_added"
+            assert data_of(added) == {"user_id": "bob", "user_info": {"name": "bob"}}
+            # a second connection of alice adds no member
+            with connect(url(gateway)) as alice2:
+                subscribe_presence(alice2, established(alice2)["socket_id"], room, "alice")
+                assert data_of(recv(alice2))["presence"]["count"] == 2
+            # closing it ($disconnect) removes no member either: alice is still there
+        removed = recv(alice)  # bob's socket closed: $disconnect -> member_removed
+        assert removed["event"] == "pusher_internal:member_removed"
+        assert data_of(removed) == {"user_id": "bob"}
+        assert sorted(connections.presence_members(room)) == ["alice"]
+
+
+def test_presence_needs_signed_channel_data(gateway):
+    with connect(url(gateway)) as ws:
+        socket_id = established(ws)["socket_id"]
+        channel_data = json.dumps({"user_id": "mallory"})
+        auth = pusher_protocol.channel_signature(SECRET, socket_id, "presence-x",
+                                                 json.dumps({"user_id": "alice"}))
+        ws.send(json.dumps({"event": "pusher:subscribe", "data": {
+            "channel": "presence-x", "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
+        frame = recv(ws)
+        assert frame["event"] == "pusher:subscription_error"
+        assert data_of(frame)["status"] == 401
+
+
+def test_presence_cap_is_configurable(gateway, monkeypatch):
+    monkeypatch.setenv("PUSHER_PRESENCE_MAX_MEMBERS", "1")
+    settings.reset()
+    with connect(url(gateway)) as a, connect(url(gateway)) as b:
+        subscribe_presence(a, established(a)["socket_id"], "presence-cap", "a")
+        assert recv(a)["event"] == "pusher_internal:subscription_succeeded"
+        subscribe_presence(b, established(b)["socket_id"], "presence-cap", "b")
+        frame = recv(b)
+        assert frame["event"] == "pusher:subscription_error"
+        assert data_of(frame)["type"] == "LimitReached"
+
+
+def test_gone_connections_leave_presence(gateway):
+    """A connection that vanished without $disconnect is removed when a push meets its
+    GoneException; its membership ends with member_removed."""
+    room = "presence-gone"
+    with connect(url(gateway)) as alice:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        ghost = connections.register("ghost-conn=", None, dialect="pusher")
+        connections.subscribe(ghost, room, member_user_id="ghost")
+        connections.presence_join(room, "ghost", {}, ghost)
+        push.deliver(push.parse_notification({"channel": room, "event": "tick", "data": 1}))
+        frames = [recv(alice), recv(alice)]
+        assert {f["event"] for f in frames} == {"tick", "pusher_internal:member_removed"}
+        assert sorted(connections.presence_members(room)) == ["alice"]
+
+
+def test_client_events_reach_others_with_user_id_and_are_rate_limited(gateway, monkeypatch):
+    monkeypatch.setenv("CLIENT_EVENT_RATE_LIMIT", "2")
+    settings.reset()
+    room = "presence-chat"
+    with connect(url(gateway)) as alice, connect(url(gateway)) as bob:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+        recv(bob)
+        recv(alice)  # member_added bob
+        while int(time.time() % 1 * 10) > 5:  # three events in one second window
+            time.sleep(0.05)
+        for n in range(3):
+            alice.send(json.dumps({"event": "client-typing", "channel": room,
+                                   "data": {"n": n}}))
+        got = [recv(bob), recv(bob)]
+        assert [data_of(f) for f in got] == [{"n": 0}, {"n": 1}]
+        assert all(f["user_id"] == "alice" and f["channel"] == room for f in got)
+        error = recv(alice)  # the third: over the limit; nothing echoed before it
+        assert (error["event"], data_of(error)["code"]) == ("pusher:error", 4301)
+        alice.send(json.dumps({"event": "client-x", "channel": "news", "data": {}}))
+        assert recv(alice)["event"] == "pusher:error"  # public channel: refused
+
+
+def test_signin_joins_the_user_so_send_to_user_reaches_it(gateway):
+    with connect(url(gateway)) as ws:
+        socket_id = established(ws)["socket_id"]
+        user_data = json.dumps({"id": "alice", "user_info": {}})
+        bad = pusher_protocol.user_signature("wrong", socket_id, user_data)
+        ws.send(json.dumps({"event": "pusher:signin",
+                            "data": {"auth": f"{KEY}:{bad}", "user_data": user_data}}))
+        assert data_of(recv(ws))["code"] == 4009
+        good = pusher_protocol.user_signature(SECRET, socket_id, user_data)
+        ws.send(json.dumps({"event": "pusher:signin",
+                            "data": {"auth": f"{KEY}:{good}", "user_data": user_data}}))
+        frame = recv(ws)
+        assert frame["event"] == "pusher:signin_success"
+        assert data_of(frame) == {"user_data": user_data}
+        summary = push.send_to_user("alice", {"type": "event", "event": "hi", "data": {"a": 1}})
+        assert summary["delivered"] == 1
+        assert recv(ws) == {"event": "hi", "channel": "#server-to-user-alice",
+                            "data": '{"a":1}'}
+        ws.send(json.dumps({"event": "pusher:subscribe",
+                            "data": {"channel": "#server-to-user-bob"}}))
+        assert data_of(recv(ws))["status"] == 403
+
+
+def test_cache_channels_give_the_last_event_or_a_cache_miss(gateway):
+    channel = "cache-scores"
+    with connect(url(gateway)) as first:
+        established(first)
+        first.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        assert recv(first)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(first) == {"event": "pusher:cache_miss", "channel": channel, "data": "{}"}
+        push.deliver(push.parse_notification(
+            {"channel": channel, "event": "score", "data": {"home": 2}}))
+        assert data_of(recv(first)) == {"home": 2}
+    with connect(url(gateway)) as later:
+        established(later)
+        later.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        assert recv(later)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(later) == {"event": "score", "channel": channel, "data": '{"home":2}'}
+
+
+def test_encrypted_channels_relay_what_a_server_library_encrypted(gateway):
+    from pusher import crypto
+
+    channel = "private-encrypted-x"
+    with connect(url(gateway)) as ws:
+        subscribe_private(ws, established(ws)["socket_id"], channel)
+        payload = crypto.encrypt(channel, '{"a":1}', b"k" * 32)
+        push.deliver(push.parse_notification({"channel": channel, "event": "e",
+                                              "data": payload}))
+        assert data_of(recv(ws)) == payload
+    with pytest.raises(Exception) as refused:
+        push.parse_notification({"channel": channel, "event": "e", "data": {"plain": 1}})
+    assert "encrypted" in str(refused.value.public_message)
+
+
+def ttl_remove(item):
+    """A REMOVE record as DynamoDB Streams reports a TTL delete (OLD_IMAGE view)."""
+    return {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb",
+            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
+            "dynamodb": {"Keys": {k: item[k] for k in ("connection_id", "sk")},
+                         "OldImage": item, "StreamViewType": "OLD_IMAGE"}}
+
+
+def test_ttl_deletes_from_the_stream_become_member_removed(gateway):
+    import app as app_module
+
+    room = "presence-ttl"
+    with connect(url(gateway)) as alice:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        stale = connections.register("stale-conn=", None, dialect="pusher")
+        connections.subscribe(stale, room, member_user_id="zed")
+        connections.presence_join(room, "zed", {}, stale)
+        item = {"connection_id": {"S": "stale-conn="}, "sk": {"S": f"channel#{room}"},
+                "member_user_id": {"S": "zed"}, "channel": {"S": room}}
+        user_delete = dict(ttl_remove(item), userIdentity=None)  # a delete by someone: skipped
+        handler = app_module.app.handler_map["registry_stream"]
+        assert handler({"Records": [user_delete, {"eventName": "INSERT"}, "junk"]}, None) == \
+            {"batchItemFailures": []}
+        assert sorted(connections.presence_members(room)) == ["alice", "zed"]
+        assert handler({"Records": [ttl_remove(item)]}, None) == {"batchItemFailures": []}
+        removed = recv(alice)
+        assert (removed["event"], data_of(removed)) == ("pusher_internal:member_removed",
+                                                        {"user_id": "zed"})
+        assert sorted(connections.presence_members(room)) == ["alice"]
+        # a member item expiring by itself (its connections gone unnoticed)
+        member = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#yan"},
+                  "connections": {"SS": ["x="]}}
+        handler({"Records": [ttl_remove(member)]}, None)
+        assert data_of(recv(alice)) == {"user_id": "yan"}

@@ -89,6 +89,89 @@ const scenarios = {
     });
   },
 
+  // presence through our /pusher/auth: bob joins after alice, then leaves by a dropped socket
+  presence() {
+    const room = env.PRESENCE_ROOM || 'presence-lobby';
+    const alice = connect(null);
+    const aliceRoom = alice.subscribe(room);
+    aliceRoom.bind('pusher:subscription_error', (error) => { emit('subscription_error', { error }); finish(1); });
+    aliceRoom.bind('pusher:member_added', (member) => emit('member_added', { id: member.id, info: member.info }));
+    aliceRoom.bind('pusher:member_removed', (member) => {
+      emit('member_removed', { id: member.id, count: aliceRoom.members.count });
+      finish(0);
+    });
+    aliceRoom.bind('pusher:subscription_succeeded', (members) => {
+      emit('alice_subscribed', { me: members.me, count: members.count });
+      const bob = connect(null, { channelAuthorization: {
+        endpoint: env.AUTH_BASE + '/pusher/auth', transport: 'ajax',
+        headers: { Authorization: 'Bearer ' + env.TOKEN_BOB } } });
+      const bobRoom = bob.subscribe(room);
+      bobRoom.bind('pusher:subscription_succeeded', (bobMembers) => {
+        const ids = [];
+        bobMembers.each((member) => ids.push(member.id));
+        emit('bob_subscribed', { me: bobMembers.me, ids: ids.sort(), count: bobMembers.count });
+        // the socket closes without an unsubscribe: $disconnect must remove the member
+        setTimeout(() => bob.disconnect(), 100);
+      });
+    });
+  },
+
+  // client events: alice whispers on a presence room; bob receives it with her user_id,
+  // alice never gets her own event back
+  whisper() {
+    const room = env.PRESENCE_ROOM || 'presence-whisper';
+    const alice = connect(null);
+    const bob = connect(null, { channelAuthorization: {
+      endpoint: env.AUTH_BASE + '/pusher/auth', transport: 'ajax',
+      headers: { Authorization: 'Bearer ' + env.TOKEN_BOB } } });
+    const bobRoom = bob.subscribe(room);
+    bobRoom.bind('client-typing', (data, metadata) => {
+      emit('received', { data, user_id: metadata && metadata.user_id });
+      finish(0);
+    });
+    bobRoom.bind('pusher:subscription_succeeded', () => {
+      const aliceRoom = alice.subscribe(room);
+      aliceRoom.bind('client-typing', () => { emit('echoed'); finish(1); });
+      aliceRoom.bind('pusher:subscription_succeeded', () => {
+        emit('sent', { ok: aliceRoom.trigger('client-typing', { typing: true }) });
+      });
+    });
+  },
+
+  // sign-in through our /pusher/user-auth, then the test pushes to the user
+  signin() {
+    const client = connect(null, { userAuthentication: {
+      endpoint: env.AUTH_BASE + '/pusher/user-auth', transport: 'ajax',
+      headers: { Authorization: 'Bearer ' + env.TOKEN_ALICE } } });
+    client.signin();
+    client.user.signinDonePromise.then(() => {
+      if (!client.user.user_data) { emit('signin_failed'); finish(1); return; }
+      // the user channel (#server-to-user-<id>) is subscribed right after signin_success
+      setTimeout(() => emit('ready', { id: client.user.user_data.id }), 300);
+    });
+    client.user.bind('greet', (data) => { emit('received', { data }); finish(0); });
+  },
+
+  // an end-to-end encrypted channel: our /pusher/auth gives the shared secret, the server
+  // library encrypts, our server relays, pusher-js decrypts
+  encrypted() {
+    subscribeAndWait(connect(), 'private-encrypted-user-alice');
+  },
+
+  // a cache channel: the first subscriber gets pusher:cache_miss; after the test's push a
+  // second client subscribing gets the cached event at once
+  cache() {
+    const name = env.CHANNEL;
+    const first = connect().subscribe(name);
+    first.bind('pusher:cache_miss', () => emit('cache_miss'));
+    first.bind('greet', (data) => {
+      emit('first_received', { data });
+      const second = connect().subscribe(name);
+      second.bind('pusher:cache_miss', () => { emit('unexpected_miss'); finish(1); });
+      second.bind('greet', (cached) => { emit('received', { data: cached }); finish(0); });
+    });
+  },
+
   // sequential connects: ms from `new Pusher` to "connected" (TCP + handshake + authorizer
   // + $connect + pusher_hello's first frame)
   timing() {
