@@ -374,6 +374,7 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
 
     try:
         outcomes = sender.post_many(ids, data, max_attempts=ws.push_max_attempts,
+                                    throttle_seconds=ws.push_throttle_seconds,
                                     on_gone=on_gone, sleep=lambda seconds: _sleep(seconds))
     finally:
         if cleanup is not None:
