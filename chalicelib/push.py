@@ -360,6 +360,27 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
     ids = [cid for cid in dict.fromkeys(connection_ids) if isinstance(cid, str) and cid]
     if not ids:
         return empty_summary()
+    summary = _tally(post_outcomes(ids, data, event=event).values())
+    if len(ids) > 1:
+        log.info("pushed to %d connections: %s", len(ids), summary)
+    return summary
+
+
+def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None) -> Dict[str, str]:
+    """:func:`send_to_connections` for encoded, distinct ids, answering per connection.
+
+    Args:
+        connection_ids: distinct, non-empty connection ids.
+        data: the payload (:func:`encode_frame`).
+        event: as :func:`send_to_connections`.
+    Returns:
+        ``{connection_id: "delivered" | "gone" | "failed" | "retryable"}``; gone connections
+        have been removed from the registry.
+    Raises:
+        ConfigError: no management endpoint is configured.
+    """
+    if not connection_ids:
+        return {}
     ws = websocket_settings()
     sender = management_client(management_endpoint(event))
     cleanup: Optional[ThreadPoolExecutor] = None
@@ -373,16 +394,17 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
         removals.append(cleanup.submit(_forget, connection_id))
 
     try:
-        outcomes = sender.post_many(ids, data, max_attempts=ws.push_max_attempts,
-                                    throttle_seconds=ws.push_throttle_seconds,
-                                    on_gone=on_gone, sleep=lambda seconds: _sleep(seconds))
+        return sender.post_many(connection_ids, data, max_attempts=ws.push_max_attempts,
+                                throttle_seconds=ws.push_throttle_seconds,
+                                on_gone=on_gone, sleep=lambda seconds: _sleep(seconds))
     finally:
         if cleanup is not None:
             cleanup.shutdown(wait=True)
-    summary = _tally(outcomes.values())
-    if len(ids) > 1:
-        log.info("pushed to %d connections: %s", len(ids), summary)
-    return summary
+
+
+def tally(outcomes: Iterable[str]) -> Summary:
+    """The delivery summary of per-connection outcomes (:func:`post_outcomes`)."""
+    return _tally(outcomes)
 
 
 def send_to_connection(connection_id: str, frame: Any, *, event: Any = None) -> Summary:
@@ -503,15 +525,28 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
 def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """Deliver a :class:`Notification` to its connection, user or channel.
 
+    An audience of more than ``PUSH_SHARD_THRESHOLD`` connections is not posted to here: it
+    is sharded onto the push queue (:func:`chalicelib.shards.enqueue`) and delivered by the
+    ``push_worker`` invocations.
+
     Returns:
-        the delivery summary.
+        the delivery summary; when sharded, nothing is delivered yet and the summary also
+        holds ``"queued"`` (connections) and ``"shards"`` (queue messages).
     Raises:
         PayloadTooLarge: the frame is over 128 KB (nothing is sent).
         RegistryUnavailable, ConfigError: as :func:`send_to_user` / :func:`publish_to_channel`.
+        chalicelib.shards.QueueUnavailable: the shards could not be queued (503).
     """
     frame = notification.frame()
     if notification.target == "connection_id":
         return send_to_connection(notification.address, frame, event=event)
+    data = encode_frame(frame)
     if notification.target == "user_id":
-        return send_to_user(notification.address, frame, event=event)
-    return publish_to_channel(notification.address, frame, event=event)
+        audience = connections.connections_of_user(notification.address)
+    else:
+        audience = connections.subscribers_of_channel(notification.address)
+    if len(audience) > websocket_settings().push_shard_threshold:
+        from chalicelib import shards
+
+        return shards.enqueue(audience, data)
+    return send_to_connections(audience, data, event=event)

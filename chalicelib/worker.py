@@ -16,13 +16,17 @@ finishes, user is told" pattern).
   A retried channel message is delivered again to every subscriber: delivery is at least once.
 * An unexpected failure on one record is reported for that record alone (SQS retries it, then
   moves it to the dead-letter queue); it never fails the whole batch.
+* A channel or user with more than ``PUSH_SHARD_THRESHOLD`` connections is sharded back onto
+  the queue (:mod:`chalicelib.shards`); shard messages (``{"shard": {...}}``) are delivered
+  by :func:`chalicelib.shards.handle`: a redelivered shard skips the connections it already
+  reached, a poison shard is reported as failed so the dead-letter queue takes it.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Dict, List
 
-from chalicelib import jsonutil, push
+from chalicelib import jsonutil, push, shards
 from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.logtext import for_log
 
@@ -41,6 +45,8 @@ def handle_record(record: Dict[str, Any]) -> bool:
     message_id = for_log(record.get("messageId", "-"))
     try:
         body = jsonutil.loads(record.get("body") or "")
+        if isinstance(body, dict) and shards.SHARD_KEY in body:
+            return shards.handle(body[shards.SHARD_KEY], record)
         notification = push.parse_notification(body)
     except jsonutil.JSONRejected as err:
         log.warning("push message %s dropped: body refused as JSON: %s", message_id, err.reason)
