@@ -66,6 +66,7 @@ class RegistryStandIn:
         self.latency = latency
         self.progress: Dict[str, Set[str]] = {}
         self.queries = 0
+        self._pages: Dict[tuple, bytes] = {}
         self.lock = threading.Lock()
         self._server: Optional[LoopbackHTTPServer] = None
 
@@ -76,7 +77,7 @@ class RegistryStandIn:
         return f"http://127.0.0.1:{self._server.port}"
 
     def answer(self, operation: str, request: dict):
-        """``(status, body)`` for one DynamoDB call."""
+        """``(status, body)`` for one DynamoDB call (body: a JSON value, or bytes)."""
         values = request.get("ExpressionAttributeValues") or {}
         if operation == "Query" and request.get("IndexName") == "audience-index":
             audience = values.get(":a", {}).get("S", "")
@@ -84,16 +85,21 @@ class RegistryStandIn:
             last = (request.get("ExclusiveStartKey") or {}).get("connection_id", {}).get("S")
             if last is not None:
                 start = self.position.get(last, len(self.ids) - 1) + 1
-            chunk = self.ids[start:start + self.page]
-            body = {"Items": [{"connection_id": {"S": cid}} for cid in chunk],
-                    "Count": len(chunk), "ScannedCount": len(chunk)}
-            if start + self.page < len(self.ids):
-                body["LastEvaluatedKey"] = {"audience": {"S": audience},
-                                            "connection_id": {"S": chunk[-1]},
-                                            "sk": {"S": "channel#x"}}
             with self.lock:
                 self.queries += 1
-            return 200, body
+                page = self._pages.get((audience, start))
+            if page is None:  # serialized once: the stand-in should not set the pace
+                chunk = self.ids[start:start + self.page]
+                body = {"Items": [{"connection_id": {"S": cid}} for cid in chunk],
+                        "Count": len(chunk), "ScannedCount": len(chunk)}
+                if start + self.page < len(self.ids):
+                    body["LastEvaluatedKey"] = {"audience": {"S": audience},
+                                                "connection_id": {"S": chunk[-1]},
+                                                "sk": {"S": "channel#x"}}
+                page = json.dumps(body).encode()
+                with self.lock:
+                    self._pages[(audience, start)] = page
+            return 200, page
         if operation == "Query":
             key = values.get(":c", {}).get("S", "")
             with self.lock:
@@ -127,7 +133,7 @@ class RegistryStandIn:
                     status, body = stand_in.answer(operation, json.loads(raw or b"{}"))
                 except (ValueError, KeyError, TypeError) as exc:
                     status, body = 400, {"__type": "ValidationException", "message": str(exc)}
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-amz-json-1.0")
                 self.send_header("Content-Length", str(len(data)))
@@ -158,8 +164,16 @@ def main(argv=None) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--page", type=int, default=DEFAULT_PAGE)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument("--channel", default="bench", help="audience whose pages are "
+                        "serialized before the server starts")
     args = parser.parse_args(argv)
     with RegistryStandIn(args.items, args.page, args.latency) as registry:
+        for start in range(0, args.items, registry.page):  # serialize the pages up front
+            last = {"connection_id": {"S": registry.ids[start - 1]}} if start else None
+            registry.answer("Query", {"IndexName": "audience-index", "ExclusiveStartKey": last,
+                                      "ExpressionAttributeValues": {":a": {"S": "channel#"
+                                                                           + args.channel}}})
+        registry.queries = 0
         print(registry.endpoint_url, flush=True)
         sys.stdin.read()  # until the parent closes our stdin
     return 0

@@ -184,3 +184,26 @@ def test_a_shard_failing_every_time_ends_in_the_dead_letter_queue(env):
     assert api.attempts["d1="] == api.attempts["d2="] == 1  # reached once, never again
     dead = _dlq_bodies(env)
     assert len(dead) == 1 and dead[0]["shard"]["fanout"] == "stuck"
+
+
+# --- the audience Query -----------------------------------------------------------------------
+
+def test_the_audience_query_follows_every_page(aws_env, monkeypatch):
+    from tests.support.registry_stand_in import RegistryStandIn, subscriber_id
+
+    with RegistryStandIn(items=25_000, page=10_000) as registry:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", registry.endpoint_url)
+        connections.reset_clients()
+        try:
+            ids = connections.subscribers_of_channel("stadium")
+            assert ids == [subscriber_id(index) for index in range(25_000)]
+            assert registry.queries == 3
+            # an error answer is still botocore's to parse and ours to report
+            monkeypatch.setattr(registry, "answer", lambda operation, request: (
+                400, {"__type": "com.amazon.coral.validate#ValidationException",
+                      "message": "refused"}))
+            with pytest.raises(connections.RegistryUnavailable) as caught:
+                connections.subscribers_of_channel("stadium")
+            assert "ValidationException" in str(caught.value)
+        finally:
+            connections.reset_clients()
