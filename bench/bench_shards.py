@@ -263,8 +263,9 @@ def main() -> None:
         print(f"| {f'{concurrency}{note}':<34} | " + " | ".join(cells) + " |")
     print(f"physical limit at the default quota: {SUBSCRIBERS:,} / {DEFAULT_QUOTA:,} rps = "
           f"{SUBSCRIBERS / DEFAULT_QUOTA:.0f} s (the quota is shared with every API of the "
-          f"account in the region; raise it in Service Quotas). {math.ceil(SUBSCRIBERS / shard_size / BATCH_SIZE)} "
-          f"batches can run at once; SQS starts 5 and adds up to 300 a minute")
+          f"account in the region; raise it in Service Quotas). "
+          f"{math.ceil(SUBSCRIBERS / shard_size / BATCH_SIZE)} batches can run at once; SQS "
+          f"starts 5 and adds up to 300 a minute")
 
 
 if __name__ == "__main__":

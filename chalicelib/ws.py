@@ -383,10 +383,11 @@ def notify(request: Any, app: Any = None):
         a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
         "retryable"}``; 202 with ``"queued"`` and ``"shards"`` added when the audience was
         over ``PUSH_SHARD_THRESHOLD`` and went to the push queue in shards
-        (:mod:`chalicelib.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401, 403 (scope
-        missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a frame over
-        128 KB), 503 (registry, push queue or settings unavailable). Every answer carries the stage's CORS
-        headers (:func:`chalicelib.pusher_auth.cors_headers`), so a browser page may read it.
+        (:mod:`chalicelib.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
+        403 (scope missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a
+        frame over 128 KB), 503 (registry, push queue or settings unavailable). Every answer
+        carries the stage's CORS headers (:func:`chalicelib.pusher_auth.cors_headers`), so a
+        browser page may read it.
     """
     from chalice import Response
 
