@@ -83,12 +83,14 @@ _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 #: AIMD after a throttled answer (429): the send rate is multiplied by this (multiplicative
 #: decrease), then grows linearly back to where it was in :data:`THROTTLE_RECOVERY_SECONDS`
-#: (additive increase); without a throttled answer for :data:`THROTTLE_QUIET_SECONDS` the
-#: limit is lifted. Never below :data:`MIN_SEND_RATE` posts per second.
+#: (additive increase, at least :data:`MIN_SEND_RATE` per recovery period); without a
+#: throttled answer for :data:`THROTTLE_QUIET_SECONDS` the limit is lifted. Never below
+#: :data:`MIN_SEND_RATE` posts per second: a throttle met while sending slowly (one post)
+#: means others drain the account's bucket, and a warm function must not crawl for long.
 THROTTLE_DECREASE = 0.5
 THROTTLE_RECOVERY_SECONDS = 5.0
-THROTTLE_QUIET_SECONDS = 30.0
-MIN_SEND_RATE = 5.0
+THROTTLE_QUIET_SECONDS = 10.0
+MIN_SEND_RATE = 50.0
 #: how far a paced sender may catch up after a late loop turn, seconds of posts
 PACING_CATCH_UP_SECONDS = 0.05
 #: the span of recent posts measured to find the rate to halve at the first throttle, seconds
@@ -139,7 +141,8 @@ class SendRate:
       :data:`MIN_SEND_RATE`; answers to posts sent before the last decrease are ignored (they
       were sent at the old rate);
     * **increase** — the limit grows linearly back to its value before the decrease in
-      :data:`THROTTLE_RECOVERY_SECONDS`, and beyond at the same slope;
+      :data:`THROTTLE_RECOVERY_SECONDS`, and beyond at the same slope (at least
+      :data:`MIN_SEND_RATE` per recovery period);
     * **recovery** — :data:`THROTTLE_QUIET_SECONDS` without a throttle lift the limit.
 
     Posts are paced at the limit (at most :data:`PACING_CATCH_UP_SECONDS` worth of posts at
@@ -205,7 +208,7 @@ class SendRate:
                 span = max(0.1, now - self._sent[0]) if self._sent else 1.0
                 current = len(self._sent) / span
             lowered = max(MIN_SEND_RATE, current * THROTTLE_DECREASE)
-            self._slope = max(0.0, current - lowered) / THROTTLE_RECOVERY_SECONDS
+            self._slope = max(MIN_SEND_RATE, current - lowered) / THROTTLE_RECOVERY_SECONDS
             self.limit = lowered
             self._decreased_at = self._updated = now
             self._next = min(self._next, now + 1.0 / lowered)

@@ -300,3 +300,20 @@ def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers
     clock.now += THROTTLE_QUIET_SECONDS
     rate.take()
     assert rate.limit is None  # recovered: no limit after a quiet period
+
+
+def test_a_throttle_met_while_sending_slowly_keeps_a_useful_floor():
+    from chalicelib.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
+
+    clock = _Clock()
+    rate = SendRate(clock)
+    assert rate.take() == 0.0  # one lone post, throttled
+    clock.now += 0.2
+    rate.throttled(sent_at=clock.now - 0.2)
+    assert rate.limit == MIN_SEND_RATE
+    clock.now += 1.0
+    rate.take()
+    assert rate.limit > MIN_SEND_RATE  # climbing at once
+    clock.now += THROTTLE_QUIET_SECONDS
+    rate.take()
+    assert rate.limit is None
