@@ -29,7 +29,8 @@ Consumer (:func:`handle`, from :mod:`chalicelib.worker`). Delivery guarantee:
   delete was lost) reads the marker first and posts only to the others;
 * only a worker that dies in the middle of a shard (Lambda timeout, crash), before writing the
   marker, can make the shard's next delivery repeat the frame to connections it had reached:
-  at least once then, never lost;
+  at least once then, never lost; likewise when queuing stops part-way (503), the shards
+  already queued are delivered and a retry queues the whole audience again;
 * posts still failing after the retries (throttling past ``PUSH_THROTTLE_WAIT_SECONDS``, 5xx,
   network) make the shard count as failed: SQS redelivers it (progress kept) and after the
   queue's ``maxReceiveCount`` moves it to the dead-letter queue. A **poison shard** (fields
@@ -42,10 +43,10 @@ import base64
 import binascii
 import json
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from chalicelib import aws, connections, push
@@ -218,7 +219,7 @@ def enqueue(connection_ids: Sequence[str], data: bytes,
         QueueUnavailable: the queue could not take the shards (some may have been queued).
     """
     ids = [cid for cid in dict.fromkeys(connection_ids) if isinstance(cid, str) and cid]
-    fanout_id = fanout_id or uuid.uuid4().hex
+    fanout_id = fanout_id or os.urandom(16).hex()
     bodies = plan(ids, data, fanout_id=fanout_id,
                   shard_size=websocket_settings().push_shard_size)
     send_bodies(bodies)
