@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List
 
-from chalicelib import jsonutil, push, shards
+from chalicelib import jsonutil, push
 from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.logtext import for_log
 
@@ -45,7 +45,9 @@ def handle_record(record: Dict[str, Any]) -> bool:
     message_id = for_log(record.get("messageId", "-"))
     try:
         body = jsonutil.loads(record.get("body") or "")
-        if isinstance(body, dict) and shards.SHARD_KEY in body:
+        if isinstance(body, dict) and "shard" in body:  # chalicelib.shards.SHARD_KEY
+            from chalicelib import shards  # lazy: the cold start of every function pays less
+
             return shards.handle(body[shards.SHARD_KEY], record)
         notification = push.parse_notification(body)
     except jsonutil.JSONRejected as err:

@@ -207,3 +207,4 @@ def test_the_audience_query_follows_every_page(aws_env, monkeypatch):
             assert "ValidationException" in str(caught.value)
         finally:
             connections.reset_clients()
+
