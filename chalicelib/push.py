@@ -14,17 +14,23 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
   anything is sent;
 * ``GoneException`` (410): the connection is closed; its registry items (connection and
   subscriptions) are deleted and it counts as ``gone``;
-* throttling (429, ``LimitExceededException``, ``TooManyRequestsException``), 5xx answers and
-  network errors are retried with full-jitter exponential back-off (base
-  :data:`BACKOFF_BASE_SECONDS`, cap :data:`BACKOFF_CAP_SECONDS`) up to ``PUSH_MAX_ATTEMPTS``
-  attempts in all; then the post counts as ``failed`` and ``retryable``;
+* throttling (429, ``LimitExceededException``, ``TooManyRequestsException``) slows the
+  sender down (:class:`chalicelib.sender.SendRate`: additive increase, multiplicative
+  decrease) and the post is sent again after a full-jitter back-off, without using up an
+  attempt for ``PUSH_THROTTLE_WAIT_SECONDS`` from the start of the fan-out;
+* 5xx answers and network errors (and throttling after that) are retried with full-jitter
+  exponential back-off (base :data:`BACKOFF_BASE_SECONDS`, cap :data:`BACKOFF_CAP_SECONDS`) up
+  to ``PUSH_MAX_ATTEMPTS`` attempts in all; then the post counts as ``failed`` and
+  ``retryable``;
 * other errors (403, 400 for an unknown connection id, ...) count as ``failed`` at once;
 * fan-out keeps at most ``PUSH_MAX_WORKERS`` posts in flight, one keep-alive connection each,
   all driven by the calling thread (:mod:`chalicelib.sender`: botocore's SigV4 signer over
   ``http.client``, ~0.1 ms of CPU per post instead of ~1 ms through a boto3 client).
 
 Every function returns a summary ``{"delivered": int, "gone": int, "failed": int,
-"retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later).
+"retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later);
+:func:`deliver` adds ``"queued"`` and ``"shards"`` when it sharded a large audience through the
+push queue (:mod:`chalicelib.shards`, over ``PUSH_SHARD_THRESHOLD`` connections).
 
 The management endpoint is ``WEBSOCKET_ENDPOINT_URL`` if set (local gateways: Chalice and this
 module ignore ``AWS_ENDPOINT_URL``), else taken from the WebSocket event being handled, else
