@@ -14,17 +14,23 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
   anything is sent;
 * ``GoneException`` (410): the connection is closed; its registry items (connection and
   subscriptions) are deleted and it counts as ``gone``;
-* throttling (429, ``LimitExceededException``, ``TooManyRequestsException``), 5xx answers and
-  network errors are retried with full-jitter exponential back-off (base
-  :data:`BACKOFF_BASE_SECONDS`, cap :data:`BACKOFF_CAP_SECONDS`) up to ``PUSH_MAX_ATTEMPTS``
-  attempts in all; then the post counts as ``failed`` and ``retryable``;
+* throttling (429, ``LimitExceededException``, ``TooManyRequestsException``) slows the
+  sender down (:class:`chalicelib.sender.SendRate`: additive increase, multiplicative
+  decrease) and the post is sent again after a full-jitter back-off, without using up an
+  attempt for ``PUSH_THROTTLE_WAIT_SECONDS`` from the start of the fan-out;
+* 5xx answers and network errors (and throttling after that) are retried with full-jitter
+  exponential back-off (base :data:`BACKOFF_BASE_SECONDS`, cap :data:`BACKOFF_CAP_SECONDS`) up
+  to ``PUSH_MAX_ATTEMPTS`` attempts in all; then the post counts as ``failed`` and
+  ``retryable``;
 * other errors (403, 400 for an unknown connection id, ...) count as ``failed`` at once;
 * fan-out keeps at most ``PUSH_MAX_WORKERS`` posts in flight, one keep-alive connection each,
   all driven by the calling thread (:mod:`chalicelib.sender`: botocore's SigV4 signer over
   ``http.client``, ~0.1 ms of CPU per post instead of ~1 ms through a boto3 client).
 
 Every function returns a summary ``{"delivered": int, "gone": int, "failed": int,
-"retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later).
+"retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later);
+:func:`deliver` adds ``"queued"`` and ``"shards"`` when it sharded a large audience through the
+push queue (:mod:`chalicelib.shards`, over ``PUSH_SHARD_THRESHOLD`` connections).
 
 The management endpoint is ``WEBSOCKET_ENDPOINT_URL`` if set (local gateways: Chalice and this
 module ignore ``AWS_ENDPOINT_URL``), else taken from the WebSocket event being handled, else
@@ -360,6 +366,27 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
     ids = [cid for cid in dict.fromkeys(connection_ids) if isinstance(cid, str) and cid]
     if not ids:
         return empty_summary()
+    summary = _tally(post_outcomes(ids, data, event=event).values())
+    if len(ids) > 1:
+        log.info("pushed to %d connections: %s", len(ids), summary)
+    return summary
+
+
+def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None) -> Dict[str, str]:
+    """:func:`send_to_connections` for encoded, distinct ids, answering per connection.
+
+    Args:
+        connection_ids: distinct, non-empty connection ids.
+        data: the payload (:func:`encode_frame`).
+        event: as :func:`send_to_connections`.
+    Returns:
+        ``{connection_id: "delivered" | "gone" | "failed" | "retryable"}``; gone connections
+        have been removed from the registry.
+    Raises:
+        ConfigError: no management endpoint is configured.
+    """
+    if not connection_ids:
+        return {}
     ws = websocket_settings()
     sender = management_client(management_endpoint(event))
     cleanup: Optional[ThreadPoolExecutor] = None
@@ -373,15 +400,17 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
         removals.append(cleanup.submit(_forget, connection_id))
 
     try:
-        outcomes = sender.post_many(ids, data, max_attempts=ws.push_max_attempts,
-                                    on_gone=on_gone, sleep=lambda seconds: _sleep(seconds))
+        return sender.post_many(connection_ids, data, max_attempts=ws.push_max_attempts,
+                                throttle_seconds=ws.push_throttle_seconds,
+                                on_gone=on_gone, sleep=lambda seconds: _sleep(seconds))
     finally:
         if cleanup is not None:
             cleanup.shutdown(wait=True)
-    summary = _tally(outcomes.values())
-    if len(ids) > 1:
-        log.info("pushed to %d connections: %s", len(ids), summary)
-    return summary
+
+
+def tally(outcomes: Iterable[str]) -> Summary:
+    """The delivery summary of per-connection outcomes (:func:`post_outcomes`)."""
+    return _tally(outcomes)
 
 
 def send_to_connection(connection_id: str, frame: Any, *, event: Any = None) -> Summary:
@@ -454,13 +483,25 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
-    frames = {}
-    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
-        # Pusher's user channel: pusher-js hands its events to ``pusher.user.bind``
-        # (pusher-js src/core/user.ts; Pusher docs, "User authentication": send_to_user)
-        frames[connections.PUSHER] = {**frame, "channel": f"#server-to-user-{user_id}"}
     return send_by_dialect(connections.connections_of_user_by_dialect(user_id), frame,
-                           event=event, frames=frames)
+                           event=event, frames=_user_frames(user_id, frame))
+
+
+def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
+    """``{dialect: frame}`` overrides for a push to a user: Pusher clients get a user event on
+    Pusher's user channel, whose events pusher-js hands to ``pusher.user.bind`` (pusher-js
+    src/core/user.ts; Pusher docs, "User authentication": send_to_user)."""
+    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
+        return {connections.PUSHER: {**frame, "channel": f"#server-to-user-{user_id}"}}
+    return {}
+
+
+def _remember_cache(channel_name: str, frame: Any) -> None:
+    """Keep the event of a cache channel 30 min for new subscribers (Pusher docs, "Cache
+    channels")."""
+    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":
+        connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
 
 
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
@@ -479,9 +520,7 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
-    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
-            and frame.get("type") == "event":  # kept 30 min for new subscribers
-        connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
+    _remember_cache(channel_name, frame)
     groups = connections.subscribers_by_dialect(channel_name)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event)
@@ -584,11 +623,17 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
 def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """Deliver a :class:`Notification` to its connection, user or channel.
 
+    An audience of more than ``PUSH_SHARD_THRESHOLD`` connections is not posted to here: it
+    is sharded onto the push queue (:func:`chalicelib.shards.enqueue`) and delivered by the
+    ``push_worker`` invocations.
+
     Returns:
-        the delivery summary.
+        the delivery summary; when sharded, nothing is delivered yet and the summary also
+        holds ``"queued"`` (connections) and ``"shards"`` (queue messages).
     Raises:
         PayloadTooLarge: the frame is over 128 KB (nothing is sent).
         RegistryUnavailable, ConfigError: as :func:`send_to_user` / :func:`publish_to_channel`.
+        chalicelib.shards.QueueUnavailable: the shards could not be queued (503).
     """
     frame = notification.frame()
     if notification.target == "connection_id":
@@ -601,6 +646,23 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
                         err.code)
             dialect = connections.NATIVE
         return send_by_dialect({dialect: [notification.address]}, frame, event=event)
+    encode_frame(frame)
     if notification.target == "user_id":
-        return send_to_user(notification.address, frame, event=event)
-    return publish_to_channel(notification.address, frame, event=event)
+        groups = connections.connections_of_user_by_dialect(notification.address)
+        frames = _user_frames(notification.address, frame)
+    else:
+        _remember_cache(notification.address, frame)
+        groups = connections.subscribers_by_dialect(notification.address)
+        frames = {}
+    if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
+        from chalicelib import shards
+
+        # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)
+        total: Dict[str, int] = {}
+        for dialect, ids in groups.items():
+            if ids:
+                queued = shards.enqueue(ids, encode_for(dialect, frames.get(dialect, frame)))
+                for key, value in queued.items():
+                    total[key] = total.get(key, 0) + value
+        return total
+    return send_by_dialect(groups, frame, event=event, frames=frames)

@@ -27,7 +27,12 @@ commands in your backend service"):
 
 * 2xx: :data:`DELIVERED`;
 * 410 / ``GoneException``: :data:`GONE` (the caller removes the connection), never retried;
-* 429 / throttling error types, 5xx, network errors and timeouts: retried after a full-jitter
+* 429 / throttling error types: the sender slows down (:class:`SendRate`: the send rate is
+  halved, then climbs back additively) and the post is sent again after a full-jitter
+  back-off; a throttled answer does not use up an attempt while the fan-out is younger than
+  ``throttle_seconds`` (so throttling slows a fan-out down but does not lose its posts), after
+  that it counts as one;
+* 5xx, network errors and timeouts: retried after a full-jitter
   back-off up to ``max_attempts`` attempts in all, then :data:`RETRYABLE`; a post that fails
   because the server had closed an idle keep-alive connection is sent again at once on a new
   connection, without counting an attempt (nothing was processed);
@@ -77,6 +82,21 @@ MAX_CONNECT_FAILURES = 3
 
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
+#: AIMD after a throttled answer (429): the send rate is multiplied by this (multiplicative
+#: decrease), then grows linearly back to where it was in :data:`THROTTLE_RECOVERY_SECONDS`
+#: (additive increase, at least :data:`MIN_SEND_RATE` per recovery period); without a
+#: throttled answer for :data:`THROTTLE_QUIET_SECONDS` the limit is lifted. Never below
+#: :data:`MIN_SEND_RATE` posts per second: a throttle met while sending slowly (one post)
+#: means others drain the account's bucket, and a warm function must not crawl for long.
+THROTTLE_DECREASE = 0.5
+THROTTLE_RECOVERY_SECONDS = 5.0
+THROTTLE_QUIET_SECONDS = 10.0
+MIN_SEND_RATE = 50.0
+#: how far a paced sender may catch up after a late loop turn, seconds of posts
+PACING_CATCH_UP_SECONDS = 0.05
+#: the span of recent posts measured to find the rate to halve at the first throttle, seconds
+RATE_WINDOW_SECONDS = 1.0
+
 
 def backoff_seconds(attempt: int) -> float:
     """Full-jitter delay after failed attempt number ``attempt`` (1-based), seconds:
@@ -125,15 +145,107 @@ def tls_context() -> ssl.SSLContext:
     return context
 
 
+# --- send rate (AIMD) -------------------------------------------------------------------------
+
+class SendRate:
+    """The pace of posts of one :class:`Sender` (so of one process and endpoint, across its
+    fan-outs): additive increase, multiplicative decrease on throttling.
+
+    Unlimited until API Gateway throttles (429 ``LimitExceededException``: the account's
+    requests-per-second quota, shared by every API of the region — AWS docs, "Amazon API
+    Gateway quotas"). Then:
+
+    * **decrease** — at a throttled answer to a post sent after the last decrease, the limit
+      becomes :data:`THROTTLE_DECREASE` × the current rate (the limit, or at the first throttle
+      the rate measured over the last :data:`RATE_WINDOW_SECONDS`), at least
+      :data:`MIN_SEND_RATE`; answers to posts sent before the last decrease are ignored (they
+      were sent at the old rate);
+    * **increase** — the limit grows linearly back to its value before the decrease in
+      :data:`THROTTLE_RECOVERY_SECONDS`, and beyond at the same slope (at least
+      :data:`MIN_SEND_RATE` per recovery period);
+    * **recovery** — :data:`THROTTLE_QUIET_SECONDS` without a throttle lift the limit.
+
+    Posts are paced at the limit (at most :data:`PACING_CATCH_UP_SECONDS` worth of posts at
+    once after a late turn). Thread-safe.
+
+    Args:
+        clock: monotonic seconds (tests).
+    Attributes:
+        limit: posts per second, or None when unlimited.
+        throttles: throttled answers seen.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.limit: Optional[float] = None
+        self.throttles = 0
+        self._next = 0.0
+        self._decreased_at = float("-inf")
+        self._updated = 0.0
+        self._slope = 0.0
+        self._sent: Deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _grow(self, now: float) -> None:
+        if self.limit is None:
+            return
+        if now - self._decreased_at >= THROTTLE_QUIET_SECONDS:
+            self.limit = None
+            return
+        self.limit += self._slope * max(0.0, now - self._updated)
+        self._updated = now
+
+    def take(self, now: Optional[float] = None) -> float:
+        """Ask to start one post now.
+
+        Returns:
+            0.0 when it may start (it is counted as sent), else the seconds to wait first.
+        """
+        now = self.clock() if now is None else now
+        with self._lock:
+            self._grow(now)
+            if self.limit is not None:
+                if self._next > now:
+                    return self._next - now
+                self._next = max(self._next, now - PACING_CATCH_UP_SECONDS) + 1.0 / self.limit
+            sent = self._sent
+            sent.append(now)
+            while sent and sent[0] < now - RATE_WINDOW_SECONDS:
+                sent.popleft()
+            return 0.0
+
+    def throttled(self, sent_at: float, now: Optional[float] = None) -> None:
+        """Report a throttled answer to a post started at ``sent_at`` (monotonic seconds)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            self.throttles += 1
+            if sent_at < self._decreased_at:
+                return
+            self._grow(now)
+            if self.limit is not None:
+                current = self.limit
+            else:
+                span = max(0.1, now - self._sent[0]) if self._sent else 1.0
+                current = len(self._sent) / span
+            lowered = max(MIN_SEND_RATE, current * THROTTLE_DECREASE)
+            self._slope = max(MIN_SEND_RATE, current - lowered) / THROTTLE_RECOVERY_SECONDS
+            self.limit = lowered
+            self._decreased_at = self._updated = now
+            self._next = min(self._next, now + 1.0 / lowered)
+            log.warning("PostToConnection throttled: send rate lowered to %.0f posts/s", lowered)
+
+
 # --- the sender -------------------------------------------------------------------------------
 
 class _Post:
-    __slots__ = ("connection_id", "path", "attempt", "fresh_retry")
+    __slots__ = ("connection_id", "path", "attempt", "fresh_retry", "sent_at", "throttled")
 
     def __init__(self, connection_id: str, path: str) -> None:
         self.connection_id, self.path = connection_id, path
         self.attempt = 1
         self.fresh_retry = False
+        self.sent_at = 0.0
+        self.throttled = 0
 
 
 class Sender:
@@ -176,6 +288,8 @@ class Sender:
         self._idle: List[http.client.HTTPConnection] = []
         self._open = 0
         self._lock = threading.Lock()
+        #: the pace of this sender's posts, kept across fan-outs (:class:`SendRate`)
+        self.rate = SendRate()
 
     # -- connections
 
@@ -224,14 +338,19 @@ class Sender:
     # -- one fan-out
 
     def post_many(self, connection_ids: Sequence[str], data: bytes, *, max_attempts: int = 4,
+                  throttle_seconds: float = 10.0,
                   on_gone: Optional[Callable[[str], None]] = None,
                   sleep: Callable[[float], None] = time.sleep) -> Dict[str, str]:
-        """POST ``data`` to ``{endpoint}/@connections/{id}`` for every id.
+        """POST ``data`` to ``{endpoint}/@connections/{id}`` for every id, paced by
+        :attr:`rate`.
 
         Args:
             connection_ids: distinct, non-empty connection ids.
             data: the payload (bytes).
             max_attempts: attempts per post on retryable failures (>= 1).
+            throttle_seconds: for this long after the call starts, a throttled answer (429)
+                slows the sender down and the post waits its turn without using up an
+                attempt; later throttled answers count as attempts.
             on_gone: called once with each id answered 410, from this thread, as soon as the
                 answer is read (it may block: other posts stay in flight meanwhile).
             sleep: used when nothing is in flight and the next retry is due later (tests).
@@ -266,9 +385,17 @@ class Sender:
         inflight: Dict[http.client.HTTPConnection, Tuple[_Post, float, bool]] = {}
         selector = selectors.DefaultSelector()
         connect_failures = 0
+        rate = self.rate
+        throttle_deadline = time.monotonic() + max(0.0, throttle_seconds)
 
-        def failed(post: _Post, outcome: str, reason: str) -> None:
+        def failed(post: _Post, outcome: str, reason: str, throttled: bool = False) -> None:
             nonlocal seq
+            if throttled and time.monotonic() < throttle_deadline:
+                post.throttled += 1
+                seq += 1
+                heapq.heappush(delayed, (time.monotonic() + backoff_seconds(
+                    min(post.throttled, 8)), seq, post))
+                return
             if outcome == RETRYABLE and post.attempt < max_attempts:
                 post.attempt += 1
                 seq += 1
@@ -315,7 +442,11 @@ class Sender:
                         signer.credentials = fresh
                     checked = now
                 opened = 0
+                pace = 0.0
                 while pending and (idle or (len(own) < wanted and opened < OPEN_PER_TURN)):
+                    pace = rate.take(now)
+                    if pace:
+                        break
                     if idle:
                         conn = idle.pop()
                     else:
@@ -360,17 +491,23 @@ class Sender:
                         idle.append(conn)
                         self._network_failure(post, reused, exc, pending, failed)
                         continue
+                    post.sent_at = now
                     inflight[conn] = (post, now + self.read_timeout, reused)
 
                 if not inflight:
-                    if delayed and not pending:
-                        sleep(max(0.0, delayed[0][0] - time.monotonic()))
+                    wake = [delayed[0][0] - time.monotonic()] if delayed else []
+                    if pending and pace:
+                        wake.append(pace)
+                    if wake and (pace or not pending):
+                        sleep(max(0.0, min(wake)))
                     continue
                 deadline = next(iter(inflight.values()))[1]
                 timeout = deadline - time.monotonic()
                 if delayed:
                     timeout = min(timeout, delayed[0][0] - time.monotonic())
-                if pending and len(own) < wanted:  # more connections to open: only a glance
+                if pending and pace:  # paced: wait for the next slot
+                    timeout = min(timeout, pace)
+                elif pending and len(own) < wanted:  # more connections to open: a glance
                     timeout = 0.0
                 for key, _ in selector.select(max(0.0, timeout)):
                     conn = key.data
@@ -401,7 +538,11 @@ class Sender:
                         if on_gone is not None:
                             on_gone(post.connection_id)
                     else:
-                        failed(post, outcome, error_type.split(":", 1)[0] or f"HTTP {status}")
+                        code = error_type.split(":", 1)[0].strip()
+                        throttled = status == 429 or code in THROTTLING_CODES
+                        if throttled:
+                            rate.throttled(post.sent_at)
+                        failed(post, outcome, code or f"HTTP {status}", throttled)
                 now = time.monotonic()
                 while inflight:  # deadlines are in send order
                     conn, (post, due, _) = next(iter(inflight.items()))

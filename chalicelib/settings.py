@@ -451,6 +451,12 @@ class WebSocketSettings:
             ``WEBSOCKET_DOMAIN`` is set.
         client_event_rate_limit: client events one connection may publish per second
             (``CLIENT_EVENT_RATE_LIMIT``, default 10: Pusher's limit, "Events" docs).
+        push_throttle_seconds: how long a fan-out keeps waiting out throttling (429) without
+            counting attempts, seconds (``PUSH_THROTTLE_WAIT_SECONDS``, default 10, 0..600).
+        push_shard_threshold: audiences larger than this many connections are sharded
+            through the push queue (``PUSH_SHARD_THRESHOLD``, default 2,000, 1..1,000,000).
+        push_shard_size: connection ids per shard at most (``PUSH_SHARD_SIZE``, default
+            1,000, 1..5,000; fewer when the frame is large: a shard is one SQS message).
     """
 
     connections_table: str
@@ -463,6 +469,9 @@ class WebSocketSettings:
     push_max_attempts: int
     api_name: str
     client_event_rate_limit: int = 10
+    push_throttle_seconds: int = 10
+    push_shard_threshold: int = 2000
+    push_shard_size: int = 1000
 
 
 @functools.lru_cache(maxsize=None)
@@ -480,6 +489,9 @@ def websocket_settings() -> WebSocketSettings:
         api_name=_raw("WEBSOCKET_API_NAME")
         or f"realtime-{app_settings().stage}-websocket-api",
         client_event_rate_limit=_int("CLIENT_EVENT_RATE_LIMIT", 10, 1, 1000),
+        push_throttle_seconds=_int("PUSH_THROTTLE_WAIT_SECONDS", 10, 0, 600),
+        push_shard_threshold=_int("PUSH_SHARD_THRESHOLD", 2000, 1, 1_000_000),
+        push_shard_size=_int("PUSH_SHARD_SIZE", 1000, 1, 5000),
     )
 
 

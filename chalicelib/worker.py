@@ -16,6 +16,10 @@ finishes, user is told" pattern).
   A retried channel message is delivered again to every subscriber: delivery is at least once.
 * An unexpected failure on one record is reported for that record alone (SQS retries it, then
   moves it to the dead-letter queue); it never fails the whole batch.
+* A channel or user with more than ``PUSH_SHARD_THRESHOLD`` connections is sharded back onto
+  the queue (:mod:`chalicelib.shards`); shard messages (``{"shard": {...}}``) are delivered
+  by :func:`chalicelib.shards.handle`: a redelivered shard skips the connections it already
+  reached, a poison shard is reported as failed so the dead-letter queue takes it.
 """
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ def handle_record(record: Dict[str, Any]) -> bool:
     message_id = for_log(record.get("messageId", "-"))
     try:
         body = jsonutil.loads(record.get("body") or "")
+        if isinstance(body, dict) and "shard" in body:  # chalicelib.shards.SHARD_KEY
+            from chalicelib import shards  # lazy: the cold start of every function pays less
+
+            return shards.handle(body[shards.SHARD_KEY], record)
         notification = push.parse_notification(body)
     except jsonutil.JSONRejected as err:
         log.warning("push message %s dropped: body refused as JSON: %s", message_id, err.reason)

@@ -403,10 +403,13 @@ def notify(request: Any, app: Any = None):
 
     Returns:
         a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
-        "retryable"}``; a JSON error otherwise: 400 (bad JSON or fields), 401, 403 (scope
-        missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a frame over
-        128 KB), 503 (registry or settings unavailable). Every answer carries the stage's CORS
-        headers (:func:`chalicelib.pusher_auth.cors_headers`), so a browser page may read it.
+        "retryable"}``; 202 with ``"queued"`` and ``"shards"`` added when the audience was
+        over ``PUSH_SHARD_THRESHOLD`` and went to the push queue in shards
+        (:mod:`chalicelib.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
+        403 (scope missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a
+        frame over 128 KB), 503 (registry, push queue or settings unavailable). Every answer
+        carries the stage's CORS headers (:func:`chalicelib.pusher_auth.cors_headers`), so a
+        browser page may read it.
     """
     from chalice import Response
 
@@ -432,7 +435,7 @@ def notify(request: Any, app: Any = None):
         log.info("notification by %s to %s %s: %s in %.3f s", principal.user_id,
                  notification.target, for_log(notification.address), summary,
                  time.monotonic() - started)
-        return Response(body=summary, status_code=200,
+        return Response(body=summary, status_code=202 if "shards" in summary else 200,
                         headers={"Content-Type": "application/json", **headers})
     except AppError as err:
         log_error(err, "POST /notifications")

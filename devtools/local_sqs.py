@@ -57,10 +57,14 @@ class SqsPoller:
         batch_size: messages per invocation (1-10).
         region: AWS region of the queue.
         wait_seconds: long-poll duration per receive call (seconds).
+        retry_delay: when set, messages the handler reports as failed are made visible again
+            after this many seconds (``ChangeMessageVisibilityBatch``) instead of after the
+            queue's visibility timeout — a local shortcut; Lambda waits for the timeout.
     """
 
     def __init__(self, app: Any, function_name: str, queue_name: str, batch_size: int = 10,
-                 region: str = "us-east-1", wait_seconds: int = 1):
+                 region: str = "us-east-1", wait_seconds: int = 1,
+                 retry_delay: Optional[int] = None):
         import boto3
 
         self.app = app
@@ -69,6 +73,7 @@ class SqsPoller:
         self.batch_size = max(1, min(10, batch_size))
         self.region = region
         self.wait_seconds = wait_seconds
+        self.retry_delay = retry_delay
         self.sqs = boto3.session.Session().client("sqs", region_name=region)
         self.queue_url: Optional[str] = None
         self._stop = threading.Event()
@@ -130,4 +135,10 @@ class SqsPoller:
         if failed:
             log.warning("%s reported %d failed message(s); they will be retried",
                         self.function_name, len(failed))
+            if self.retry_delay is not None:
+                again = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"],
+                          "VisibilityTimeout": self.retry_delay}
+                         for i, r in enumerate(records) if r["messageId"] in failed]
+                self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url,
+                                                         Entries=again)
         return len(messages)

@@ -35,6 +35,10 @@ APIGATEWAY_READS = {"get_apis": ("apigateway:GET", "/apis")}
 #: Lambda calls (``lambda_client.invoke(FunctionName=..., InvocationType=...)``): the Pusher
 #: dialect's ``$connect`` invokes ``pusher_hello`` asynchronously
 LAMBDA_CALLS = {"invoke": "lambda:InvokeFunction"}
+#: SQS calls the code makes on the push queue (sharded fan-out) and their IAM actions
+#: (``SendMessageBatch`` is authorized by ``sqs:SendMessage``: Amazon SQS Developer Guide,
+#: "Amazon SQS API permissions")
+SQS_CALLS = {"send_message_batch": "sqs:SendMessage", "get_queue_url": "sqs:GetQueueUrl"}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
 NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}
@@ -88,6 +92,8 @@ def calls_in_chalicelib() -> dict:
             for name in names:
                 if name in APIGATEWAY_READS:
                     needed.add(APIGATEWAY_READS[name][0])
+                elif name in SQS_CALLS:
+                    needed.add(SQS_CALLS[name])
                 elif name in MANAGEMENT_METHODS:
                     needed.add("execute-api:" + MANAGEMENT_METHODS[name])
                 elif name in dynamodb:
@@ -124,7 +130,7 @@ def test_the_code_scan_finds_the_calls_we_know_of(needed):
     # the registry's writes and queries, PostToConnection, the SSM secret read, and the
     # lookup of the WebSocket API by name
     assert {"dynamodb:PutItem", "dynamodb:Query", "execute-api:POST",
-            "ssm:GetParameter", "apigateway:GET"} <= needed
+            "ssm:GetParameter", "apigateway:GET", "sqs:SendMessage", "sqs:GetQueueUrl"} <= needed
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -150,9 +156,10 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
         f"arn:aws:execute-api:*:*:*/{cfg.api_gateway_stage}/{m}/@connections/*"
         for m in sorted(methods)]
 
-    for action in SQS_EVENT_SOURCE_ACTIONS:
+    sqs_needed = SQS_EVENT_SOURCE_ACTIONS | {a for a in needed if a.startswith("sqs:")}
+    for action in sqs_needed:
         assert grants[action] == [f"arn:aws:sqs:*:*:{cfg.queue_name}"]
-    assert not any(a.startswith("sqs:") for a in set(grants) - SQS_EVENT_SOURCE_ACTIONS)
+    assert {a for a in grants if a.startswith("sqs:")} == sqs_needed
 
     if cfg.secret_parameter:
         assert "ssm:GetParameter" in needed
@@ -168,7 +175,7 @@ def test_stage_policy_grants_exactly_what_the_code_calls(stage, needed):
         f"arn:aws:lambda:*:*:function:{cfg.function_name('pusher_hello')}"]
 
     # the default aws/ssm key needs no KMS grant; nothing else is granted
-    assert set(grants) <= LOG_ACTIONS | SQS_EVENT_SOURCE_ACTIONS | dynamo_needed | {
+    assert set(grants) <= LOG_ACTIONS | sqs_needed | dynamo_needed | {
         "execute-api:ManageConnections", "ssm:GetParameter", "apigateway:GET",
         "lambda:InvokeFunction"} | STREAM_EVENT_SOURCE_ACTIONS
 

@@ -12,6 +12,7 @@ Use in-process (tests)::
         api.gone.add("abc=")                 # 410 for this connection
         api.script["def="] = [429, 429]      # two throttles, then 200
         api.latency = 0.02                   # every answer after 20 ms
+        api.throttle(rate=200, burst=20)     # 429 LimitExceededException above 200 posts/s
         ... api.endpoint_url ...             # http://127.0.0.1:<port>/test
         api.received["xyz="]                 # list of posted bodies (bytes)
 
@@ -55,6 +56,7 @@ class ManagementAPI:
         requests: every post as ``{"path", "headers" (name -> value), "body", "client_port"}``
             (to check signatures and connection reuse).
         peak_in_flight: the most posts received and not yet answered at one time.
+        answers: every answer as ``(time.monotonic(), connection id, status)``.
     """
 
     def __init__(self, stage: str = "test", latency: float = 0.0, tls=None) -> None:
@@ -69,6 +71,11 @@ class ManagementAPI:
         self.requests: List[dict] = []
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.answers: List[tuple] = []
+        self.rate_limit: Optional[float] = None
+        self.burst = 1.0
+        self._tokens = 0.0
+        self._refilled = 0.0
         self.lock = threading.Lock()
         self._server: Optional[LoopbackHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -90,18 +97,39 @@ class ManagementAPI:
         with self.lock:
             return [json.loads(body) for body in self.received.get(connection_id, [])]
 
+    def throttle(self, rate: Optional[float], burst: float = 1.0) -> None:
+        """Answer 429 ``LimitExceededException`` to posts above ``rate`` per second (a token
+        bucket of ``burst`` posts, full at the start, like API Gateway's throttling: AWS docs,
+        "Throttle requests to your REST APIs"); None turns throttling off."""
+        with self.lock:
+            self.rate_limit, self.burst = rate, float(burst)
+            self._tokens, self._refilled = float(burst), time.monotonic()
+
     def _answer(self, connection_id: str, body: bytes) -> int:
         with self.lock:
-            self.attempts[connection_id] += 1
-            if connection_id in self.gone:
-                return 410
-            queued = self.script.get(connection_id)
-            if queued:
-                return queued.pop(0)
-            status = self.default_status
-            if status == 200:
-                self.received[connection_id].append(body)
+            status = self._status(connection_id, body)
+            self.answers.append((time.monotonic(), connection_id, status))
             return status
+
+    def _status(self, connection_id: str, body: bytes) -> int:
+        self.attempts[connection_id] += 1
+        if self.rate_limit is not None:
+            now = time.monotonic()
+            self._tokens = min(self.burst,
+                               self._tokens + (now - self._refilled) * self.rate_limit)
+            self._refilled = now
+            if self._tokens < 1:
+                return 429
+            self._tokens -= 1
+        if connection_id in self.gone:
+            return 410
+        queued = self.script.get(connection_id)
+        if queued:
+            return queued.pop(0)
+        status = self.default_status
+        if status == 200:
+            self.received[connection_id].append(body)
+        return status
 
     def start(self) -> "ManagementAPI":
         """Serve on a free port of 127.0.0.1 in a daemon thread; returns self."""

@@ -25,11 +25,14 @@ def _raw_items():
 
 
 class _CallCounter:
-    """Counts DynamoDB API calls made through the registry's client."""
+    """Counts DynamoDB API calls made through the registry's clients (the audience Query
+    has its own)."""
 
     def __init__(self):
         self.calls = []
-        connections._client().meta.events.register("before-call.dynamodb", self._seen)
+        self.clients = [connections._client(), connections._audience_client()]
+        for client in self.clients:
+            client.meta.events.register("before-call.dynamodb", self._seen)
 
     def _seen(self, model, **kwargs):
         self.calls.append(model.name)
@@ -38,7 +41,8 @@ class _CallCounter:
         return self.calls.count(name)
 
     def close(self):
-        connections._client().meta.events.unregister("before-call.dynamodb", self._seen)
+        for client in self.clients:
+            client.meta.events.unregister("before-call.dynamodb", self._seen)
 
 
 @pytest.fixture

@@ -111,11 +111,54 @@ def test_throttling_and_5xx_are_retried_then_delivered(api):
 
 def test_retries_stop_at_push_max_attempts(api, monkeypatch):
     _set(monkeypatch, PUSH_MAX_ATTEMPTS="3")
+    api.script["busy="] = [503] * 10
+    summary = push.send_to_connection("busy=", {"type": "pong"})
+    assert summary == {"delivered": 0, "gone": 0, "failed": 1, "retryable": 1}
+    assert api.attempts["busy="] == 3
+    assert api.received["busy="] == []
+
+
+def test_throttling_does_not_use_up_attempts_within_the_throttle_wait(api, monkeypatch):
+    _set(monkeypatch, PUSH_MAX_ATTEMPTS="2")
+    api.script["throttled="] = [429] * 5
+    summary = push.send_to_connection("throttled=", {"type": "pong"})
+    assert summary == {"delivered": 1, "gone": 0, "failed": 0, "retryable": 0}
+    assert api.attempts["throttled="] == 6
+    assert api.frames("throttled=") == [{"type": "pong"}]
+
+
+def test_throttling_past_the_throttle_wait_counts_attempts(api, monkeypatch):
+    _set(monkeypatch, PUSH_MAX_ATTEMPTS="3", PUSH_THROTTLE_WAIT_SECONDS="0")
     api.script["busy="] = [429] * 10
     summary = push.send_to_connection("busy=", {"type": "pong"})
     assert summary == {"delivered": 0, "gone": 0, "failed": 1, "retryable": 1}
     assert api.attempts["busy="] == 3
     assert api.received["busy="] == []
+
+
+def test_a_throttling_gateway_slows_the_fan_out_down_and_loses_nothing(api):
+    """Item 4 of issue 11: API Gateway throttles above LIMIT posts/s; every post is delivered
+    once, and the send rate converges below the limit (AIMD)."""
+    limit, posts = 400.0, 1600
+    api.throttle(rate=limit, burst=20)
+    ids = [f"t{i}=" for i in range(posts)]
+
+    summary = push.send_to_connections(ids, {"type": "event", "event": "tick"})
+
+    assert summary == {"delivered": posts, "gone": 0, "failed": 0, "retryable": 0}
+    assert all(len(api.received[cid]) == 1 for cid in ids)
+    statuses = [status for _, _, status in api.answers]
+    assert statuses.count(429) > 0  # the gateway did throttle
+    assert statuses.count(200) == posts
+    # after the first second, requests (throttled ones included) come at most a little
+    # above the limit, and few are refused: the rate converged below it
+    start, end = api.answers[0][0], api.answers[-1][0]
+    settled = [status for at, _, status in api.answers if at >= start + 1.0]
+    if end - start > 2.0:
+        assert len(settled) / (end - (start + 1.0)) <= limit * 1.25
+        assert settled.count(429) <= 0.15 * len(settled)
+    sender = push.management_client(push.management_endpoint())
+    assert sender.rate.limit is not None and sender.rate.limit <= limit * 1.2
 
 
 def test_client_errors_fail_without_retry(api):

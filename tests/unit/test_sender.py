@@ -317,3 +317,69 @@ def test_https_certificates_are_verified_against_the_trust_store(tmp_path, monke
         finally:
             engine.close()
         assert api.requests == []
+
+
+# --- AIMD send rate ---------------------------------------------------------------------------
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers():
+    from chalicelib.sender import (SendRate, THROTTLE_QUIET_SECONDS,
+                                   THROTTLE_RECOVERY_SECONDS)
+
+    clock = _Clock()
+    rate = SendRate(clock)
+    for _ in range(200):  # 200 posts in 0.5 s: 400 posts/s, unlimited
+        assert rate.take() == 0.0
+        clock.now += 0.0025
+    assert rate.limit is None
+    rate.throttled(sent_at=clock.now - 0.01)
+    assert rate.limit == pytest.approx(200, rel=0.05)  # half the measured 400/s
+    first = rate.limit
+    rate.throttled(sent_at=clock.now - 0.01)  # sent before the decrease: ignored
+    assert rate.limit == first and rate.throttles == 2
+
+    # paced at the limit: about limit x 1 s posts start in one second
+    started, end = 0, clock.now + 1.0
+    while clock.now < end:
+        wait = rate.take()
+        if wait:
+            clock.now += wait
+        else:
+            started += 1
+    assert first * 0.9 <= started <= first * 1.5
+
+    clock.now += 0.5
+    rate.throttled(sent_at=clock.now - 0.01)  # a post sent after the decrease: halves again
+    second = rate.limit  # grew for 1.5 s at (400 - 200) / recovery seconds, then halved
+    assert second == pytest.approx(0.5 * (first + first / THROTTLE_RECOVERY_SECONDS * 1.5),
+                                   rel=0.02)
+    clock.now += THROTTLE_RECOVERY_SECONDS / 2
+    rate.take()
+    assert rate.limit == pytest.approx(second * 1.5, rel=0.02)  # linear: half way back
+    clock.now += THROTTLE_QUIET_SECONDS
+    rate.take()
+    assert rate.limit is None  # recovered: no limit after a quiet period
+
+
+def test_a_throttle_met_while_sending_slowly_keeps_a_useful_floor():
+    from chalicelib.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
+
+    clock = _Clock()
+    rate = SendRate(clock)
+    assert rate.take() == 0.0  # one lone post, throttled
+    clock.now += 0.2
+    rate.throttled(sent_at=clock.now - 0.2)
+    assert rate.limit == MIN_SEND_RATE
+    clock.now += 1.0
+    rate.take()
+    assert rate.limit > MIN_SEND_RATE  # climbing at once
+    clock.now += THROTTLE_QUIET_SECONDS
+    rate.take()
+    assert rate.limit is None

@@ -62,7 +62,7 @@ def test_malformed_messages_are_dropped_and_the_rest_delivered(env, caplog):
 
 def test_transient_failures_are_reported_per_message(env):
     client, api = env
-    api.script["bob-1="] = [429] * 5  # throttled beyond PUSH_MAX_ATTEMPTS=2
+    api.script["bob-1="] = [503] * 5  # failing beyond PUSH_MAX_ATTEMPTS=2
     connections.register("alice-2=", ALICE)
     api.gone.add("alice-2=")
     result = invoke(client,
