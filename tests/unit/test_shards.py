@@ -208,3 +208,23 @@ def test_the_audience_query_follows_every_page(aws_env, monkeypatch):
         finally:
             connections.reset_clients()
 
+
+
+def test_a_sharded_fan_out_reaches_each_dialect_in_its_own_encoding(env):
+    """Shards carry one encoded frame: a channel with native and Pusher-protocol subscribers
+    is sharded per dialect, so pusher-js gets Pusher's frame (data as JSON text)."""
+    native = _subscribe(4, prefix="n")
+    pusher_ids = [f"p{index}=" for index in range(4)]
+    for cid in pusher_ids:
+        connections.subscribe(connections.register(cid, None, dialect=connections.PUSHER),
+                              "stadium")
+    summary = push.deliver(push.parse_notification(
+        {"channel": "stadium", "event": "goal", "data": {"score": 1}}))
+    assert summary["queued"] == 8 and summary["shards"] == 2  # one shard per dialect
+    _drain(env)
+    assert all(env["api"].frames(cid) == [{"type": "event", "channel": "stadium",
+                                          "event": "goal", "data": {"score": 1}}]
+               for cid in native)
+    assert all(env["api"].frames(cid) == [{"event": "goal", "channel": "stadium",
+                                          "data": '{"score":1}'}]
+               for cid in pusher_ids)
