@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pusher
 import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from chalicelib import connections, pusher_http, pusher_protocol
 from chalicelib.principal import Principal
@@ -432,3 +434,55 @@ def test_expired_subscriptions_do_not_count(api):
     assert connections.count_subscribers("news") == 1
     assert connections.count_subscribers("news", now=later) == 0
     assert connections.occupied_channels(now=later) == []
+
+
+# --- never a 5xx ------------------------------------------------------------------------------
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                 max_size=4),
+    max_leaves=12)
+_event_like = st.fixed_dictionaries({}, optional={
+    "name": st.one_of(st.text(max_size=30), _json_values),
+    "data": st.one_of(st.text(max_size=30), _json_values),
+    "channels": st.one_of(st.lists(st.text(max_size=12), max_size=4), _json_values),
+    "channel": st.one_of(st.text(max_size=12), _json_values),
+    "socket_id": st.one_of(st.text(max_size=12), _json_values),
+    "info": st.one_of(st.text(max_size=30), _json_values)})
+
+
+@hypothesis_settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(_event_like, st.fixed_dictionaries({"batch": st.lists(_event_like,
+                                                                             max_size=3)}),
+                      _json_values),
+       batch=st.booleans())
+def test_signed_bodies_of_any_shape_never_get_a_5xx(api, body, batch):
+    client, _ = api
+    method = "trigger_batch" if batch else "trigger"
+    request = getattr(library()._pusher_client, method).make_request(
+        *([[]] if batch else [["a"], "e", "x"]))
+    request.body, request.query_params = json.dumps(body).encode(), {}
+    request._generate_auth()
+    status, answer = send(client, request)
+    assert status in (200, 400, 413), answer
+    if status != 200:
+        assert answer["error"] and answer["message"]
+
+
+@hypothesis_settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.dictionaries(st.sampled_from(["auth_key", "auth_timestamp", "auth_version",
+                                              "body_md5", "auth_signature", "info",
+                                              "filter_by_prefix", "x"]),
+                             st.text(max_size=20), max_size=6),
+       channel=st.text(alphabet="abc-=@,.;_%~ ", min_size=1, max_size=10))
+def test_unsigned_queries_of_any_shape_never_get_a_5xx(api, query, channel):
+    from urllib.parse import quote, urlencode
+
+    client, _ = api
+    answer = client.http.get(f"/apps/{APP_ID}/channels/{quote(channel, safe='')}?"
+                             f"{urlencode(query)}")
+    assert answer.status_code in (400, 401, 404), answer.body
