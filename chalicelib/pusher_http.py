@@ -64,6 +64,8 @@ SERVER_TO_USER_PREFIX = "#server-to-user-"
 #: ``info`` attributes of events and channel queries (Pusher docs, "HTTP API reference")
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 SIGNATURE_PARAMETER = "auth_signature"
+#: COUNT Queries in flight at once when listing channels
+COUNT_WORKERS = 16
 
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}", re.ASCII)
 _MD5_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
@@ -571,8 +573,8 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
     Query: ``filter_by_prefix`` (channel names starting with it), ``info``:
     ``subscription_count`` and ``user_count`` (the latter only with a ``presence-`` prefix,
     as Pusher). Listed from the registry's channel occupancy items (one Query per shard,
-    :func:`chalicelib.connections.occupied_channels`), each checked with one COUNT Query, so
-    a channel vacated an instant ago is not listed.
+    :func:`chalicelib.connections.occupied_channels`), each checked with one COUNT Query
+    (:data:`COUNT_WORKERS` at a time), so a channel vacated an instant ago is not listed.
 
     Raises:
         BadRequest: an unknown ``info`` attribute; ``user_count`` without a ``presence-``
@@ -588,9 +590,14 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
     if "user_count" in info and not prefix.startswith("presence-"):
         raise BadRequest("user_count may only be requested for presence channels: "
                          "give filter_by_prefix=presence-")
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = connections.occupied_channels(prefix)
+    with ThreadPoolExecutor(max_workers=max(1, min(COUNT_WORKERS, len(names))),
+                            thread_name_prefix="channel-count") as pool:
+        counts = list(pool.map(connections.count_subscribers, names))
     listed: Dict[str, Any] = {}
-    for name in connections.occupied_channels(prefix):
-        count = connections.count_subscribers(name)
+    for name, count in zip(names, counts):
         if count == 0:
             continue
         attributes: Dict[str, int] = {}
