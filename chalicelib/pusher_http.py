@@ -530,9 +530,8 @@ def close_connection(connection_id: str) -> bool:
     Returns:
         True when closed, False when it was already gone (410).
     Raises:
-        ConfigError: no management endpoint.
-        RegistryUnavailable: never; other management API failures are raised as
-            :class:`ManagementUnavailable` (503).
+        ConfigError: (503) no management endpoint.
+        ManagementUnavailable: (503) any other management API failure.
     """
     from chalicelib import aws, push
     from chalicelib.settings import websocket_settings
