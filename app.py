@@ -8,6 +8,8 @@ from chalice import Chalice
 
 from chalicelib import (authorizer, http, pusher_auth, pusher_http, pusher_socket, settings, ws,
                         worker)
+from chalicelib import webhooks_out  # noqa: F401 (joins the registry's occupancy listeners:
+#                                      channel_occupied/vacated reach chalicelib/webhooks.py)
 
 app = Chalice(app_name="realtime")
 app.experimental_feature_flags.update(["WEBSOCKETS"])

@@ -654,21 +654,25 @@ def occupancy_shard(channel_name: str) -> int:
     return zlib.crc32(channel_name.encode("utf-8")) % OCCUPANCY_SHARDS
 
 
-def mark_occupied(channel_name: str, *, now: Optional[float] = None) -> None:
+def mark_occupied(channel_name: str, *, now: Optional[float] = None) -> bool:
     """Write (or refresh) a channel's occupancy item: one UpdateItem; its TTL is the latest a
     subscription made now can live (:func:`expires_at_for` of now), its version goes up by one.
 
+    Returns:
+        True when the item is new (the channel was not occupied).
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    _call("update_item", TableName=_table(), Key=_occupancy_key(channel_name),
-          UpdateExpression="SET audience = :a, channel = :c, #ttl = :e ADD version :one",
-          ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
-          ExpressionAttributeValues={
-              ":a": _s(f"{OCCUPANCY_AUDIENCE_PREFIX}{occupancy_shard(channel_name)}"),
-              ":c": _s(channel_name), ":e": _n(expires_at_for(time.time() if now is None
-                                                              else now)),
-              ":one": _n(1)})
+    expires_at = expires_at_for(time.time() if now is None else now)
+    answer = _call(
+        "update_item", TableName=_table(), Key=_occupancy_key(channel_name),
+        ReturnValues="ALL_OLD",
+        UpdateExpression="SET audience = :a, channel = :c, #ttl = :e ADD version :one",
+        ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={
+            ":a": _s(f"{OCCUPANCY_AUDIENCE_PREFIX}{occupancy_shard(channel_name)}"),
+            ":c": _s(channel_name), ":e": _n(expires_at), ":one": _n(1)})
+    return not answer.get("Attributes")
 
 
 def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
@@ -698,17 +702,28 @@ def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
     return "refused" not in answer
 
 
+#: ``listener(channel_name, occupied)`` called when a channel becomes occupied (True) or
+#: vacated (False) (:mod:`chalicelib.webhooks_out` adds itself); a listener that raises is
+#: logged, never fails the subscription
+OCCUPANCY_LISTENERS: List[Any] = []
+
+
 def _occupancy_changed(channel_name: str, subscribed: bool,
                        removed: Optional[str] = None) -> None:
-    """Keep the occupancy item after a subscription was added or removed; a failure is only
+    """Keep the occupancy item after a subscription was added or removed, and tell
+    :data:`OCCUPANCY_LISTENERS` when the channel became occupied or vacated; a failure is only
     logged (the subscription itself stands; readers verify occupancy with a COUNT)."""
     try:
-        if subscribed:
-            mark_occupied(channel_name)
-        else:
-            vacate_if_empty(channel_name, ignore=removed)
+        changed = (mark_occupied(channel_name) if subscribed
+                   else vacate_if_empty(channel_name, ignore=removed))
     except AppError as err:
         log.warning("occupancy of a channel not updated: %s", err.code)
+        return
+    for listener in (OCCUPANCY_LISTENERS if changed else ()):
+        try:
+            listener(channel_name, subscribed)
+        except Exception:  # a listener's bug must not fail a subscribe or a disconnect
+            log.exception("occupancy listener failed")
 
 
 def has_subscribers(channel_name: str, *, ignore: Optional[str] = None,
