@@ -6,7 +6,10 @@ and the SQS push queue. See ../shared/DESIGN.md and README.md.
 """
 from chalice import Chalice
 
-from chalicelib import authorizer, http, pusher_auth, pusher_socket, settings, ws, worker
+from chalicelib import (authorizer, http, pusher_auth, pusher_http, pusher_socket, settings, ws,
+                        worker)
+from chalicelib import webhooks_out  # noqa: F401 (joins the registry's occupancy listeners:
+#                                      channel_occupied/vacated reach chalicelib/webhooks.py)
 
 app = Chalice(app_name="realtime")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -76,6 +79,52 @@ def notifications():
 def notifications_preflight():
     """CORS preflight; no authorizer (browsers send no credentials on a preflight)."""
     return pusher_auth.preflight(app.current_request)
+
+
+# --- Pusher HTTP API (server libraries publish here; signed requests) ------------------------
+
+@app.route("/apps/{app_id}/events", methods=["POST"], content_types=["application/json"])
+def pusher_http_events(app_id):
+    return pusher_http.handle(app.current_request, "POST events", pusher_http.trigger, app_id)
+
+
+@app.route("/apps/{app_id}/batch_events", methods=["POST"], content_types=["application/json"])
+def pusher_http_batch_events(app_id):
+    return pusher_http.handle(app.current_request, "POST batch_events",
+                              pusher_http.trigger_batch, app_id)
+
+
+@app.route("/apps/{app_id}/channels", methods=["GET"])
+def pusher_http_channels(app_id):
+    return pusher_http.handle(app.current_request, "GET channels", pusher_http.list_channels,
+                              app_id)
+
+
+@app.route("/apps/{app_id}/channels/{channel_name}", methods=["GET"])
+def pusher_http_channel(app_id, channel_name):
+    return pusher_http.handle(app.current_request, "GET channel", pusher_http.channel_info,
+                              app_id, channel_name)
+
+
+@app.route("/apps/{app_id}/channels/{channel_name}/users", methods=["GET"])
+def pusher_http_channel_users(app_id, channel_name):
+    return pusher_http.handle(app.current_request, "GET users", pusher_http.channel_users,
+                              app_id, channel_name)
+
+
+@app.route("/apps/{app_id}/users/{user_id}/terminate_connections", methods=["POST"],
+           content_types=["application/json"])
+def pusher_http_terminate(app_id, user_id):
+    return pusher_http.handle(app.current_request, "POST terminate_connections",
+                              pusher_http.terminate_user_connections, app_id, user_id)
+
+
+@app.route("/users/{user_id}/terminate_connections", methods=["POST"],
+           content_types=["application/json"])
+def pusher_http_terminate_unscoped(user_id):
+    """The path the Python ``pusher`` library 3.3 sends (it leaves out ``/apps/{app_id}``)."""
+    return pusher_http.handle(app.current_request, "POST terminate_connections",
+                              pusher_http.terminate_user_connections, None, user_id)
 
 
 # --- WebSocket ------------------------------------------------------------------------------

@@ -372,6 +372,9 @@ def remove_connection(connection_id: str) -> int:
                        ProjectionExpression="connection_id, sk, member_user_id")
     keys = [{"connection_id": item["connection_id"], "sk": item["sk"]} for item in items]
     _batch_delete(keys)
+    for key in keys:
+        if key["sk"]["S"].startswith(CHANNEL_SK_PREFIX):
+            _occupancy_changed(key["sk"]["S"][len(CHANNEL_SK_PREFIX):], False, connection_id)
     for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.pusher_socket)
         try:
             hook(connection_id, items)
@@ -474,6 +477,8 @@ def subscribe(connection: Connection, channel_name: str, *,
     if member_user_id is not None:
         item["member_user_id"] = _s(member_user_id)
     _call("put_item", TableName=table, Item=item)
+    if channel_name not in before:
+        _occupancy_changed(channel_name, True)  # for GET /apps/{id}/channels (pusher_http)
     return channel_name not in before
 
 
@@ -511,6 +516,8 @@ def unsubscribe_item(connection_id: str, channel_name: str) -> Dict[str, Any]:
         ConditionExpression="attribute_exists(sk)",  # never re-create a removed connection
         ExpressionAttributeNames={"#subs": CHANNELS_ATTRIBUTE},
         ExpressionAttributeValues={":names": {"SS": [channel_name]}})
+    if response.get("Attributes"):
+        _occupancy_changed(channel_name, False, connection_id)
     return response.get("Attributes") or {}
 
 
@@ -926,3 +933,211 @@ def add_shard_progress(fanout_id: str, index: int, connection_ids: Iterable[str]
           UpdateExpression="ADD #reached :ids SET #ttl = :expires",
           ExpressionAttributeNames={"#reached": PROGRESS_ATTRIBUTE, "#ttl": TTL_ATTRIBUTE},
           ExpressionAttributeValues={":ids": {"SS": ids}, ":expires": _n(expires_at)})
+
+
+# --- channel queries (Pusher's HTTP API: chalicelib.pusher_http) ------------------------------
+#
+# Channel occupancy items let GET /apps/{id}/channels list occupied channels without a Scan:
+# one item per channel with at least one subscription, table key (``#occupancy#<channel>``,
+# ``occupancy``), index key (``audience`` = ``occupancy#<shard>``, ``connection_id`` =
+# ``#occupancy#<channel>``), so a listing is one Query per shard, a ``filter_by_prefix`` a
+# ``begins_with`` on the index's sort key. :data:`OCCUPANCY_SHARDS` spreads the writes of
+# busy apps over that many index partitions. A subscribe writes (refreshes) the item; when an
+# unsubscribe or a removed connection leaves the channel without live subscriptions the item
+# is deleted (conditionally on its version, so a concurrent subscribe keeps it). Readers
+# check each listed channel with a COUNT Query anyway, so an item left behind (a failure
+# between two writes) never lists an empty channel; it expires with its TTL.
+
+#: index partitions of the channel occupancy items
+OCCUPANCY_SHARDS = 8
+OCCUPANCY_PREFIX = "#occupancy#"
+OCCUPANCY_SK = "occupancy"
+OCCUPANCY_AUDIENCE_PREFIX = "occupancy#"
+
+
+def _occupancy_key(channel_name: str) -> Dict[str, Any]:
+    return {"connection_id": _s(OCCUPANCY_PREFIX + channel_name), "sk": _s(OCCUPANCY_SK)}
+
+
+def occupancy_shard(channel_name: str) -> int:
+    """The index shard (0..:data:`OCCUPANCY_SHARDS`-1) of a channel's occupancy item (CRC-32 of
+    its UTF-8 name, so every process agrees)."""
+    import zlib
+
+    return zlib.crc32(channel_name.encode("utf-8")) % OCCUPANCY_SHARDS
+
+
+def mark_occupied(channel_name: str, *, now: Optional[float] = None) -> bool:
+    """Write (or refresh) a channel's occupancy item: one UpdateItem; its TTL is the latest a
+    subscription made now can live (:func:`expires_at_for` of now), its version goes up by one.
+
+    Returns:
+        True when the item is new (the channel was not occupied).
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    expires_at = expires_at_for(time.time() if now is None else now)
+    answer = _call(
+        "update_item", TableName=_table(), Key=_occupancy_key(channel_name),
+        ReturnValues="ALL_OLD",
+        UpdateExpression="SET audience = :a, channel = :c, #ttl = :e ADD version :one",
+        ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={
+            ":a": _s(f"{OCCUPANCY_AUDIENCE_PREFIX}{occupancy_shard(channel_name)}"),
+            ":c": _s(channel_name), ":e": _n(expires_at), ":one": _n(1)})
+    return not answer.get("Attributes")
+
+
+def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
+                    now: Optional[float] = None) -> bool:
+    """Delete a channel's occupancy item when no live subscription is left: read its version
+    (one Query), look for one live subscriber (a Query of one item), then a DeleteItem on
+    condition that the version is unchanged (a subscribe in between keeps the item).
+
+    Args:
+        ignore: a connection id whose subscription was just deleted (the index, eventually
+            consistent, may still show it for a moment).
+    Returns:
+        True when the item was deleted.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    items = _call("query", TableName=_table(), ConsistentRead=True,
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _s(OCCUPANCY_PREFIX + channel_name),
+                                             ":s": _s(OCCUPANCY_SK)},
+                  ProjectionExpression="version").get("Items", [])
+    if not items or has_subscribers(channel_name, ignore=ignore, now=now):
+        return False
+    answer = _conditional("delete_item", TableName=_table(), Key=_occupancy_key(channel_name),
+                          ConditionExpression="version = :v",
+                          ExpressionAttributeValues={":v": items[0].get("version", _n(0))})
+    return "refused" not in answer
+
+
+#: ``listener(channel_name, occupied)`` called when a channel becomes occupied (True) or
+#: vacated (False) (:mod:`chalicelib.webhooks_out` adds itself); a listener that raises is
+#: logged, never fails the subscription
+OCCUPANCY_LISTENERS: List[Any] = []
+
+
+def _occupancy_changed(channel_name: str, subscribed: bool,
+                       removed: Optional[str] = None) -> None:
+    """Keep the occupancy item after a subscription was added or removed, and tell
+    :data:`OCCUPANCY_LISTENERS` when the channel became occupied or vacated; a failure is only
+    logged (the subscription itself stands; readers verify occupancy with a COUNT)."""
+    try:
+        changed = (mark_occupied(channel_name) if subscribed
+                   else vacate_if_empty(channel_name, ignore=removed))
+    except AppError as err:
+        log.warning("occupancy of a channel not updated: %s", err.code)
+        return
+    for listener in (OCCUPANCY_LISTENERS if changed else ()):
+        try:
+            listener(channel_name, subscribed)
+        except Exception:  # a listener's bug must not fail a subscribe or a disconnect
+            log.exception("occupancy listener failed")
+
+
+def has_subscribers(channel_name: str, *, ignore: Optional[str] = None,
+                    now: Optional[float] = None) -> bool:
+    """Whether a channel has at least one live subscription other than ``ignore``'s (Queries
+    of two items on the index, paging only past expired or ignored ones).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    current = int(time.time() if now is None else now)
+    kwargs: Dict[str, Any] = dict(
+        TableName=_table(), IndexName=INDEX_NAME, Limit=2,
+        KeyConditionExpression="audience = :a", FilterExpression="#ttl > :now",
+        ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={":a": _s(CHANNEL_AUDIENCE_PREFIX + channel_name),
+                                   ":now": _n(current)},
+        ProjectionExpression="connection_id")
+    while True:
+        response = _call("query", **kwargs)
+        if any(item["connection_id"]["S"] != ignore for item in response.get("Items", [])):
+            return True
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return False
+        kwargs["ExclusiveStartKey"] = last
+        kwargs["Limit"] = 25
+
+
+def count_subscribers(channel_name: str, *, now: Optional[float] = None) -> int:
+    """Live subscriptions of a channel (``Select=COUNT`` Queries on the index, paginated:
+    only a count comes back).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    current = int(time.time() if now is None else now)
+    kwargs: Dict[str, Any] = dict(
+        TableName=_table(), IndexName=INDEX_NAME, Select="COUNT",
+        KeyConditionExpression="audience = :a", FilterExpression="#ttl > :now",
+        ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+        ExpressionAttributeValues={":a": _s(CHANNEL_AUDIENCE_PREFIX + channel_name),
+                                   ":now": _n(current)})
+    total = 0
+    while True:
+        response = _call("query", **kwargs)
+        total += int(response.get("Count", 0))
+        last = response.get("LastEvaluatedKey")
+        if not last:
+            return total
+        kwargs["ExclusiveStartKey"] = last
+
+
+def channel_user_ids(channel_name: str, *, now: Optional[float] = None) -> List[str]:
+    """Distinct user ids of a channel's live subscribers, sorted: the subscribers from the
+    index (one Query), then their subscription items' ``user_id`` (BatchGetItem, 100 keys per
+    call). Anonymous Pusher connections (not signed in) have none and are not counted.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    ids = subscribers_of_channel(channel_name, now=now)
+    table = _table()
+    users = set()
+    for start in range(0, len(ids), 100):
+        keys = [{"connection_id": _s(cid), "sk": _s(CHANNEL_SK_PREFIX + channel_name)}
+                for cid in ids[start:start + 100]]
+        request = {table: {"Keys": keys, "ProjectionExpression": "user_id"}}
+        for attempt in range(8):
+            response = _call("batch_get_item", RequestItems=request)
+            for item in response.get("Responses", {}).get(table, []):
+                if item.get("user_id", {}).get("S"):
+                    users.add(item["user_id"]["S"])
+            request = response.get("UnprocessedKeys") or {}
+            if not request.get(table):
+                break
+            time.sleep(min(1.0, 0.05 * (2 ** attempt)))
+        else:
+            raise RegistryUnavailable("BatchGetItem left keys unprocessed")
+    return sorted(users)
+
+
+def occupied_channels(prefix: str = "", *, now: Optional[float] = None) -> List[str]:
+    """Names of the channels whose occupancy item is live, starting with ``prefix``, sorted:
+    one Query per shard on the index (``begins_with`` on its sort key). A listed channel may
+    have been vacated an instant ago: check it with :func:`count_subscribers`.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    current = int(time.time() if now is None else now)
+    names = []
+    for shard in range(OCCUPANCY_SHARDS):
+        items = _query_all(
+            TableName=_table(), IndexName=INDEX_NAME,
+            KeyConditionExpression="audience = :a AND begins_with(connection_id, :p)",
+            FilterExpression="#ttl > :now",
+            ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+            ExpressionAttributeValues={":a": _s(f"{OCCUPANCY_AUDIENCE_PREFIX}{shard}"),
+                                       ":p": _s(OCCUPANCY_PREFIX + prefix),
+                                       ":now": _n(current)},
+            ProjectionExpression="connection_id")
+        names.extend(item["connection_id"]["S"][len(OCCUPANCY_PREFIX):] for item in items)
+    return sorted(names)

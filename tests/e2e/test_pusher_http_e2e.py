@@ -1,0 +1,175 @@
+"""Pusher's HTTP API end to end: the REAL Python ``pusher`` library, with only host and port
+changed, against ``chalice local`` of the local stack (devtools.stack on free ports: the local
+WebSocket gateway with the app's handlers, moto, the management API), and real WebSocket
+clients on 127.0.0.1 — Pusher protocol 7 ones at ``/app/<key>`` and native ones with a JWT.
+
+Scenarios: trigger to a public channel (a Pusher and a native subscriber), ``socket_id``
+exclusion, ``trigger_batch``, ``channels_info``/``channel_info``/``users_info``,
+``send_to_user``, ``terminate_user_connections`` (the socket is closed), a wrong secret.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pusher
+import pytest
+from pusher.errors import PusherBadAuth, PusherBadRequest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.support.local_stack import running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("pusher-http-run")) as running:
+        yield running
+
+
+def library(stack, secret=None):
+    """The Python pusher library as an app would configure it: only host and port differ."""
+    return pusher.Pusher(app_id=stack.env["PUSHER_APP_ID"], key=stack.env["PUSHER_KEY"],
+                         secret=secret or stack.env["PUSHER_SECRET"], host="127.0.0.1",
+                         port=stack.ports.http, ssl=False, timeout=20)
+
+
+def recv(ws, timeout=10.0):
+    return json.loads(ws.recv(timeout=timeout))
+
+
+class PusherSocket:
+    """A Pusher protocol 7 client (what pusher-js sends), on the local gateway."""
+
+    def __init__(self, stack):
+        self.ws = connect(f"ws://127.0.0.1:{stack.ports.websocket}/app/"
+                          f"{stack.env['PUSHER_KEY']}?protocol=7&client=js&version=8.6.0"
+                          "&flash=false", open_timeout=10)
+        frame = recv(self.ws)
+        assert frame["event"] == "pusher:connection_established", frame
+        self.socket_id = json.loads(frame["data"])["socket_id"]
+
+    def subscribe(self, channel):
+        self.ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        frame = recv(self.ws)
+        assert frame["event"] == "pusher_internal:subscription_succeeded", frame
+
+    def next_event(self, timeout=10.0):
+        return recv(self.ws, timeout)
+
+    def close(self):
+        self.ws.close()
+
+
+class NativeSocket:
+    """A native client (JWT at $connect, our JSON frames)."""
+
+    def __init__(self, stack, sub):
+        self.ws = connect(f"{stack.websocket_url}?token={stack.mint(sub)}", open_timeout=10)
+
+    def subscribe(self, channel):
+        self.ws.send(json.dumps({"action": "subscribe", "channel": channel}))
+        assert recv(self.ws) == {"type": "subscribed", "channel": channel}
+
+    def next_event(self, timeout=10.0):
+        return recv(self.ws, timeout)
+
+    def close(self):
+        self.ws.close()
+
+
+def test_trigger_reaches_both_dialects_and_socket_id_is_left_out(stack):
+    channel = f"news-{uuid.uuid4().hex[:8]}"
+    first, second, native = PusherSocket(stack), PusherSocket(stack), NativeSocket(stack, "carol")
+    try:
+        for client in (first, second, native):
+            client.subscribe(channel)
+        assert library(stack).trigger(channel, "greet", {"n": 1}) == {}
+        assert first.next_event() == {"event": "greet", "channel": channel,
+                                      "data": '{"n": 1}'}
+        assert json.loads(second.next_event()["data"]) == {"n": 1}
+        assert native.next_event() == {"type": "event", "channel": channel, "event": "greet",
+                                       "data": '{"n": 1}'}
+        library(stack).trigger([channel], "again", "x", socket_id=first.socket_id)
+        assert second.next_event()["event"] == "again"
+        assert native.next_event()["event"] == "again"
+        with pytest.raises(TimeoutError):
+            first.next_event(timeout=1.0)
+    finally:
+        for client in (first, second, native):
+            client.close()
+
+
+def test_trigger_batch(stack):
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    client = PusherSocket(stack)
+    try:
+        client.subscribe(a)
+        client.subscribe(b)
+        assert library(stack).trigger_batch([{"channel": a, "name": "one", "data": "1"},
+                                             {"channel": b, "name": "two", "data": "2"}]) == {}
+        got = {(frame["channel"], frame["event"]) for frame in
+               (client.next_event(), client.next_event())}
+        assert got == {(a, "one"), (b, "two")}
+    finally:
+        client.close()
+
+
+def test_channel_queries(stack):
+    room = f"presence-{uuid.uuid4().hex[:8]}"
+    public = f"public-{uuid.uuid4().hex[:8]}"
+    clients = [NativeSocket(stack, "alice"), NativeSocket(stack, "alice"),
+               NativeSocket(stack, "bob")]
+    listener = PusherSocket(stack)
+    lib = library(stack)
+    try:
+        for client in clients:
+            client.subscribe(room)
+        listener.subscribe(public)
+        assert lib.channel_info(room, ["subscription_count", "user_count"]) == \
+            {"occupied": True, "subscription_count": 3, "user_count": 2}
+        assert lib.channel_info(public) == {"occupied": True}
+        assert lib.users_info(room) == {"users": [{"id": "alice"}, {"id": "bob"}]}
+        listed = lib.channels_info(room, ["user_count"])["channels"]
+        assert listed == {room: {"user_count": 2}}
+        assert public in lib.channels_info()["channels"]
+        with pytest.raises(PusherBadRequest):
+            lib.users_info(public)
+        listener.close()
+        deadline = time.monotonic() + 10  # $disconnect runs after the close
+        while lib.channel_info(public)["occupied"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lib.channel_info(public) == {"occupied": False}
+        assert public not in lib.channels_info()["channels"]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_send_to_user_and_terminate_user_connections(stack):
+    user = f"dave{uuid.uuid4().hex[:6]}"
+    mine, mine_too, other = (NativeSocket(stack, user), NativeSocket(stack, user),
+                             NativeSocket(stack, "erin"))
+    lib = library(stack)
+    try:
+        assert lib.send_to_user(user, "note", {"x": 1}) == {}
+        for client in (mine, mine_too):
+            assert client.next_event() == {"type": "event", "event": "note",
+                                           "data": '{"x": 1}'}
+        assert lib.terminate_user_connections(user) == {}
+        for client in (mine, mine_too):
+            with pytest.raises(ConnectionClosed):
+                client.next_event()
+        other.ws.send(json.dumps({"action": "ping"}))
+        assert other.next_event() == {"type": "pong"}
+    finally:
+        for client in (mine, mine_too, other):
+            client.close()
+
+
+def test_a_wrong_secret_is_refused(stack):
+    with pytest.raises(PusherBadAuth, match="Invalid signature"):
+        library(stack, secret="not-the-secret").trigger("news", "e", "x")
