@@ -1092,8 +1092,10 @@ def count_subscribers(channel_name: str, *, now: Optional[float] = None) -> int:
 
 def channel_user_ids(channel_name: str, *, now: Optional[float] = None) -> List[str]:
     """Distinct user ids of a channel's live subscribers, sorted: the subscribers from the
-    index (one Query), then their subscription items' ``user_id`` (BatchGetItem, 100 keys per
-    call). Anonymous Pusher connections (not signed in) have none and are not counted.
+    index (one Query), then their subscription items (BatchGetItem, 100 keys per call): the
+    presence member a Pusher connection joined as (``member_user_id``, from its signed
+    ``channel_data``), else the connection's ``user_id``. Anonymous Pusher connections that
+    joined no presence member have neither and are not counted.
 
     Raises:
         RegistryUnavailable: DynamoDB failed.
@@ -1104,12 +1106,15 @@ def channel_user_ids(channel_name: str, *, now: Optional[float] = None) -> List[
     for start in range(0, len(ids), 100):
         keys = [{"connection_id": _s(cid), "sk": _s(CHANNEL_SK_PREFIX + channel_name)}
                 for cid in ids[start:start + 100]]
-        request = {table: {"Keys": keys, "ProjectionExpression": "user_id"}}
+        request = {table: {"Keys": keys,
+                           "ProjectionExpression": "user_id, member_user_id"}}
         for attempt in range(8):
             response = _call("batch_get_item", RequestItems=request)
             for item in response.get("Responses", {}).get(table, []):
-                if item.get("user_id", {}).get("S"):
-                    users.add(item["user_id"]["S"])
+                user_id = (item.get("member_user_id", {}).get("S")
+                           or item.get("user_id", {}).get("S"))
+                if user_id:
+                    users.add(user_id)
             request = response.get("UnprocessedKeys") or {}
             if not request.get(table):
                 break

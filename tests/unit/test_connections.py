@@ -219,3 +219,16 @@ def test_subscribe_on_a_removed_connection_asks_to_reconnect(registry):
     with pytest.raises(Unauthorized):
         connections.subscribe(connection, "news")
     assert _raw_items() == []
+
+
+def test_channel_users_are_presence_members_and_signed_in_users(registry):
+    """Pusher's users of a presence channel: the member an anonymous Pusher connection joined
+    as (its signed channel_data), and the user of a native connection; anonymous connections
+    that joined no member are not users."""
+    native = connections.register("n1=", ALICE)
+    connections.subscribe(native, "presence-room")
+    member = connections.register("p1=", None, dialect=connections.PUSHER)
+    connections.subscribe(member, "presence-room", member_user_id="bob")
+    lurker = connections.register("p2=", None, dialect=connections.PUSHER)
+    connections.subscribe(lurker, "presence-room")
+    assert connections.channel_user_ids("presence-room") == ["alice", "bob"]
