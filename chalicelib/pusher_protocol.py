@@ -38,6 +38,8 @@ PROTOCOL_PARAMETER = "protocol"
 APP_KEY_PARAMETER = "app_key"
 
 SOCKET_ID_RE = re.compile(r"[0-9]+\.[0-9]+", re.ASCII)
+#: longest socket id made or accepted, characters
+MAX_SOCKET_ID_LENGTH = 200
 _VERSION_RE = re.compile(r"[0-9]{1,6}", re.ASCII)
 
 # pusher:error codes (Pusher docs, "Pusher Channels Protocol" -> "Error Codes"): 4000-4099 the
@@ -95,9 +97,10 @@ def socket_id_for(connection_id: str) -> str:
     Args:
         connection_id: a non-empty connection id.
     Returns:
-        ``"<digits>.<digits>"``.
+        ``"<digits>.<digits>"``, at most :data:`MAX_SOCKET_ID_LENGTH` characters (every id of
+        up to 64 bytes fits).
     Raises:
-        ValueError: an empty id.
+        ValueError: an empty id, or one too long for a socket id.
     """
     if not isinstance(connection_id, str) or not connection_id:
         raise ValueError("connection id must be a non-empty string")
@@ -108,7 +111,10 @@ def socket_id_for(connection_id: str) -> str:
     half = len(raw) // 2
     first = int.from_bytes(bytes([flag]) + raw[:half], "big")
     second = int.from_bytes(b"\x01" + raw[half:], "big")
-    return f"{first}.{second}"
+    socket_id = f"{first}.{second}"
+    if len(socket_id) > MAX_SOCKET_ID_LENGTH:  # an id of over ~80 bytes: never API Gateway's
+        raise ValueError("connection id too long to make a socket id")
+    return socket_id
 
 
 def connection_id_for(socket_id: Any) -> str:
@@ -117,7 +123,7 @@ def connection_id_for(socket_id: Any) -> str:
     Raises:
         ValueError: not a socket id of this form (wrong shape, marker or text encoding).
     """
-    if not isinstance(socket_id, str) or len(socket_id) > 200 \
+    if not isinstance(socket_id, str) or len(socket_id) > MAX_SOCKET_ID_LENGTH \
             or not SOCKET_ID_RE.fullmatch(socket_id):
         raise ValueError("not a socket id")
     first_text, second_text = socket_id.split(".")

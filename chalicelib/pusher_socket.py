@@ -162,9 +162,14 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
                 log.error("$connect (pusher) %s: %s", connection_id, err)
                 refusal = protocol.ProtocolError("Over capacity; reconnect later",
                                                  protocol.OVER_CAPACITY)
+        socket_id = None
         if refusal is None:
-            frame, close = protocol.connection_established(
-                protocol.socket_id_for(connection_id)), False
+            try:
+                socket_id = protocol.socket_id_for(connection_id)
+            except ValueError:  # an id far longer than API Gateway's: no socket id to give
+                refusal = protocol.ProtocolError("Connection id unusable as a socket id")
+        if socket_id is not None:
+            frame, close = protocol.connection_established(socket_id), False
         else:
             log.info("$connect (pusher) %s refused: %s %s", connection_id, refusal.code,
                      refusal.message)

@@ -7,7 +7,7 @@ import os
 
 import pusher
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from chalicelib import pusher_protocol as protocol
 
@@ -20,13 +20,20 @@ def test_socket_ids_have_pushers_form_and_map_back(connection_id):
     assert protocol.connection_id_for(socket_id) == connection_id
 
 
+@example("0" + "\U00010000" * 11 + "0" + "\U00010000" * 11 + "0" + "\U00010000" * 11)
 @given(st.text(min_size=1, max_size=64))
 def test_every_connection_id_round_trips(connection_id):
     try:
-        connection_id.encode("utf-8")
+        size = len(connection_id.encode("utf-8"))
     except UnicodeEncodeError:
         return  # API Gateway ids are ASCII; lone surrogates cannot be sent anyway
-    assert protocol.connection_id_for(protocol.socket_id_for(connection_id)) == connection_id
+    try:
+        socket_id = protocol.socket_id_for(connection_id)
+    except ValueError:  # found by this test: 135 bytes made a socket id of 327 characters
+        assert size > 64
+        return
+    assert len(socket_id) <= protocol.MAX_SOCKET_ID_LENGTH
+    assert protocol.connection_id_for(socket_id) == connection_id
 
 
 def test_api_gateway_ids_give_short_socket_ids():
