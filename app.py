@@ -6,11 +6,21 @@ and the SQS push queue. See ../shared/DESIGN.md and README.md.
 """
 from chalice import Chalice
 
-from chalicelib import authorizer, http, pusher_auth, settings, ws, worker
+from chalicelib import authorizer, http, observability, pusher_auth, settings, ws, worker
 
-app = Chalice(app_name="realtime")
+app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
-app.log.setLevel("INFO")
+observability.setup_logging()
+
+
+def observe(event, get_response):
+    """Each HTTP, WebSocket and SQS handler call is one invocation: correlation fields on its
+    log lines, its metrics flushed once at the end (chalicelib.observability)."""
+    return observability.chalice_middleware(event, get_response)
+
+
+for _event_type in ("http", "websocket", "sqs"):
+    app.register_middleware(observe, _event_type)
 
 FORM_AND_JSON = ["application/x-www-form-urlencoded", "application/json", "text/plain"]
 
@@ -18,12 +28,14 @@ FORM_AND_JSON = ["application/x-www-form-urlencoded", "application/json", "text/
 # --- authorizers ----------------------------------------------------------------------------
 
 @app.authorizer()
+@observability.observed("jwt_auth")
 def jwt_auth(auth_request):
     """TOKEN authorizer for REST routes (Authorization header)."""
     return authorizer.rest_authorizer(auth_request)
 
 
 @app.lambda_function(name="ws_authorizer")
+@observability.observed("ws_authorizer")
 def ws_authorizer(event, context):
     """REQUEST authorizer for the WebSocket ``$connect`` route."""
     return authorizer.websocket_authorizer(event)

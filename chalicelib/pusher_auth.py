@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from chalicelib import channels, jsonutil, webhooks as webhook_events
+from chalicelib import channels, jsonutil, observability, webhooks as webhook_events
 from chalicelib.errors import (AppError, BadRequest, ConfigError, Forbidden, PayloadTooLarge,
                                Unauthorized, json_response, log_error)
 from chalicelib.identity import authenticate_request
@@ -426,7 +426,9 @@ def _batch_entry(principal: Principal, name: str, socket_id: str,
 # --- routes -------------------------------------------------------------------------------------
 
 def _principal(request) -> Principal:
-    return authenticate_request(request.headers, request.query_params)
+    principal = authenticate_request(request.headers, request.query_params)
+    observability.set_fields(user_id=principal.user_id)
+    return principal
 
 
 def channel_auth(request):

@@ -37,7 +37,7 @@ import logging
 import time
 from typing import Any, Dict, Mapping
 
-from chalicelib import channels, connections, jsonutil, push
+from chalicelib import channels, connections, jsonutil, observability, push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.identity import authenticate_request, header, principal_from_request
@@ -126,6 +126,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         if not isinstance(connection_id, str) or not connection_id:
             raise BadRequest("$connect event without requestContext.connectionId")
         principal = connect_principal(raw)
+        observability.set_fields(user_id=principal.user_id)
         identity = context.get("identity") if isinstance(context.get("identity"), Mapping) \
             else {}
         user_agent = identity.get("userAgent") or header(raw.get("headers"), "user-agent")
@@ -286,6 +287,7 @@ def _registered(connection_id: str) -> connections.Connection:
     if connection is None:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+    observability.set_fields(user_id=connection.user_id)
     return connection
 
 
