@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from chalicelib import identity, jwks
+from chalicelib import identity, jwks, observability
 from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
@@ -76,14 +76,18 @@ def rest_authorizer(auth_request):
         principal = identity.authenticate(token)
     except ConfigError as err:
         log_error(err, "jwt_auth")
+        observability.count("AuthorizerRefused", dimension=err.code)
         return AuthResponse(routes=["*"], principal_id=CONFIG_ERROR_PRINCIPAL,
                             context={identity.CONFIG_ERROR_CONTEXT_KEY: err.public_message})
     except AppError as err:
         log_error(err, "jwt_auth")
+        observability.count("AuthorizerRefused", dimension=err.code)
         raise _unauthorized() from None
     except Exception as exc:  # never a 500 from an authorizer; the message may hold input
         log.error("jwt_auth: unexpected %s", type(exc).__name__)
+        observability.count("AuthorizerRefused", dimension="unexpected")
         raise _unauthorized() from None
+    observability.count("AuthorizerAllowed")
     return AuthResponse(routes=["*"], principal_id=principal.user_id,
                         context=principal.flat_context())
 
@@ -153,10 +157,13 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         resources = policy_resources(event.get("methodArn"), jwt_settings().authorized_apis)
     except AppError as err:
         log_error(err, "ws_authorizer")
+        observability.count("AuthorizerRefused", dimension=err.code)
         raise Exception(UNAUTHORIZED) from None
     except Exception as exc:  # never a 500 from an authorizer; the message may hold input
         log.error("ws_authorizer: unexpected %s", type(exc).__name__)
+        observability.count("AuthorizerRefused", dimension="unexpected")
         raise Exception(UNAUTHORIZED) from None
+    observability.count("AuthorizerAllowed")
     return {
         "principalId": principal.user_id,
         "policyDocument": {

@@ -44,7 +44,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from chalicelib import aws, channels, connections, jsonutil
+from chalicelib import aws, channels, connections, jsonutil, observability
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
 from chalicelib.principal import validate_user_id
 from chalicelib.sender import (  # noqa: F401 (back-off rules re-exported)
@@ -339,6 +339,7 @@ def _tally(outcomes: Iterable[str]) -> Summary:
 
 # --- public API -------------------------------------------------------------------------------
 
+@observability.counts_deliveries
 def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
                         event: Any = None) -> Summary:
     """Post one frame to many connections, at most ``PUSH_MAX_WORKERS`` posts in flight.
@@ -401,6 +402,7 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
     return send_to_connections(connections.connections_of_user(user_id), data, event=event)
 
 
+@observability.timed_fanout
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
                        exclude: Optional[str] = None) -> Summary:
     """Post one frame to every live subscriber of a channel (one registry Query, then
@@ -499,6 +501,7 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
                         body.get("data"))
 
 
+@observability.timed_fanout
 def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """Deliver a :class:`Notification` to its connection, user or channel.
 

@@ -420,6 +420,7 @@ def _batch_entry(principal: Principal, name: str, socket_id: str,
         return {"status": 200, "data": sign_channel(principal, name, socket_id, config)}
     except AppError as err:
         log_error(err, "pusher.auth batch")
+        observability.count("SubscriptionsRefused", dimension=err.code)
         return {"status": err.status, "error": err.body()}
 
 
@@ -452,6 +453,8 @@ def channel_auth(request):
             answer = sign_channel(principal, parsed.channel_names[0], parsed.socket_id, config)
         return _json_answer(answer, headers)
     except AppError as err:
+        if isinstance(err, Forbidden):  # the channel rules said no
+            observability.count("SubscriptionsRefused", dimension=err.code)
         return _error_answer(err, "pusher.auth", headers)
     except Exception:
         return _unexpected("pusher.auth", headers)

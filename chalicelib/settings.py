@@ -517,6 +517,12 @@ class ObservabilitySettings:
     problems: Tuple[str, ...] = ()
 
 
+def default_metrics_namespace(stage: str) -> str:
+    """The CloudWatch namespace of a stage's metrics when ``POWERTOOLS_METRICS_NAMESPACE`` is
+    unset: ``Realtime/<stage>`` (infra's dashboard and alarms use the same rule)."""
+    return f"Realtime/{stage}"
+
+
 @functools.lru_cache(maxsize=None)
 def observability_settings() -> ObservabilitySettings:
     """Load :class:`ObservabilitySettings`. Never raises (read while importing ``app``)."""
@@ -527,7 +533,7 @@ def observability_settings() -> ObservabilitySettings:
                         + "; using INFO")
         level = "INFO"
     namespace = _raw("POWERTOOLS_METRICS_NAMESPACE") or \
-        f"Realtime/{_raw('STAGE') or DEFAULT_STAGE}"
+        default_metrics_namespace(_raw("STAGE") or DEFAULT_STAGE)
     return ObservabilitySettings(log_level=level, metrics_namespace=namespace,
                                  problems=tuple(problems))
 

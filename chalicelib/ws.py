@@ -252,6 +252,8 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
         action = frame.get("action")
         known = isinstance(action, str) and action in ACTIONS
         log_error(err, f"$default {action if known else '-'}")
+        if action == "subscribe":
+            observability.count("SubscriptionsRefused", dimension=err.code)
         reply = err.frame()
         if known:
             reply["action"] = action
@@ -353,6 +355,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
     log.info("client event by %s to %s: %s", connection.user_id, channel, summary)
+    observability.count("ClientEvents")
     return {"type": "published", "channel": channel, "event": event_name}
 
 
