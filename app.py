@@ -4,9 +4,30 @@ Doors: the REST API (``/me``, ``/pusher/*``, ``/notifications``), the WebSocket 
 (``$connect``, ``$default``, ``$disconnect``, and the REQUEST authorizer ``ws_authorizer``)
 and the SQS push queue. See ../shared/DESIGN.md and README.md.
 """
+import importlib
+
 from chalice import Chalice
 
-from chalicelib import authorizer, http, observability, pusher_auth, settings, ws, worker
+from chalicelib import authorizer, observability, settings
+
+
+class _Room:
+    """A room of chalicelib imported at its first use, so that each Lambda function imports
+    only the rooms it calls: the two authorizers, whose cold start every ``$connect`` and
+    REST call may wait for, never load the push engine, the registry or the Pusher library
+    (README, "Benchmarks": cold import). The first attribute read replaces this stand-in by
+    the module itself."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        module = importlib.import_module(f"chalicelib.{self._name}")
+        globals()[self._name] = module
+        return getattr(module, attribute)
+
+
+http, pusher_auth, ws, worker = (_Room(name) for name in ("http", "pusher_auth", "ws", "worker"))
 
 app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])

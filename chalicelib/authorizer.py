@@ -87,7 +87,6 @@ def rest_authorizer(auth_request):
         log.error("jwt_auth: unexpected %s", type(exc).__name__)
         observability.count("AuthorizerRefused", dimension="unexpected")
         raise _unauthorized() from None
-    observability.count("AuthorizerAllowed")
     return AuthResponse(routes=["*"], principal_id=principal.user_id,
                         context=principal.flat_context())
 
@@ -163,7 +162,6 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         log.error("ws_authorizer: unexpected %s", type(exc).__name__)
         observability.count("AuthorizerRefused", dimension="unexpected")
         raise Exception(UNAUTHORIZED) from None
-    observability.count("AuthorizerAllowed")
     return {
         "principalId": principal.user_id,
         "policyDocument": {

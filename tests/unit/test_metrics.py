@@ -78,14 +78,21 @@ def test_connections_opened_and_closed_by_dialect(ws, dev_issuer, capsys):
     assert figures(emf(capsys)) == {("ConnectionsRefused", "401"): 1}
 
 
-def test_authorizer_allow_and_refuse_by_reason(app_env, dev_issuer, capsys):
+def test_authorizer_allow_and_refuse_by_reason(ws, dev_issuer, capsys):
     import app as app_module
 
+    client, _ = ws
     emf(capsys)
     base = {"type": "REQUEST", "methodArn": METHOD_ARN, "headers": {}}
-    app_module.ws_authorizer(dict(base, queryStringParameters={
+    allowed = app_module.ws_authorizer(dict(base, queryStringParameters={
         "token": dev_issuer.mint("alice")}), None)
-    assert figures(emf(capsys)) == {("AuthorizerAllowed", None): 1}
+    # the allowed path writes nothing (its hot path stays cheap) ...
+    assert emf(capsys) == []
+    # ... the $connect it lets through counts it
+    client.lambda_.invoke("ws_connect", events.connect_event(authorizer={
+        **allowed["context"], "principalId": allowed["principalId"]}))
+    assert figures(emf(capsys)) == {("AuthorizerAllowed", None): 1,
+                                    ("ConnectionsOpened", "native"): 1}
     for query, reason in ((None, "no_token"), ({"token": "a.b.c"}, "malformed_token")):
         with pytest.raises(Exception, match="^Unauthorized$"):
             app_module.ws_authorizer(dict(base, queryStringParameters=query), None)
@@ -117,12 +124,10 @@ def test_a_fan_out_is_one_document_not_one_per_message(ws, dev_issuer, capsys):
         "Authorization": f"Bearer {dev_issuer.mint('alice', scope='notifications:send')}"},
         body=json.dumps({"channel": "news", "event": "e", "data": 1}))
     assert response.status_code == 200
-    authorizer, route = [], []
-    for doc in emf(capsys):
-        (authorizer if "AuthorizerAllowed" in doc else route).append(doc)
-    assert len(authorizer) == 1  # jwt_auth: an invocation of its own
+    route = emf(capsys)
     assert len(route) == 1  # every figure of the route's invocation in one document
     got = figures(route)
+    assert got[("AuthorizerAllowed", None)] == 1  # jwt_auth let it through
     assert got[("MessagesDelivered", None)] == 4
     assert got[("MessagesGone", None)] == 1
     assert got[("FanoutAudience", None)] == [5]
@@ -237,3 +242,17 @@ def test_documents_are_valid_for_any_mix(app_env):
                              ("AuthorizerRefused", "expired"): 2}
     with pytest.raises(KeyError):
         observability.count("NoSuchMetric")
+
+
+def test_the_config_error_principal_is_not_counted_as_allowed(client, dev_issuer, capsys,
+                                                             monkeypatch):
+    from chalicelib import authorizer, settings
+
+    assert observability.CONFIG_ERROR_PRINCIPAL == authorizer.CONFIG_ERROR_PRINCIPAL
+    monkeypatch.delenv("JWT_ISSUER")
+    settings.reset()
+    emf(capsys)
+    response = client.http.get("/me", headers={
+        "Authorization": f"Bearer {dev_issuer.mint('alice')}"})
+    assert response.status_code == 503
+    assert figures(emf(capsys)) == {("AuthorizerRefused", "not_configured"): 1}

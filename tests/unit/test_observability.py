@@ -149,3 +149,21 @@ def test_the_stage_log_level_reaches_the_logger(tmp_path):
         assert result.returncode == 0, result.stderr
         shown[level] = [json.loads(line)["message"] for line in result.stdout.splitlines()]
     assert shown == {"DEBUG": ["dbg-line", "info-line"], "INFO": ["info-line"]}
+
+
+# --- cold start ---------------------------------------------------------------------------------
+
+def test_the_authorizers_cold_start_loads_no_push_engine_nor_pusher():
+    """Importing app (all the authorizers' functions run) leaves the other rooms for their
+    first use: Powertools' logging and metrics fit in the cold-start budget that way."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app; heavy = ['chalicelib.push', 'chalicelib.sender', "
+            "'chalicelib.connections', 'chalicelib.ws', 'chalicelib.pusher_auth', 'pusher', "
+            "'requests']; print(sorted(m for m in heavy if m in sys.modules)); "
+            "app.ws.on_connect; print('chalicelib.push' in sys.modules, type(app.ws).__name__)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True module"]
