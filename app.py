@@ -4,16 +4,52 @@ Doors: the REST API (``/me``, ``/pusher/*``, ``/notifications``), the WebSocket 
 (``$connect``, ``$default``, ``$disconnect``, and the REQUEST authorizer ``ws_authorizer``)
 and the SQS push queue. See ../shared/DESIGN.md and README.md.
 """
+import importlib
+
 from chalice import Chalice
 
-from chalicelib import (authorizer, http, pusher_auth, pusher_http, pusher_socket, settings, ws,
-                        worker)
-from chalicelib import webhooks_out  # noqa: F401 (joins the registry's occupancy listeners:
-#                                      channel_occupied/vacated reach chalicelib/webhooks.py)
+from chalicelib import authorizer, observability, settings
 
-app = Chalice(app_name="realtime")
+
+class _Room:
+    """A room of chalicelib imported at its first use, so that each Lambda function imports
+    only the rooms it calls: the two authorizers, whose cold start every ``$connect`` and
+    REST call may wait for, never load the push engine, the registry or the Pusher library
+    (README, "Benchmarks": cold import). The first attribute read replaces this stand-in by
+    the module itself."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        module = importlib.import_module(f"chalicelib.{self._name}")
+        if self._name in _REGISTRY_ROOMS:
+            # joins the registry's occupancy listeners: channel_occupied/vacated reach
+            # chalicelib/webhooks.py from every room that changes subscriptions
+            importlib.import_module("chalicelib.webhooks_out")
+        globals()[self._name] = module
+        return getattr(module, attribute)
+
+
+#: rooms that subscribe, unsubscribe or remove connections
+_REGISTRY_ROOMS = ("ws", "worker", "pusher_socket", "pusher_http")
+http, pusher_auth, pusher_http, pusher_socket, ws, worker = (
+    _Room(name) for name in ("http", "pusher_auth", "pusher_http", "pusher_socket", "ws",
+                             "worker"))
+
+app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
-app.log.setLevel("INFO")
+observability.setup_logging()
+
+
+def observe(event, get_response):
+    """Each HTTP, WebSocket and SQS handler call is one invocation: correlation fields on its
+    log lines, its metrics flushed once at the end (chalicelib.observability)."""
+    return observability.chalice_middleware(event, get_response)
+
+
+for _event_type in ("http", "websocket", "sqs"):
+    app.register_middleware(observe, _event_type)
 
 FORM_AND_JSON = ["application/x-www-form-urlencoded", "application/json", "text/plain"]
 
@@ -21,12 +57,14 @@ FORM_AND_JSON = ["application/x-www-form-urlencoded", "application/json", "text/
 # --- authorizers ----------------------------------------------------------------------------
 
 @app.authorizer()
+@observability.observed("jwt_auth")
 def jwt_auth(auth_request):
     """TOKEN authorizer for REST routes (Authorization header)."""
     return authorizer.rest_authorizer(auth_request)
 
 
 @app.lambda_function(name="ws_authorizer")
+@observability.observed("ws_authorizer")
 def ws_authorizer(event, context):
     """REQUEST authorizer for the WebSocket ``$connect`` route."""
     return authorizer.websocket_authorizer(event)

@@ -11,10 +11,18 @@ Side by side, same tokens, same keys (the dev issuer, on 127.0.0.1):
 Then the whole-process cold import of ``app`` against ``import chalice, jwt, pusher`` (fresh
 interpreters, alternated, median), and the ratios against the targets of issue 2:
 ws_authorizer RS256 ≤ 1.5× aws-jwt-verify, ≥ 2× faster than PyJWKClient; cold import ≤ 1.15×.
-Run: ``make bench`` or ``python -m bench verify``.
+
+Issue 12's budgets (logs and metrics): the same ``ws_authorizer`` without its invocation
+bracket (:func:`chalicelib.observability.observed`: correlation fields, the EMF flush) — the
+handler as it was before — measured alternately with it, the cost within 5 %; the cold import
+still ≤ 1.15× (and, for information, ``import app`` plus every room, which the functions other
+than the authorizers load by their first call, and Powertools' own import); the Lambda zip of
+``make package`` ≤ 8.5 MiB. EMF lines go to /dev/null while timing (Lambda writes them to
+its log pipe). Run: ``make bench`` or ``python -m bench verify``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -107,10 +115,76 @@ def _node(issuer, tokens: dict) -> dict:
     return json.loads(done.stdout)
 
 
+#: alternate rounds of the observability A/B measurement
+AB_ROUNDS = 40
+
+
+def _without_observability(handler):
+    """``ws_authorizer`` as Lambda calls it, without :func:`chalicelib.observability.observed`
+    (Chalice's own wrapper around the undecorated function): the handler before issue 12."""
+    from chalice.app import EventSourceHandler, LambdaFunctionEvent, PureLambdaWrapper
+
+    undecorated = handler.func._original_func.__wrapped__
+    return EventSourceHandler(PureLambdaWrapper(undecorated), LambdaFunctionEvent)
+
+
+def _ab_us(before, after, seconds: float = 3.0):
+    """µs per call of two functions, measured in :data:`AB_ROUNDS` short alternate rounds
+    (the same load on both) and each taken at its fastest round, as ``timeit`` advises: a
+    slower round measures the machine's other work, not the code. EMF lines go to
+    /dev/null."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        before(), after()
+        per = timeit.timeit(after, number=200) / 200
+        number = max(20, int(seconds / AB_ROUNDS / 2 / per))
+        a, b = [], []
+        for _ in range(AB_ROUNDS):
+            a.append(timeit.timeit(before, number=number) / number * 1e6)
+            b.append(timeit.timeit(after, number=number) / number * 1e6)
+    return min(a), min(b)
+
+
+def _bracket_us() -> float:
+    """µs that :func:`chalicelib.observability.observed` adds to one allowed authorizer call
+    (the invocation's correlation fields; an allowed call counts nothing itself: the
+    invocation it lets through counts ``AuthorizerAllowed``), measured directly (the same
+    handler body with and without it, alternate rounds, fastest round): the A/B difference of
+    whole verifications is smaller than their noise on a shared machine."""
+    from chalicelib import observability
+
+    def body(event, context):
+        return None
+
+    observed = observability.observed("ws_authorizer")(body)
+    bare, full = _ab_us(lambda: body(None, None), lambda: observed(None, None), seconds=2.0)
+    return full - bare
+
+
+def _zip_bytes():
+    """Bytes of the Lambda zip ``make package`` builds for prod (packaged into a temporary
+    directory; None, with the reason printed, when packaging fails)."""
+    from infra import package
+
+    with tempfile.TemporaryDirectory(prefix="bench-zip-") as out:
+        try:
+            target = package.chalice_package("prod", Path(out))
+        except Exception as exc:  # pip or chalice failed: report, do not hide the rest
+            print(f"make package failed: {exc}", file=sys.stderr)
+            return None
+        return (target / "deployment.zip").stat().st_size
+
+
 def _cold_import(env: dict):
-    """Median whole-process seconds for ``import app`` and ``import chalice, jwt, pusher``."""
+    """Median whole-process seconds for ``import app``, ``import chalice, jwt, pusher``,
+    ``import app`` plus every room, and Powertools' logging + metrics after chalice."""
+    rooms = ", ".join(f"chalicelib.{m}" for m in ("authorizer", "http", "pusher_auth", "ws",
+                                                  "worker", "push", "connections"))
     programs = {"app": "import app",
-                "base": "import chalice, jwt, pusher"}
+                "base": "import chalice, jwt, pusher",
+                "app_rooms": f"import app, {rooms}",
+                "chalice": "import chalice",
+                "chalice_powertools": "import chalice; from aws_lambda_powertools import "
+                                      "Logger, Metrics"}
     times = {name: [] for name in programs}
     for _ in range(COLD_RUNS):
         for name, code in programs.items():
@@ -139,19 +213,27 @@ def main() -> None:
                                    email="bench@example.com", scope="openid profile")
                   for alg in ALGS}
         rows = {}
+        handler = app_module.ws_authorizer
+        plain = _without_observability(handler)
         for alg in ALGS:
             event = _event(tokens[alg])
-            handler = app_module.ws_authorizer
-            result = handler(event, None)
-            assert result["principalId"] == "bench-user", result
-            rows[("ws_authorizer (this app)", alg)] = _per_call_us(lambda: handler(event, None))
+            with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # EMF lines
+                result = handler(event, None)
+                assert result["principalId"] == "bench-user", result
+                rows[("ws_authorizer (this app)", alg)] = _per_call_us(
+                    lambda: handler(event, None))
             rows[("cryptography verify (floor)", alg)] = _per_call_us(
                 _bare(issuer, alg, tokens[alg]))
             rows[("PyJWKClient + jwt.decode", alg)] = _per_call_us(
                 _pyjwt(issuer, alg, tokens[alg]))
+            before, after = _ab_us(lambda: plain(event, None), lambda: handler(event, None))
+            rows[("ws_authorizer, no logs/metrics", alg)] = before
+            rows[("ws_authorizer, with them (A/B)", alg)] = after
+        bracket = _bracket_us()
         for alg, us in _node(issuer, tokens).items():
             rows[("aws-jwt-verify verifySync (Node)", alg)] = us
         cold, boto3_loaded = _cold_import(env)
+        zip_bytes = _zip_bytes()
     finally:
         issuer.stop()
         shutil.rmtree(keys_dir, ignore_errors=True)
@@ -166,6 +248,13 @@ def main() -> None:
     print(f"cold import, whole process (median of {COLD_RUNS}):  import app "
           f"{cold['app'] * 1000:.0f} ms, import chalice, jwt, pusher {cold['base'] * 1000:.0f} ms"
           f"; boto3 imported by app: {'yes' if boto3_loaded else 'no'}")
+    print(f"  import app + every room (the other functions, by their first call): "
+          f"{cold['app_rooms'] * 1000:.0f} ms ({cold['app_rooms'] / cold['base']:.2f}×); "
+          f"Powertools logging + metrics after chalice: "
+          f"{(cold['chalice_powertools'] - cold['chalice']) * 1000:.0f} ms")
+    if zip_bytes is not None:
+        print(f"Lambda zip (make package, prod): {zip_bytes / 1024 / 1024:.2f} MiB")
+    print(f"logs + metrics bracket of one authorizer call (measured alone): {bracket:.2f} µs")
     print()
     ws = rows[("ws_authorizer (this app)", "RS256")]
     node = rows.get(("aws-jwt-verify verifySync (Node)", "RS256"))
@@ -178,6 +267,13 @@ def main() -> None:
                    pyjwt / ws >= 2.0))
     ratio = cold["app"] / cold["base"]
     checks.append(("cold import app / chalice+jwt+pusher", ratio, "<= 1.15", ratio <= 1.15))
+    for alg in ALGS:
+        cost = 1 + bracket / rows[("ws_authorizer, no logs/metrics", alg)]
+        checks.append((f"ws_authorizer {alg} with / without logs+metrics", cost, "<= 1.05",
+                       cost <= 1.05))
+    if zip_bytes is not None:
+        checks.append(("Lambda zip MiB (issue 12 budget)", zip_bytes / 1024 / 1024, "<= 8.50",
+                       zip_bytes <= 8.5 * 1024 * 1024))
     print(f"{'ratio':<46}{'value':>8}  {'target':>8}")
     for label, value, target, ok in checks:
         print(f"{label:<46}{value:>8.2f}  {target:>8}  {'ok' if ok else 'MISSED'}")

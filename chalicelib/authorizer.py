@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from chalicelib import identity, jwks, pusher_socket
+from chalicelib import identity, jwks, observability, pusher_protocol
 from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
@@ -76,13 +76,16 @@ def rest_authorizer(auth_request):
         principal = identity.authenticate(token)
     except ConfigError as err:
         log_error(err, "jwt_auth")
+        observability.count("AuthorizerRefused", dimension=err.code)
         return AuthResponse(routes=["*"], principal_id=CONFIG_ERROR_PRINCIPAL,
                             context={identity.CONFIG_ERROR_CONTEXT_KEY: err.public_message})
     except AppError as err:
         log_error(err, "jwt_auth")
+        observability.count("AuthorizerRefused", dimension=err.code)
         raise _unauthorized() from None
     except Exception as exc:  # never a 500 from an authorizer; the message may hold input
         log.error("jwt_auth: unexpected %s", type(exc).__name__)
+        observability.count("AuthorizerRefused", dimension="unexpected")
         raise _unauthorized() from None
     return AuthResponse(routes=["*"], principal_id=principal.user_id,
                         context=principal.flat_context())
@@ -152,16 +155,24 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         headers = event.get("headers") or _first_values(event.get("multiValueHeaders"))
         query = (event.get("queryStringParameters")
                  or _first_values(event.get("multiValueQueryStringParameters")))
-        if pusher_socket.requested(event):  # anonymous: rights come from signed subscriptions
-            return pusher_socket.authorizer_answer(
-                event, policy_resources(event.get("methodArn"), jwt_settings().authorized_apis))
+        # anonymous: rights come from signed subscriptions. The pure check first: the room
+        # (and the registry it imports) loads only for a Pusher connect
+        if pusher_protocol.requests_pusher(query):
+            from chalicelib import pusher_socket
+
+            if pusher_socket.requested(event):
+                return pusher_socket.authorizer_answer(
+                    event,
+                    policy_resources(event.get("methodArn"), jwt_settings().authorized_apis))
         principal = identity.authenticate_request(headers, query)
         resources = policy_resources(event.get("methodArn"), jwt_settings().authorized_apis)
     except AppError as err:
         log_error(err, "ws_authorizer")
+        observability.count("AuthorizerRefused", dimension=err.code)
         raise Exception(UNAUTHORIZED) from None
     except Exception as exc:  # never a 500 from an authorizer; the message may hold input
         log.error("ws_authorizer: unexpected %s", type(exc).__name__)
+        observability.count("AuthorizerRefused", dimension="unexpected")
         raise Exception(UNAUTHORIZED) from None
     return {
         "principalId": principal.user_id,

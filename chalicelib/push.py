@@ -50,7 +50,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from chalicelib import aws, channels, connections, jsonutil
+from chalicelib import aws, channels, connections, jsonutil, observability
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
 from chalicelib.principal import validate_user_id
 from chalicelib.sender import (  # noqa: F401 (back-off rules re-exported)
@@ -345,6 +345,7 @@ def _tally(outcomes: Iterable[str]) -> Summary:
 
 # --- public API -------------------------------------------------------------------------------
 
+@observability.counts_deliveries
 def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
                         event: Any = None) -> Summary:
     """Post one frame to many connections, at most ``PUSH_MAX_WORKERS`` posts in flight.
@@ -504,6 +505,7 @@ def _remember_cache(channel_name: str, frame: Any) -> None:
         connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
 
 
+@observability.timed_fanout
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
                        exclude: Optional[str] = None) -> Summary:
     """Post one frame to every live subscriber of a channel (one registry Query, then
@@ -620,6 +622,7 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
                         body.get("data"))
 
 
+@observability.timed_fanout
 def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """Deliver a :class:`Notification` to its connection, user or channel.
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from chalicelib import channels, jsonutil, webhooks as webhook_events
+from chalicelib import channels, jsonutil, observability, webhooks as webhook_events
 from chalicelib.errors import (AppError, BadRequest, ConfigError, Forbidden, PayloadTooLarge,
                                Unauthorized, json_response, log_error)
 from chalicelib.identity import authenticate_request
@@ -420,13 +420,16 @@ def _batch_entry(principal: Principal, name: str, socket_id: str,
         return {"status": 200, "data": sign_channel(principal, name, socket_id, config)}
     except AppError as err:
         log_error(err, "pusher.auth batch")
+        observability.count("SubscriptionsRefused", dimension=err.code)
         return {"status": err.status, "error": err.body()}
 
 
 # --- routes -------------------------------------------------------------------------------------
 
 def _principal(request) -> Principal:
-    return authenticate_request(request.headers, request.query_params)
+    principal = authenticate_request(request.headers, request.query_params)
+    observability.set_fields(user_id=principal.user_id)
+    return principal
 
 
 def channel_auth(request):
@@ -450,6 +453,8 @@ def channel_auth(request):
             answer = sign_channel(principal, parsed.channel_names[0], parsed.socket_id, config)
         return _json_answer(answer, headers)
     except AppError as err:
+        if isinstance(err, Forbidden):  # the channel rules said no
+            observability.count("SubscriptionsRefused", dimension=err.code)
         return _error_answer(err, "pusher.auth", headers)
     except Exception:
         return _unexpected("pusher.auth", headers)

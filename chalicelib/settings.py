@@ -542,9 +542,52 @@ def push_queue_name() -> str:
     return _raw("PUSH_QUEUE_NAME") or f"realtime-push-{_raw('STAGE') or DEFAULT_STAGE}"
 
 
+# --- observability ------------------------------------------------------------------------------
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Logs and metrics (:mod:`chalicelib.observability`).
+
+    Attributes:
+        log_level: ``POWERTOOLS_LOG_LEVEL``: one of :data:`LOG_LEVELS` (default ``INFO``).
+        metrics_namespace: ``POWERTOOLS_METRICS_NAMESPACE``: the CloudWatch namespace of the
+            service's metrics (default ``Realtime/<STAGE>``).
+        problems: what was wrong with the variables (an invalid level falls back to ``INFO``:
+            logging must start even with a bad setting); logged once at start.
+    """
+
+    log_level: str
+    metrics_namespace: str
+    problems: Tuple[str, ...] = ()
+
+
+def default_metrics_namespace(stage: str) -> str:
+    """The CloudWatch namespace of a stage's metrics when ``POWERTOOLS_METRICS_NAMESPACE`` is
+    unset: ``Realtime/<stage>`` (infra's dashboard and alarms use the same rule)."""
+    return f"Realtime/{stage}"
+
+
+@functools.lru_cache(maxsize=None)
+def observability_settings() -> ObservabilitySettings:
+    """Load :class:`ObservabilitySettings`. Never raises (read while importing ``app``)."""
+    problems = []
+    level = (_raw("POWERTOOLS_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        problems.append("POWERTOOLS_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS)
+                        + "; using INFO")
+        level = "INFO"
+    namespace = _raw("POWERTOOLS_METRICS_NAMESPACE") or \
+        default_metrics_namespace(_raw("STAGE") or DEFAULT_STAGE)
+    return ObservabilitySettings(log_level=level, metrics_namespace=namespace,
+                                 problems=tuple(problems))
+
+
 def reset() -> None:
     """Forget every cached section (tests; Chalice's test client switching stages)."""
     for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings,
-                   pusher_socket_settings):
+                   pusher_socket_settings, observability_settings):
         loader.cache_clear()
     _secret_failures.clear()

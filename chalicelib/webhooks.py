@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
+from chalicelib import observability
 from chalicelib.logtext import for_log
 
 log = logging.getLogger("realtime.webhooks")
@@ -126,6 +127,8 @@ class WebhookHandlers:
                 handled += 1
             else:
                 failed += 1
+        observability.count("WebhooksReceived", len(events))
+        observability.count("WebhooksFailed", failed)
         return DispatchResult(received=len(events), handled=handled, failed=failed,
                               skipped=skipped)
 

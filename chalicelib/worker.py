@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List
 
-from chalicelib import jsonutil, push
+from chalicelib import jsonutil, observability, push
 from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.logtext import for_log
 
@@ -110,4 +110,6 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
             failures.append({"itemIdentifier": message_id})
         else:  # an empty identifier would fail the whole batch
             log.error("a record to retry has no messageId; it is dropped")
+    observability.count("ShardsProcessed", len(records or []))
+    observability.count("ShardsRetried", len(failures))
     return {"batchItemFailures": failures}

@@ -37,7 +37,7 @@ import logging
 import time
 from typing import Any, Dict, Mapping
 
-from chalicelib import channels, connections, jsonutil, push, pusher_socket
+from chalicelib import channels, connections, jsonutil, observability, push, pusher_socket
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.identity import authenticate_request, header, principal_from_request
@@ -146,6 +146,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         if not isinstance(connection_id, str) or not connection_id:
             raise BadRequest("$connect event without requestContext.connectionId")
         principal = connect_principal(raw)
+        observability.set_fields(user_id=principal.user_id)
         identity = context.get("identity") if isinstance(context.get("identity"), Mapping) \
             else {}
         user_agent = identity.get("userAgent") or header(raw.get("headers"), "user-agent")
@@ -273,6 +274,8 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
         action = frame.get("action")
         known = isinstance(action, str) and action in ACTIONS
         log_error(err, f"$default {action if known else '-'}")
+        if action == "subscribe":
+            observability.count("SubscriptionsRefused", dimension=err.code)
         reply = err.frame()
         if known:
             reply["action"] = action
@@ -308,6 +311,7 @@ def _registered(connection_id: str) -> connections.Connection:
     if connection is None:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+    observability.set_fields(user_id=connection.user_id)
     return connection
 
 
@@ -373,6 +377,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
     log.info("client event by %s to %s: %s", connection.user_id, channel, summary)
+    observability.count("ClientEvents")
     return {"type": "published", "channel": channel, "event": event_name}
 
 

@@ -21,6 +21,10 @@ the stage's port-bearing settings are rewritten into an overlay project under th
 directory (symlinks to ``app.py`` and ``chalicelib``, a generated ``.chalice/config.json``), so
 the same code runs with the same ``--stage dev``.
 
+The functions' metrics (EMF documents on the stdout of ``http`` and ``gateway``) are taken out
+of their output and added up by :class:`devtools.live_metrics.LiveMetrics`; the demo page
+reads them at ``/metrics.json`` for its live chart.
+
 The stack waits until each part answers, prints the URLs and a ready token, and on Ctrl-C or
 SIGTERM stops every process it started (SIGTERM to each process group, SIGKILL after 5 s;
 children also get SIGTERM if this process dies, through ``PR_SET_PDEATHSIG``). A lock file in
@@ -52,6 +56,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from devtools.live_metrics import LiveMetrics
 from devtools.loopback import LoopbackHTTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +162,9 @@ class Part:
         self.proc: Optional[subprocess.Popen] = None
         #: lines matching this are kept out of the console (still in ``tail``)
         self.quiet: Optional["re.Pattern[str]"] = None
+        #: sees every line first; a line it takes (returns True for) is neither shown nor kept
+        #: (the functions' EMF documents, counted by :class:`devtools.live_metrics.LiveMetrics`)
+        self.on_line: Optional[Callable[[str], bool]] = None
         self.tail: deque = deque(maxlen=30)
         self._reader: Optional[threading.Thread] = None
 
@@ -173,6 +181,8 @@ class Part:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
+            if self.on_line is not None and self.on_line(line):
+                continue
             self.tail.append(line)
             if self.quiet is None or not self.quiet.search(line):
                 self.out(f"{self.name:>8} | {line}")
@@ -238,6 +248,8 @@ class Stack:
         self._lock_file = None
         self._web: Optional[LoopbackHTTPServer] = None
         self._issuer = None
+        #: the figures the functions emit (EMF on the stdout of ``http`` and ``gateway``)
+        self.metrics = LiveMetrics()
 
     # -- addresses -----------------------------------------------------------------------
     @property
@@ -394,6 +406,9 @@ class Stack:
                  lambda: _http_answers(f"{self.management_url}/@connections/probe",
                                        lambda s, _: s == 410) and self._gateway_says_ready()),
         ]
+        for part in self.parts:
+            if part.name in ("http", "gateway"):  # where the functions run
+                part.on_line = self.metrics.feed_line
 
     @staticmethod
     def _quiet(part: Part, pattern: str) -> Part:
@@ -476,6 +491,9 @@ class Stack:
                 url = urlsplit(self.path)
                 if url.path == "/config.json":
                     body = json.dumps(stack.web_config()).encode()
+                    return self._send(200, body, "application/json")
+                if url.path == "/metrics.json":
+                    body = json.dumps(stack.metrics.snapshot()).encode()
                     return self._send(200, body, "application/json")
                 if url.path == "/dev-token":
                     query = parse_qs(url.query)

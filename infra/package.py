@@ -3,9 +3,9 @@
 Steps: write the stage's merge template (:func:`infra.templates.merge_template`), run
 ``chalice package --stage <stage> --merge-template … build/<stage>/cloudformation``, then check
 the zip: no development packages inside (boto3 is in the Lambda runtime; moto, pytest and the
-rest never belong there), no bytecode (``__pycache__``, ``*.pyc``), and a size within
-:data:`SIZE_LIMIT_FACTOR` of a reference zip of the runtime requirements alone
-(``pip install --target`` + zip, the way Chalice builds its own), and finally ``cfn-lint`` on
+rest never belong there), no bytecode (``__pycache__``, ``*.pyc``), and a size of at most
+:data:`MAX_ZIP_BYTES` (reported next to a reference zip of ``pyjwt[crypto]`` + ``pusher``
+alone, ``pip install --target`` + zip, the way Chalice builds its own), and finally ``cfn-lint`` on
 the SAM template and on the CloudFormation that the SAM transform makes of it.
 
 Reproducible: Chalice zips every file under ``chalicelib/``, so ``__pycache__`` left by a
@@ -46,8 +46,11 @@ if str(ROOT) not in sys.path:
 
 from infra import templates  # noqa: E402
 
-#: the zip may be at most this many times the reference zip (issue 6)
+#: the zip was held to this many times the reference zip (issue 6); reported, no longer the
+#: limit: Powertools' logging and metrics (issue 12) add about 1.1 MB to the zip
 SIZE_LIMIT_FACTOR = 1.10
+#: the Lambda zip's budget, bytes: 8.5 MiB (issue 12)
+MAX_ZIP_BYTES = int(8.5 * 1024 * 1024)
 #: top-level names that must never be in the Lambda zip (``chalice/`` is allowed: Chalice adds
 #: its small runtime, ``chalice/app.py``, to every zip)
 FORBIDDEN_TOP_LEVEL = (
@@ -208,14 +211,17 @@ class ZipReport:
 
     @property
     def ok(self) -> bool:
-        return not self.forbidden and not self.bytecode and self.ratio <= SIZE_LIMIT_FACTOR
+        return not self.forbidden and not self.bytecode and self.zip_bytes <= MAX_ZIP_BYTES
 
     def describe(self) -> str:
         mib = 1024 * 1024
         lines = [f"Lambda zip:      {self.zip_bytes / mib:6.2f} MiB ({self.zip_bytes} bytes)",
                  f"reference zip:   {self.reference_bytes / mib:6.2f} MiB "
                  f"(pyjwt[crypto] + pusher alone)",
-                 f"ratio:           {self.ratio:6.3f} (limit {SIZE_LIMIT_FACTOR:.2f})"]
+                 f"ratio:           {self.ratio:6.3f} (issue 6 held it to "
+                 f"{SIZE_LIMIT_FACTOR:.2f})",
+                 f"budget:          {MAX_ZIP_BYTES / mib:6.2f} MiB: "
+                 f"{'within' if self.zip_bytes <= MAX_ZIP_BYTES else 'OVER'}"]
         if self.forbidden:
             lines.append(f"FORBIDDEN in the zip: {', '.join(self.forbidden)}")
         if self.bytecode:

@@ -35,13 +35,14 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python infra/templates.py`` as well as ``-m``
     sys.path.insert(0, str(ROOT))
 
 from chalicelib.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
+from chalicelib.settings import default_metrics_namespace  # noqa: E402
 
 #: every Lambda function of app.py by its Chalice name (``lambda_functions`` keys in
 #: config.json); tests check this against the packaged template so a new handler is noticed.
@@ -111,6 +112,12 @@ class StageConfig:
         policy_files: Chalice function name -> IAM policy file path for that function.
         authorizer_reserved_concurrency: Chalice's ``reserved_concurrency`` of
             ``ws_authorizer`` (concurrent executions), or None for no reservation.
+        metrics_namespace: the namespace of the functions' EMF metrics
+            (``POWERTOOLS_METRICS_NAMESPACE``, default ``Realtime/<stage>``).
+        alarm_emails: ``stages.<stage>.infra.alarm_emails``: addresses subscribed to a new SNS
+            topic that every alarm notifies (none: no topic is created).
+        alarm_topic_arn: ``stages.<stage>.infra.alarm_topic_arn``: an existing SNS topic every
+            alarm notifies, or None.
     """
 
     app_name: str
@@ -124,6 +131,9 @@ class StageConfig:
     push_worker_timeout: int
     policy_files: Dict[str, Path]
     authorizer_reserved_concurrency: Optional[int] = None
+    metrics_namespace: str = ""
+    alarm_emails: Tuple[str, ...] = ()
+    alarm_topic_arn: Optional[str] = None
 
     @property
     def websocket_api_name(self) -> str:
@@ -184,6 +194,16 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
         raise SystemExit(f"stage {stage}: lambda_functions.ws_authorizer.reserved_concurrency "
                          "must be a whole number >= 1 (0 would refuse every $connect); "
                          "leave it out for no reservation")
+    infra_cfg = stage_cfg.get("infra", {})
+    emails = infra_cfg.get("alarm_emails", [])
+    if not isinstance(emails, list) or not all(
+            isinstance(e, str) and re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", e) for e in emails):
+        raise SystemExit(f"stage {stage}: infra.alarm_emails must be a list of e-mail addresses")
+    topic_arn = infra_cfg.get("alarm_topic_arn")
+    if topic_arn is not None and not (isinstance(topic_arn, str)
+                                      and re.fullmatch(r"arn:aws[a-z-]*:sns:[^:]+:\d{12}:[\w-]+",
+                                                       topic_arn)):
+        raise SystemExit(f"stage {stage}: infra.alarm_topic_arn must be an SNS topic ARN")
     policy_files = {}
     for function in FUNCTIONS:
         filename = lookup(function, "iam_policy_file") or f"policy-{stage}.json"
@@ -202,6 +222,10 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
         push_worker_timeout=int(lookup("push_worker", "lambda_timeout") or 60),
         policy_files=policy_files,
         authorizer_reserved_concurrency=reserved,
+        metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE")
+        or default_metrics_namespace(env.get("STAGE") or stage),
+        alarm_emails=tuple(emails),
+        alarm_topic_arn=topic_arn,
     )
 
 
@@ -266,13 +290,186 @@ def _data_outputs() -> Dict[str, Any]:
 
 
 def infrastructure_template(cfg: StageConfig) -> Dict[str, Any]:
-    """The standalone stack of the ``make deploy`` path: table, queue, dead-letter queue."""
+    """The standalone stack of the ``make deploy`` path: table, queue, dead-letter queue,
+    and the dashboard and alarms (:func:`monitoring_resources`)."""
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": f"{cfg.app_name} {cfg.stage}: connection table and push queue",
-        "Resources": {"ConnectionsTable": table_resource(cfg), **queue_resources(cfg)},
-        "Outputs": _data_outputs(),
+        "Description": f"{cfg.app_name} {cfg.stage}: connection table, push queue, dashboard "
+                       "and alarms",
+        "Resources": {"ConnectionsTable": table_resource(cfg), **queue_resources(cfg),
+                      **monitoring_resources(cfg)},
+        "Outputs": {**_data_outputs(), **_monitoring_outputs(cfg)},
     }
+
+
+# --- dashboard and alarms -----------------------------------------------------------------------
+
+#: alarm period, seconds (CloudWatch's standard resolution is 60 s; SQS publishes every 5 min)
+ALARM_PERIOD_SECONDS = 300
+#: ``AuthorizerRefused`` reasons that are the service's fault, not the caller's: the
+#: authorizer's errors. (Lambda's ``Errors`` metric cannot tell: an authorizer *refuses* by
+#: raising ``Unauthorized``, which Lambda counts as an error.)
+AUTHORIZER_FAULT_REASONS = ("unexpected", "not_configured", "jwks_unavailable")
+DASHBOARD_ID = "Dashboard"
+ALARM_TOPIC_ID = "AlarmTopic"
+
+
+def _emf_metric(cfg: StageConfig, name: str, **dimensions: str) -> Dict[str, Any]:
+    return {"Namespace": cfg.metrics_namespace, "MetricName": name,
+            "Dimensions": [{"Name": k, "Value": v} for k, v in
+                           sorted({"service": "realtime", **dimensions}.items())]}
+
+
+def _alarm_actions(cfg: StageConfig) -> List[Any]:
+    actions: List[Any] = []
+    if cfg.alarm_emails:
+        actions.append({"Ref": ALARM_TOPIC_ID})
+    if cfg.alarm_topic_arn:
+        actions.append(cfg.alarm_topic_arn)
+    return actions
+
+
+def _alarm(cfg: StageConfig, name: str, description: str,
+           metrics: List[Dict[str, Any]], expression: Optional[str] = None) -> Dict[str, Any]:
+    """An alarm that fires when the metric (or the expression over ``metrics``, missing
+    data as 0) sums to at least 1 in one :data:`ALARM_PERIOD_SECONDS` period."""
+    queries = [{"Id": f"m{i}", "ReturnData": expression is None,
+                "MetricStat": {"Metric": metric, "Period": ALARM_PERIOD_SECONDS,
+                               "Stat": "Maximum" if metric.get("MetricName") ==
+                               "ApproximateNumberOfMessagesVisible" else "Sum"}}
+               for i, metric in enumerate(metrics)]
+    if expression is not None:
+        queries.append({"Id": "total", "Expression": expression, "Label": name,
+                        "ReturnData": True})
+    actions = _alarm_actions(cfg)
+    properties: Dict[str, Any] = {
+        "AlarmName": f"{cfg.app_name}-{cfg.stage}-{name}",
+        "AlarmDescription": description,
+        "Metrics": queries,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "Threshold": 1,
+        "EvaluationPeriods": 1,
+        "DatapointsToAlarm": 1,
+        "TreatMissingData": "notBreaching",
+    }
+    if actions:
+        properties["AlarmActions"] = actions
+        properties["OKActions"] = actions
+    return {"Type": "AWS::CloudWatch::Alarm", "Properties": properties}
+
+
+def alarm_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
+    """The five alarms: dead-letter queue not empty, authorizer errors, 5xx on the REST API,
+    throttled posts, worker errors; each notifies the alarm topic(s) when configured."""
+    faults = [_emf_metric(cfg, "AuthorizerRefused", reason=r) for r in AUTHORIZER_FAULT_REASONS]
+    return {
+        "DeadLetterQueueAlarm": _alarm(
+            cfg, "dlq-not-empty", "Push messages reached the dead-letter queue "
+            f"{cfg.dlq_name}: they failed {MAX_RECEIVE_COUNT} times; inspect and redrive.",
+            [{"Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
+              "Dimensions": [{"Name": "QueueName", "Value": cfg.dlq_name}]}]),
+        "AuthorizerErrorsAlarm": _alarm(
+            cfg, "authorizer-errors", "An authorizer failed for a reason of its own "
+            f"({', '.join(AUTHORIZER_FAULT_REASONS)}): callers are refused; see its log.",
+            faults, " + ".join(f"FILL(m{i}, 0)" for i in range(len(faults)))),
+        "RestApi5xxAlarm": _alarm(
+            cfg, "rest-5xx", "The REST API answered 5xx (503: settings or registry "
+            "unavailable, 500: a bug).",
+            [{"Namespace": "AWS/ApiGateway", "MetricName": "5XXError",
+              "Dimensions": [{"Name": "ApiName", "Value": cfg.app_name},
+                             {"Name": "Stage", "Value": cfg.api_gateway_stage}]}]),
+        "ThrottledPostsAlarm": _alarm(
+            cfg, "throttled-posts", "PostToConnection calls were still throttled after "
+            "every retry (API Gateway's account throttle is shared by every API).",
+            [_emf_metric(cfg, "MessagesThrottled")]),
+        "WorkerErrorsAlarm": _alarm(
+            cfg, "worker-errors", "The push worker failed, or reported records for retry.",
+            [{"Namespace": "AWS/Lambda", "MetricName": "Errors",
+              "Dimensions": [{"Name": "FunctionName",
+                              "Value": cfg.function_name("push_worker")}]},
+             _emf_metric(cfg, "ShardsRetried")], "FILL(m0, 0) + FILL(m1, 0)"),
+    }
+
+
+def dashboard_body(cfg: StageConfig) -> Dict[str, Any]:
+    """The CloudWatch dashboard (``DashboardBody`` as a dict; ``${AWS::Region}`` is left for
+    ``Fn::Sub``): the service's EMF figures, the queues, the functions' errors, the alarms."""
+    ns, svc = cfg.metrics_namespace, "realtime"
+
+    def emf(name: str, stat: str = "Sum", label: Optional[str] = None) -> List[Any]:
+        return [ns, name, "service", svc, {"stat": stat, "label": label or name}]
+
+    def search(name: str, dimension: str) -> List[Any]:
+        return [{"expression": f"SEARCH('{{{ns},{dimension},service}} MetricName=\"{name}\"', "
+                               f"'Sum', 60)", "label": "", "id": f"s_{name.lower()}"}]
+
+    def widget(title: str, metrics: List[Any], x: int, y: int, stat: str = "Sum",
+               view: str = "timeSeries") -> Dict[str, Any]:
+        return {"type": "metric", "x": x, "y": y, "width": 8, "height": 6,
+                "properties": {"title": title, "view": view, "region": "${AWS::Region}",
+                               "stat": stat, "period": 60, "metrics": metrics}}
+
+    functions = [cfg.function_name(f) for f in FUNCTIONS]
+    alarm_arns = [f"arn:aws:cloudwatch:${{AWS::Region}}:${{AWS::AccountId}}:alarm:"
+                  f"{cfg.app_name}-{cfg.stage}-{n}" for n in
+                  ("dlq-not-empty", "authorizer-errors", "rest-5xx", "throttled-posts",
+                   "worker-errors")]
+    return {"widgets": [
+        {"type": "alarm", "x": 0, "y": 0, "width": 24, "height": 3,
+         "properties": {"title": "Alarms", "alarms": alarm_arns}},
+        widget("Connections", [search("ConnectionsOpened", "dialect"),
+                               search("ConnectionsClosed", "dialect")], 0, 3),
+        widget("Authorizer", [emf("AuthorizerAllowed"),
+                              search("AuthorizerRefused", "reason")], 8, 3),
+        widget("Messages", [emf("MessagesDelivered"), emf("MessagesGone"),
+                            emf("MessagesFailed"), emf("MessagesThrottled")], 16, 3),
+        widget("Fan-out duration (ms)", [emf("FanoutDuration", "p50", "p50"),
+                                         emf("FanoutDuration", "p99", "p99")], 0, 9),
+        widget("Fan-out audience", [emf("FanoutAudience", "Average", "average"),
+                                    emf("FanoutAudience", "Maximum", "maximum")], 8, 9),
+        widget("Client events, webhooks, refused subscriptions",
+               [emf("ClientEvents"), emf("WebhooksReceived"), emf("WebhooksFailed"),
+                search("SubscriptionsRefused", "reason")], 16, 9),
+        widget("Push queue", [emf("ShardsProcessed"), emf("ShardsRetried"),
+                              ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                               cfg.queue_name, {"stat": "Maximum", "label": "queue depth"}],
+                              ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
+                               cfg.dlq_name, {"stat": "Maximum", "label": "dead letters"}]],
+               0, 15),
+        widget("Function errors", [["AWS/Lambda", "Errors", "FunctionName", name,
+                                    {"label": name}] for name in functions], 8, 15),
+        widget("REST API", [["AWS/ApiGateway", "4XXError", "ApiName", cfg.app_name, "Stage",
+                             cfg.api_gateway_stage],
+                            ["AWS/ApiGateway", "5XXError", "ApiName", cfg.app_name, "Stage",
+                             cfg.api_gateway_stage]], 16, 15),
+    ]}
+
+
+def monitoring_resources(cfg: StageConfig) -> Dict[str, Dict[str, Any]]:
+    """The dashboard ``<app>-<stage>``, the alarms (:func:`alarm_resources`) and, when
+    ``infra.alarm_emails`` lists addresses, the SNS topic they notify (each address gets
+    AWS's confirmation mail first)."""
+    resources: Dict[str, Dict[str, Any]] = {
+        DASHBOARD_ID: {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
+            "DashboardName": f"{cfg.app_name}-{cfg.stage}",
+            "DashboardBody": {"Fn::Sub": json.dumps(dashboard_body(cfg),
+                                                    separators=(",", ":"))}}},
+        **alarm_resources(cfg),
+    }
+    if cfg.alarm_emails:
+        resources[ALARM_TOPIC_ID] = {"Type": "AWS::SNS::Topic", "Properties": {
+            "TopicName": f"{cfg.app_name}-{cfg.stage}-alarms",
+            "Subscription": [{"Protocol": "email", "Endpoint": e} for e in cfg.alarm_emails],
+            "Tags": _tag_list(cfg)}}
+    return resources
+
+
+def _monitoring_outputs(cfg: StageConfig) -> Dict[str, Any]:
+    return {"DashboardURL": {
+        "Description": "CloudWatch dashboard of the stage",
+        "Value": {"Fn::Sub": "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home"
+                             f"?region=${{AWS::Region}}#dashboards:name={cfg.app_name}-"
+                             f"{cfg.stage}"}}}
 
 
 # --- IAM ----------------------------------------------------------------------------------------
@@ -433,7 +630,8 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
     ``chalice deploy`` does and pins the policy files' resources to this stack.
     """
     resources: Dict[str, Any] = {"ConnectionsTable": table_resource(cfg),
-                                 **queue_resources(cfg), **authorizer_resources(cfg)}
+                                 **queue_resources(cfg), **authorizer_resources(cfg),
+                                 **monitoring_resources(cfg)}
     resources["RegistryStreamEventSource"] = {
         "Type": "AWS::Lambda::EventSourceMapping",
         "Properties": {
@@ -495,6 +693,7 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
                     "Value": {"Fn::Sub": f"https://${{RestAPI}}.execute-api.${{AWS::Region}}."
                                          f"{suffix}/{cfg.api_gateway_stage}/"}},
         **_data_outputs(),
+        **_monitoring_outputs(cfg),
     }
     return {"Resources": resources, "Outputs": outputs}
 

@@ -68,11 +68,49 @@ def client(app_env):
         yield test_client
 
 
+class JsonLog:
+    """The JSON lines the ``realtime`` logger's Powertools handler writes (what CloudWatch
+    Logs gets), captured by swapping the handler's stream."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list:
+        """Every line, parsed (each must be one JSON object)."""
+        import json
+
+        return [json.loads(line) for line in self.text.splitlines()]
+
+
 @pytest.fixture
-def auth_log(caplog):
-    """Records of the ``realtime`` logger (Chalice stops it propagating to the root)."""
+def json_log():
+    """:class:`JsonLog` of the ``realtime`` logger, at level INFO."""
+    from chalicelib import observability
+
+    handler = observability.log_handler()
+    captured = JsonLog()
+    logger = logging.getLogger("realtime")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    previous = handler.setStream(captured.stream)
+    yield captured
+    handler.setStream(previous)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def auth_log(caplog, json_log):
+    """Records of the ``realtime`` logger (it does not propagate to the root); the JSON lines
+    its handler wrote are ``auth_log.json`` (a :class:`JsonLog`)."""
     logger = logging.getLogger("realtime")
     logger.addHandler(caplog.handler)
     caplog.set_level(logging.INFO)
+    caplog.json = json_log
     yield caplog
     logger.removeHandler(caplog.handler)

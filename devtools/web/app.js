@@ -281,10 +281,67 @@
     state.ws.send(JSON.stringify({ action: 'ping' }));
   });
 
+  // --- live figures ------------------------------------------------------------------------------
+  // GET /metrics.json of the stack: the EMF documents the functions printed, added up per second
+  // (devtools/live_metrics.py). Bars: messages delivered per second; line: open connections.
+  function drawChart(snapshot) {
+    const canvas = $('chart');
+    const ctx = canvas.getContext('2d');
+    const { width, height } = canvas;
+    const rates = snapshot.messages_per_second;
+    const open = snapshot.open_connections;
+    const top = Math.max(1, ...rates, ...open);
+    const step = width / rates.length;
+    ctx.clearRect(0, 0, width, height);
+    ctx.fillStyle = '#79b8ff';
+    rates.forEach((n, i) => {
+      const h = (n / top) * (height - 16);
+      ctx.fillRect(i * step + 1, height - h, Math.max(1, step - 2), h);
+    });
+    ctx.strokeStyle = '#d73a49';
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    open.forEach((n, i) => {
+      const y = height - (n / top) * (height - 16) - 1;
+      if (i === 0) ctx.moveTo(0, y); else ctx.lineTo((i + 1) * step, y);
+    });
+    ctx.stroke();
+    ctx.fillStyle = '#6a737d';
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.fillText(`max ${top}`, 4, 11);
+    canvas.dataset.peak = String(Math.max(0, ...rates));
+    canvas.dataset.open = String(snapshot.open);
+  }
+
+  function showFigures(snapshot) {
+    const t = snapshot.totals || {};
+    const recent = snapshot.messages_per_second.slice(-5).reduce((a, b) => a + b, 0) / 5;
+    $('m-open').textContent = String(snapshot.open);
+    $('m-rate').textContent = recent.toFixed(1);
+    $('m-delivered').textContent = String(t.MessagesDelivered || 0);
+    $('m-delivered').dataset.value = String(t.MessagesDelivered || 0);
+    $('m-auth').textContent = `${t.AuthorizerAllowed || 0} / ${t.AuthorizerRefused || 0}`;
+    $('m-events').textContent = `${t.ClientEvents || 0}, ${t.WebhooksReceived || 0}`;
+    drawChart(snapshot);
+  }
+
+  let figuresFailing = false;
+  async function pollFigures() {
+    try {
+      showFigures(await call('/metrics.json'));
+      figuresFailing = false;
+    } catch (e) {
+      if (!figuresFailing) showError('live figures', `/metrics.json: ${e.message}`);
+      figuresFailing = true;
+    }
+    setTimeout(pollFigures, 1000);
+  }
+
   call('/config.json').then((config) => {
     state.config = config;
     $('signin-button').disabled = false;
     $('token-button').disabled = false;
     document.body.dataset.ready = 'true';
+    pollFigures();
   }, (e) => showError('config', `/config.json: ${e.message}`));
 })();

@@ -131,6 +131,20 @@ def _arrives(page, selector: str):
     return page.wait_for_selector(selector)
 
 
+def _figure(page, selector: str, attribute: str = "") -> float:
+    value = page.get_attribute(selector, attribute) if attribute else page.inner_text(selector)
+    return float(value or 0)
+
+
+def _figure_reaches(page, selector: str, at_least: float, attribute: str = "") -> None:
+    """Wait until the live panel's figure (text, or ``attribute``) is >= ``at_least``: the
+    functions printed EMF, the stack counted it, the page polled /metrics.json and drew it."""
+    page.wait_for_function(
+        "([s, a, n]) => Number(a ? document.querySelector(s).getAttribute(a)"
+        " : document.querySelector(s).textContent) >= n", arg=[selector, attribute, at_least],
+        timeout=15_000)
+
+
 WS_SUBSCRIBED = "#log li[data-transport=websocket][data-event=subscribed]"
 PUSHER_SUBSCRIBED = "#log li[data-transport=pusher][data-event=subscribed]"
 HELLO = "#log li[data-transport=websocket][data-event=hello]"
@@ -151,6 +165,14 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     _wait_count(page, PUSHER_SUBSCRIBED, 2)
     assert page.inner_text("#who") == f"signed in as {sub}"
     assert "Web Tester" in page.inner_text("#members")  # presence member from our user-info
+    # the live panel: the $connect's ConnectionsOpened, and the subscription's reply delivered
+    _figure_reaches(page, "#chart", 1, "data-open")
+    assert _figure(page, "#m-open") >= 1
+    _figure_reaches(page, "#m-delivered", 1, "data-value")
+    _figure_reaches(page, "#chart", 1, "data-peak")  # a bar on the chart
+    delivered = _figure(page, "#m-delivered", "data-value")
+    allowed = int(page.inner_text("#m-auth").split("/")[0])
+    assert allowed >= 1  # ws_authorizer's figure... or jwt_auth's: both count
 
     # 2. "Send me a notification": the browser's own POST (CORS preflight included) and the
     #    push arriving over the API Gateway WebSocket
@@ -159,10 +181,13 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     hello = _arrives(page, HELLO)
     assert "demo page" in hello.inner_text()
     assert "HTTP 200" in answer.inner_text() and "delivered 1" in answer.inner_text()
+    _figure_reaches(page, "#m-delivered", delivered + 1, "data-value")  # the chart moved
+    delivered = _figure(page, "#m-delivered", "data-value")
 
     # 3. "Ping over the WebSocket"
     page.click("#ping")
     _arrives(page, "#log li[data-transport=websocket][data-event=pong]")
+    _figure_reaches(page, "#m-delivered", delivered + 1, "data-value")  # the pong
 
     # 4. a Pusher event: the server library triggers on the user's private channel in soketi
     env = stack.env
@@ -188,6 +213,12 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     _wait_count(page, HELLO, 2)
     page.click("#ping")
     _wait_count(page, "#log li[data-transport=websocket][data-event=pong]", 2)
+    # the first WebSocket closed ($disconnect), the second is open: one open connection
+    page.wait_for_function("document.getElementById('m-open').textContent === '1'",
+                           timeout=15_000)
+    assert float(page.inner_text("#m-rate")) >= 0
+    # the pong, then the new connection's subscription reply, hello and pong: all counted
+    _figure_reaches(page, "#m-delivered", delivered + 4, "data-value")
 
     assert _count(page, "#log li[data-transport=error]") == 0
     assert page.is_hidden("#error")

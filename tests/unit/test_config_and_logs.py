@@ -212,6 +212,9 @@ def test_a_newline_in_a_signed_webhook_never_starts_a_log_line(client, monkeypat
     assert "channel_vacated\\nINFO realtime forged" in lines[0]
     assert "channel=private-b\\r\\nWARNING forged" in lines[0]
     assert "user_id=bob\\nERROR x" in lines[1]
+    # what CloudWatch Logs gets: one JSON object per line, the same escaped messages
+    assert [line["message"] for line in auth_log.json.lines()
+            if line["name"] == "realtime.webhooks"] == lines
 
 
 def test_a_failing_webhook_handler_logs_the_event_name_escaped(client, monkeypatch, auth_log):
@@ -247,3 +250,5 @@ def test_error_reasons_that_quote_input_are_escaped(auth_log):
     log_error(BadRequest("bad value 'a\nFORGED'"), "somewhere")
     (record,) = auth_log.records
     assert record.getMessage() == "somewhere: bad_request (bad value 'a\\nFORGED')"
+    (line,) = auth_log.json.lines()
+    assert (line["level"], line["message"]) == ("WARNING", record.getMessage())

@@ -184,11 +184,15 @@ def assert_logged(auth_log, where, code, fragment, token):
     messages = [r.getMessage() for r in auth_log.records]
     wanted = [m for m in messages if m.startswith(f"{where}: {code} (") and fragment in m]
     assert wanted, f"no {where} log with {code!r} and {fragment!r} in {messages}"
-    text = "\n".join(messages)
-    assert token not in text
-    for segment in token.split("."):
-        if len(segment) > 16:
-            assert segment.strip() not in text
+    # the JSON lines CloudWatch Logs gets: the same message, with its reason code, no token
+    json_lines = auth_log.json.lines()
+    assert [line for line in json_lines if line["message"] in wanted
+            and line["level"] in ("WARNING", "ERROR")], json_lines
+    for text in ("\n".join(messages), auth_log.json.text):
+        assert token not in text
+        for segment in token.split("."):
+            if len(segment) > 16:
+                assert segment.strip() not in text
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
