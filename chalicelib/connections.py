@@ -575,15 +575,22 @@ def subscribers_of_channel(channel_name: str, *, now: Optional[float] = None) ->
     return _audience(CHANNEL_AUDIENCE_PREFIX + channel_name, now)
 
 
-def _audience(audience: str, now: Optional[float]) -> List[str]:
+def _audience_items(audience: str, now: Optional[float],
+                    projection: str) -> List[Dict[str, Any]]:
+    """The live items of an audience (one paginated Query on the index, through the
+    unparsed-items client :func:`_audience_client`), each with ``projection``'s attributes."""
     current = int(time.time() if now is None else now)
-    items = _query_all(TableName=_table(), IndexName=INDEX_NAME,
-                       KeyConditionExpression="audience = :a",
-                       FilterExpression="#ttl > :now",
-                       ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
-                       ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
-                       ProjectionExpression="connection_id", _client_factory=_audience_client)
-    return [item["connection_id"]["S"] for item in items]
+    return _query_all(TableName=_table(), IndexName=INDEX_NAME,
+                      KeyConditionExpression="audience = :a",
+                      FilterExpression="#ttl > :now",
+                      ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
+                      ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
+                      ProjectionExpression=projection, _client_factory=_audience_client)
+
+
+def _audience(audience: str, now: Optional[float]) -> List[str]:
+    return [item["connection_id"]["S"]
+            for item in _audience_items(audience, now, "connection_id")]
 
 
 def subscribers_by_dialect(channel_name: str, *,
@@ -606,14 +613,7 @@ def connections_of_user_by_dialect(user_id: str, *,
 
 
 def _audience_by_dialect(audience: str, now: Optional[float]) -> Dict[str, List[str]]:
-    current = int(time.time() if now is None else now)
-    items = _query_all(TableName=_table(), IndexName=INDEX_NAME,
-                       KeyConditionExpression="audience = :a",
-                       FilterExpression="#ttl > :now",
-                       ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE},
-                       ExpressionAttributeValues={":a": _s(audience), ":now": _n(current)},
-                       ProjectionExpression="connection_id, dialect",
-                       _client_factory=_audience_client)
+    items = _audience_items(audience, now, "connection_id, dialect")
     groups: Dict[str, List[str]] = {}
     for item in items:
         dialect = item.get("dialect", {}).get("S", NATIVE)
