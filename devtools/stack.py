@@ -531,6 +531,26 @@ class Stack:
             f"  export TOKEN={token}",
             "  .venv/bin/python -m devtools.client --token $TOKEN",
             "",
+            "pusher-js against our own WebSocket API (Pusher protocol 7; no soketi involved):",
+            *("  " + line for line in self.pusher_js_config().splitlines()),
+            "",
+        ])
+
+    def pusher_js_config(self) -> str:
+        """A ready pusher-js 8 configuration for the local gateway (README, "Pusher
+        protocol"): pusher-js appends ``/app/<key>`` to ``wsHost:wsPort`` itself."""
+        e = self.env
+        auth = "{ Authorization: `Bearer ${TOKEN}` }"
+        return "\n".join([
+            f"const pusher = new Pusher('{e['PUSHER_KEY']}', {{",
+            f"  cluster: 'mt1', wsHost: '127.0.0.1', wsPort: {self.ports.websocket},"
+            " forceTLS: false,",
+            "  enabledTransports: ['ws'], disableStats: true,",
+            f"  channelAuthorization: {{ endpoint: '{self.http_url}/pusher/auth',"
+            f" headers: {auth} }},",
+            f"  userAuthentication: {{ endpoint: '{self.http_url}/pusher/user-auth',"
+            f" headers: {auth} }},",
+            "});",
         ])
 
 

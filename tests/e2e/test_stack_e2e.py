@@ -302,3 +302,33 @@ def test_the_command_line_client_prints_what_arrives(stack):
     assert frames[1] == {"type": "event", "event": "cli-hello", "data": [1]}
     assert proc.returncode == 0
     assert token not in out + err
+
+
+def test_the_printed_pusher_js_configuration_works_against_our_websocket_api(stack):
+    """What `make run` prints for pusher-js, pasted into a Node program as it is: it connects
+    to the local gateway (no soketi) and gets a private channel signed by our /pusher/auth."""
+    sub = f"auth0|pjs-{uuid.uuid4().hex[:8]}"
+    token = stack.mint(sub)
+    config = stack.pusher_js_config()
+    assert all(f"  {line}" in stack.banner(token) for line in config.splitlines())
+    channel = "private-user-" + sub.replace("|", "=7C")
+    script = "\n".join([
+        "const Pusher = require('pusher-js');",
+        "const TOKEN = process.env.TOKEN;",
+        config,
+        f"const channel = pusher.subscribe('{channel}');",
+        "channel.bind('pusher:subscription_succeeded', () => {",
+        "  console.log('subscribed ' + pusher.connection.socket_id);",
+        "  pusher.disconnect(); setTimeout(() => process.exit(0), 100); });",
+        "channel.bind('pusher:subscription_error', (e) => {",
+        "  console.log('refused ' + JSON.stringify(e)); process.exit(1); });",
+        "setTimeout(() => { console.log('timeout ' + pusher.connection.state); process.exit(2); },"
+        " 20000);",
+    ])
+    node_dir = ROOT / "devtools" / "node"
+    result = subprocess.run(["node", "-e", script], cwd=node_dir, capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, "TOKEN": token,
+                                 "NODE_PATH": str(node_dir / "node_modules")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"subscribed \d+\.\d+\n", result.stdout)
