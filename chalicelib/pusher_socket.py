@@ -485,6 +485,7 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) ->
     if member is None:
         return _with_cache(name, protocol.subscription_succeeded(name))
     if first:
+        _webhooks_out().member_added(name, member[0])
         _broadcast(name, protocol.encode("pusher_internal:member_added",
                                          {"user_id": member[0], "user_info": member[1]}, name),
                    exclude=connection_id, event=event)
@@ -503,6 +504,7 @@ def _with_cache(name: str, succeeded: str):
     except connections.RegistryUnavailable:
         cached = None
     if cached is None:
+        _webhooks_out().cache_miss(name)
         return [succeeded, protocol.encode("pusher:cache_miss", {}, name)]
     return [succeeded, protocol.event_frame(cached[0], cached[1], name)]
 
@@ -520,8 +522,17 @@ def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -
         log.exception("member event on %s not sent", for_log(channel))
 
 
+def _webhooks_out():
+    """:mod:`chalicelib.webhooks_out`, imported at first use (the authorizer, which loads this
+    room for a Pusher ``$connect``, never needs it)."""
+    from chalicelib import webhooks_out
+
+    return webhooks_out
+
+
 def _member_left(channel: str, user_id: str, connection_id: str, event: Any) -> None:
     if connections.presence_leave(channel, user_id, connection_id):
+        _webhooks_out().member_removed(channel, user_id)
         _broadcast(channel, protocol.encode("pusher_internal:member_removed",
                                             {"user_id": user_id}, channel),
                    exclude=connection_id, event=event)
@@ -587,6 +598,7 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
             f"Client event rejected: at most {limit} client events per second",
             protocol.CLIENT_EVENT_REJECTED)
     push.publish_to_channel(target, outgoing, event=event, exclude=connection_id)
+    _webhooks_out().client_event(target, name, data, connection_id, outgoing.get("user_id"))
     return None
 
 
@@ -671,9 +683,10 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
                     and sk.startswith(connections.MEMBER_SK_PREFIX) \
                     and old.get("connections", {}).get("SS"):
                 channel = pk[len(connections.PRESENCE_PK_PREFIX):]
+                user_id = sk[len(connections.MEMBER_SK_PREFIX):]
+                _webhooks_out().member_removed(channel, user_id)
                 _broadcast(channel, protocol.encode(
-                    "pusher_internal:member_removed",
-                    {"user_id": sk[len(connections.MEMBER_SK_PREFIX):]}, channel),
+                    "pusher_internal:member_removed", {"user_id": user_id}, channel),
                     exclude=None, event=None)
                 handled += 1
         except Exception:

@@ -354,3 +354,173 @@ def test_ttl_deletes_from_the_stream_become_member_removed(gateway):
                   "connections": {"SS": ["x="]}}
         handler({"Records": [ttl_remove(member)]}, None)
         assert data_of(recv(alice)) == {"user_id": "yan"}
+
+
+# --- webhooks out (issue 10 D): member_added/removed, client_event, cache_miss ----------------
+
+WEBHOOK_EVENTS = ("member_added", "member_removed", "client_event", "cache_miss")
+
+
+@pytest.fixture
+def hooks(monkeypatch):
+    """Events the app's own handlers (chalicelib.webhooks.HANDLERS) receive, as
+    ``(event, time_ms)``; registered on a fresh HANDLERS for the test."""
+    from chalicelib import webhooks
+
+    monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
+    seen = []
+    for name in WEBHOOK_EVENTS:
+        webhooks.HANDLERS.register(name, lambda event, time_ms: seen.append((dict(event),
+                                                                             time_ms)))
+    return seen
+
+
+def hook_events(seen, name, count=1, timeout=5.0):
+    """The ``name`` events seen, once there are ``count`` of them (handlers run in the
+    gateway's threads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [event for event, _ in seen if event["name"] == name]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def test_members_joining_and_leaving_reach_the_apps_webhook_handlers(gateway, hooks):
+    room = "presence-hooks"
+    before = int(time.time() * 1000)
+    with connect(url(gateway)) as alice:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        with connect(url(gateway)) as bob:
+            subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+            recv(bob)
+            recv(alice)  # member_added bob
+            with connect(url(gateway)) as alice2:  # a second connection adds no member
+                subscribe_presence(alice2, established(alice2)["socket_id"], room, "alice")
+                recv(alice2)
+            bob.send(json.dumps({"event": "pusher:unsubscribe", "data": {"channel": room}}))
+            recv(alice)  # member_removed bob (unsubscribe)
+        assert hook_events(hooks, "member_added", 2) == [
+            {"name": "member_added", "channel": room, "user_id": "alice"},
+            {"name": "member_added", "channel": room, "user_id": "bob"}]
+        assert hook_events(hooks, "member_removed") == [
+            {"name": "member_removed", "channel": room, "user_id": "bob"}]
+    # alice's last connection closed: $disconnect -> member_removed alice
+    assert hook_events(hooks, "member_removed", 2)[1:] == [
+        {"name": "member_removed", "channel": room, "user_id": "alice"}]
+    assert all(before <= time_ms <= int(time.time() * 1000) for _, time_ms in hooks)
+
+
+def test_gone_and_ttl_member_removals_reach_the_apps_webhook_handlers(gateway, hooks):
+    import app as app_module
+
+    room = "presence-hooks-gone"
+    with connect(url(gateway)) as alice:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        ghost = connections.register("ghost-conn=", None, dialect="pusher")
+        connections.subscribe(ghost, room, member_user_id="ghost")
+        connections.presence_join(room, "ghost", {}, ghost)
+        push.deliver(push.parse_notification({"channel": room, "event": "tick", "data": 1}))
+        assert hook_events(hooks, "member_removed") == [
+            {"name": "member_removed", "channel": room, "user_id": "ghost"}]
+        stale = connections.register("stale-conn=", None, dialect="pusher")
+        connections.subscribe(stale, room, member_user_id="zed")
+        connections.presence_join(room, "zed", {}, stale)
+        item = {"connection_id": {"S": "stale-conn="}, "sk": {"S": f"channel#{room}"},
+                "member_user_id": {"S": "zed"}, "channel": {"S": room}}
+        handler = app_module.app.handler_map["registry_stream"]
+        handler({"Records": [ttl_remove(item)]}, None)
+        member = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#yan"},
+                  "connections": {"SS": ["x="]}}
+        handler({"Records": [ttl_remove(member)]}, None)
+        assert hook_events(hooks, "member_removed", 3)[1:] == [
+            {"name": "member_removed", "channel": room, "user_id": "zed"},
+            {"name": "member_removed", "channel": room, "user_id": "yan"}]
+
+
+def test_client_events_reach_the_apps_webhook_handlers_with_pushers_fields(gateway, hooks):
+    room, private = "presence-hooks-chat", "private-hooks"
+    with connect(url(gateway)) as alice, connect(url(gateway)) as bob:
+        alice_socket = established(alice)["socket_id"]
+        subscribe_presence(alice, alice_socket, room, "alice")
+        recv(alice)
+        subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+        recv(bob)
+        recv(alice)  # member_added bob
+        subscribe_private(alice, alice_socket, private)
+        alice.send(json.dumps({"event": "client-typing", "channel": room, "data": {"n": 1}}))
+        recv(bob)
+        alice.send(json.dumps({"event": "client-raw", "channel": private, "data": "text"}))
+        assert hook_events(hooks, "client_event", 2) == [
+            {"name": "client_event", "channel": room, "event": "client-typing",
+             "data": '{"n":1}', "socket_id": alice_socket, "user_id": "alice"},
+            {"name": "client_event", "channel": private, "event": "client-raw",
+             "data": "text", "socket_id": alice_socket}]  # user_id only on presence
+        alice.send(json.dumps({"event": "client-x", "channel": "news", "data": {}}))
+        assert recv(alice)["event"] == "pusher:error"  # refused: no webhook
+        assert len(hook_events(hooks, "client_event", 3, timeout=0.3)) == 2
+
+
+def test_native_client_events_reach_the_apps_webhook_handlers(gateway, hooks, dev_issuer):
+    token = dev_issuer.mint("alice")
+    with connect(f"ws://127.0.0.1:{gateway.port}/test?token={token}") as native:
+        native.send(json.dumps({"action": "subscribe", "channel": "presence-room"}))
+        assert recv(native) == {"type": "subscribed", "channel": "presence-room"}
+        native.send(json.dumps({"action": "publish", "channel": "presence-room",
+                                "event": "client-move", "data": {"x": 1}}))
+        assert recv(native)["type"] == "published"
+        connection_id = gateway.connection_ids()[0]
+        assert hook_events(hooks, "client_event") == [
+            {"name": "client_event", "channel": "presence-room", "event": "client-move",
+             "data": '{"x":1}', "socket_id": pusher_protocol.socket_id_for(connection_id),
+             "user_id": "alice"}]
+
+
+def test_cache_misses_reach_the_apps_webhook_handlers(gateway, hooks):
+    channel = "cache-hooks"
+    with connect(url(gateway)) as first:
+        established(first)
+        first.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        recv(first)
+        assert recv(first)["event"] == "pusher:cache_miss"
+        assert hook_events(hooks, "cache_miss") == [{"name": "cache_miss", "channel": channel}]
+        push.deliver(push.parse_notification({"channel": channel, "event": "s", "data": 1}))
+        recv(first)
+    with connect(url(gateway)) as later:  # a hit: no cache_miss
+        established(later)
+        later.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+        recv(later)
+        assert recv(later)["event"] == "s"
+    assert len(hook_events(hooks, "cache_miss", 2, timeout=0.3)) == 1
+
+
+def test_a_failing_webhook_handler_never_fails_the_socket_operation(gateway, monkeypatch):
+    from chalicelib import webhooks
+
+    monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
+
+    def broken(event, time_ms):
+        raise RuntimeError("handler bug")
+
+    calls = []
+    for name in WEBHOOK_EVENTS:
+        webhooks.HANDLERS.register(name, lambda event, time_ms: calls.append(event["name"]))
+        webhooks.HANDLERS.register(name, broken)
+    room = "presence-hooks-broken"
+    with connect(url(gateway)) as alice, connect(url(gateway)) as bob:
+        alice_socket = established(alice)["socket_id"]
+        subscribe_presence(alice, alice_socket, room, "alice")
+        assert recv(alice)["event"] == "pusher_internal:subscription_succeeded"
+        subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+        assert recv(bob)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(alice)["event"] == "pusher_internal:member_added"
+        alice.send(json.dumps({"event": "client-typing", "channel": room, "data": {}}))
+        assert recv(bob)["event"] == "client-typing"
+        bob.send(json.dumps({"event": "pusher:unsubscribe", "data": {"channel": room}}))
+        assert recv(alice)["event"] == "pusher_internal:member_removed"
+        alice.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "cache-b"}}))
+        assert recv(alice)["event"] == "pusher_internal:subscription_succeeded"
+        assert recv(alice)["event"] == "pusher:cache_miss"
+    assert {"member_added", "member_removed", "client_event", "cache_miss"} <= set(calls)
