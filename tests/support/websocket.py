@@ -18,6 +18,7 @@ Import the fixtures you use into a test module::
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -106,3 +107,19 @@ def serial_registry(aws_env, monkeypatch):
             server.server_close()
             thread.join(timeout=5)
             _reset_clients()
+
+
+@pytest.fixture
+def one_rate_window(monkeypatch):
+    """Every client event counts in the same one-second window of the rate limiter
+    (``connections.allow_client_event`` with a pinned ``now``; its DynamoDB conditional write is
+    the real one): a test sending limit + N events needs no race with the wall clock, which a
+    loaded machine loses."""
+    from chalicelib import connections
+
+    real = connections.allow_client_event
+    pinned = float(int(time.time())) + 0.5
+    monkeypatch.setattr(connections, "allow_client_event",
+                        lambda connection_id, limit, now=None: real(connection_id, limit,
+                                                                    now=pinned))
+    return pinned
