@@ -206,7 +206,12 @@ def _content_type(request) -> str:
     return (headers.get("content-type") or "").split(";")[0].strip().lower()
 
 
-def _raw_body(request, limit: int = MAX_BODY_BYTES) -> bytes:
+def raw_body(request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's raw body as bytes (Chalice gives ``str`` or ``bytes``, or None).
+
+    Raises:
+        PayloadTooLarge: (413) over ``limit`` bytes.
+    """
     raw = request.raw_body or b""
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
@@ -221,7 +226,7 @@ def _body_fields(request) -> Dict[str, List[Any]]:
     JSON bodies must be an object; each member becomes a one-element list (a JSON list value
     stays one value: ``channel_name: [...]`` is the JSON batch form).
     """
-    raw = _raw_body(request)
+    raw = raw_body(request)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -442,7 +447,7 @@ def channel_auth(request):
     """
     headers = cors_headers()
     try:
-        _raw_body(request)  # size first: nothing else is read from an oversized body
+        raw_body(request)  # size first: nothing else is read from an oversized body
         config = pusher_settings()
         principal = _principal(request)
         parsed = parse_auth_request(_body_fields(request))
@@ -468,7 +473,7 @@ def user_auth(request):
     """
     headers = cors_headers()
     try:
-        _raw_body(request)
+        raw_body(request)
         config = pusher_settings()
         principal = _principal(request)
         socket_id = validate_socket_id(_single(_body_fields(request), "socket_id"))
@@ -573,7 +578,7 @@ def webhooks(request):
         :data:`MAX_WEBHOOK_BYTES`; 503 when Pusher settings are missing.
     """
     try:
-        raw = _raw_body(request, MAX_WEBHOOK_BYTES)
+        raw = raw_body(request, MAX_WEBHOOK_BYTES)
         client = pusher_client()
         headers = request.headers or {}
         key, signature = headers.get("x-pusher-key"), headers.get("x-pusher-signature")

@@ -38,8 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from chalicelib import channels, jsonutil
-from chalicelib.errors import (AppError, BadRequest, NotFound, PayloadTooLarge, json_response,
+from chalicelib import channels, jsonutil, pusher_auth
+from chalicelib.errors import (AppError, BadRequest, NotFound, json_response,
                                log_error)
 from chalicelib.settings import pusher_settings
 
@@ -315,15 +315,6 @@ def _json(body: Any, status: int = 200):
                     headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
 
 
-def _raw_body(request) -> bytes:
-    raw = request.raw_body or b""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body must be at most {MAX_BODY_BYTES} bytes")
-    return raw
-
-
 def authenticate(request, app_id: Optional[str]) -> Tuple[Dict[str, str], bytes]:
     """Check the app id and the request's signature.
 
@@ -343,7 +334,7 @@ def authenticate(request, app_id: Optional[str]) -> Tuple[Dict[str, str], bytes]
     if app_id is not None and not hmac.compare_digest(app_id.encode("utf-8"),
                                                       config.app_id.encode("utf-8")):
         raise NotFound(f"The app {app_id[:40]} could not be found")
-    body = _raw_body(request)
+    body = pusher_auth.raw_body(request, MAX_BODY_BYTES)
     query = single_values(request.query_params)
     verify_request(request.method, request_paths(request), query, body, config.key,
                    config.secret)
