@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
+from tests.support import children
+
 ROOT = Path(__file__).resolve().parent.parent
 CPU_POSTS = 2000
 REPEAT = 3
@@ -144,31 +146,13 @@ def _worker_fanout(engine: str, endpoint: str) -> dict:
 
 # --- orchestration -----------------------------------------------------------------------------
 
-def _start(args: List[str], cwd: Path = ROOT, env=None) -> subprocess.Popen:
-    return subprocess.Popen(["taskset", "-c", SERVER_CORE, sys.executable, *args], cwd=cwd,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
 def _stop(process: subprocess.Popen) -> None:
-    try:
-        process.stdin.close()
-    except OSError:
-        pass
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait()
+    children.stop(process, timeout=5)
 
 
 def _management_api(latency: float):
-    server = _start(["-m", "bench.management_server", "--latency", str(latency)])
-    endpoint = server.stdout.readline().strip()
-    if not endpoint.startswith("http://127.0.0.1:"):
-        _stop(server)
-        raise RuntimeError("the management API did not start")
-    return server, endpoint
+    return children.start(["-m", "bench.management_server", "--latency", str(latency)],
+                          cpu=SERVER_CORE, expect="http://127.0.0.1:")
 
 
 def _worker(kind: str, engine: str, endpoint: str, dynamodb: str = "") -> dict:
@@ -182,13 +166,9 @@ def _worker(kind: str, engine: str, endpoint: str, dynamodb: str = "") -> dict:
 
 
 def _registry():
-    registry = _start(["-m", "bench.registry_server", "--items", str(FAN_OUT),
-                       "--latency", str(LATENCY)])
-    dynamodb = registry.stdout.readline().strip()
-    if not dynamodb.startswith("http://127.0.0.1:"):
-        _stop(registry)
-        raise RuntimeError("the registry stand-in did not start")
-    return registry, dynamodb
+    return children.start(["-m", "bench.registry_server", "--items", str(FAN_OUT),
+                           "--latency", str(LATENCY)], cpu=SERVER_CORE,
+                          expect="http://127.0.0.1:")
 
 
 def main() -> None:

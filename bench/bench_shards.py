@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from tests.support import children
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIBERS = 100_000
 PAGE = 10_000
@@ -122,26 +124,10 @@ def _worker_deliver() -> dict:
 # --- orchestration ----------------------------------------------------------------------------
 
 def _start(args: List[str]) -> "tuple":
-    process = subprocess.Popen(["taskset", "-c", SERVER_CORE, sys.executable, *args], cwd=ROOT,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    line = process.stdout.readline().strip()
-    if not line.startswith("http://127.0.0.1:"):
-        _stop(process)
-        raise RuntimeError(f"{args} did not start")
-    return process, line
+    return children.start(args, cpu=SERVER_CORE, expect="http://127.0.0.1:")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        process.stdin.close()
-    except OSError:
-        pass
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait()
+_stop = children.stop
 
 
 def _worker(kind: str, env: Dict[str, str]) -> dict:

@@ -12,11 +12,11 @@ them from a test.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from tests.support import children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,27 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def start(args: List[str], env: Optional[Dict[str, str]] = None) -> "tuple":
     """Start ``python -m tests.support.queue_processes *args``; returns ``(process, first
     line printed)``."""
-    process = subprocess.Popen([sys.executable, "-m", "tests.support.queue_processes", *args],
-                               cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    line = process.stdout.readline().strip()
-    if not line:
-        stop(process)
-        raise RuntimeError(f"queue process {args} did not start")
-    return process, line
+    return children.start(["-m", "tests.support.queue_processes", *args], env=env)
 
 
-def stop(process: subprocess.Popen) -> None:
-    """Close its stdin and wait for it (kill it after 10 s)."""
-    try:
-        process.stdin.close()
-    except OSError:
-        pass
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait()
+stop = children.stop
 
 
 def _sqs() -> None:
