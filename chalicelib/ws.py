@@ -220,20 +220,6 @@ def check_action(frame: Mapping[str, Any]) -> str:
     return action
 
 
-def parse_frame(raw: Mapping[str, Any]) -> Dict[str, Any]:
-    """The JSON object of a ``$default`` event: :func:`load_frame` then :func:`check_action`.
-
-    Raises:
-        InvalidFrame: a binary or empty frame, invalid or non-strict JSON (NaN/Infinity,
-            overflowing numbers, lone surrogates, duplicate names, deep nesting), not an
-            object, or no ``action``.
-        UnknownAction: an action outside :data:`ACTIONS`.
-    """
-    frame = load_frame(raw)
-    check_action(frame)
-    return frame
-
-
 def _frame_id(frame: Mapping[str, Any]) -> Any:
     """The frame's ``id`` when it may be repeated: an integer (not a boolean) or a string of at
     most :data:`MAX_FRAME_ID_LENGTH` characters that UTF-8 can encode; else None."""
