@@ -25,6 +25,10 @@ The functions' metrics (EMF documents on the stdout of ``http`` and ``gateway``)
 of their output and added up by :class:`devtools.live_metrics.LiveMetrics`; the demo page
 reads them at ``/metrics.json`` for its live chart.
 
+The demo page runs pusher-js against both Pusher-protocol servers of the stack, soketi and our
+own WebSocket API (its Pusher dialect); ``POST /dev-trigger`` of the page's server publishes one
+event to both with the Python ``pusher`` library (:meth:`Stack.dev_trigger`).
+
 The stack waits until each part answers, prints the URLs and a ready token, and on Ctrl-C or
 SIGTERM stops every process it started (SIGTERM to each process group, SIGKILL after 5 s;
 children also get SIGTERM if this process dies, through ``PR_SET_PDEATHSIG``). A lock file in
@@ -47,13 +51,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from devtools.live_metrics import LiveMetrics
@@ -64,6 +69,15 @@ WEB_DIR = ROOT / "devtools" / "web"
 SOKETI_DIR = ROOT / "devtools" / "soketi"
 PUSHER_JS = ROOT / "devtools" / "node" / "node_modules" / "pusher-js" / "dist" / "web"
 STAGE = "dev"
+
+#: the Pusher-protocol servers of the stack, as the demo page and :meth:`Stack.pusher_library`
+#: name them: soketi, and our own WebSocket API (Pusher dialect) with its Pusher HTTP API
+PUSHER_SERVERS = ("soketi", "ours")
+#: events :meth:`Stack.dev_trigger` publishes: on the user's private channel, and to the user
+TRIGGER_EVENT = "library-hello"
+TRIGGER_USER_EVENT = "library-user-hello"
+#: largest ``POST /dev-trigger`` body the page's server reads, bytes
+MAX_TRIGGER_BODY_BYTES = 4096
 
 #: dummy credentials and region for every AWS client of the stack (nothing reaches AWS);
 #: set in the children's environment, not in config.json (Lambda reserves these names)
@@ -466,11 +480,88 @@ class Stack:
 
     # -- the demo page -------------------------------------------------------------------
     def web_config(self) -> dict:
-        """What the page needs: endpoints and the public Pusher settings."""
+        """What the page needs: endpoints and the public Pusher settings.
+
+        Returns:
+            ``{"httpUrl", "websocketUrl", "pusherServers": {"soketi": S, "ours": S}}``, each
+            ``S`` = ``{"key", "host", "port", "cluster"}`` as pusher-js takes them (``wsHost``,
+            ``wsPort``; pusher-js appends ``/app/<key>``): soketi's port, or the local
+            gateway's WebSocket port, which serves ``/app/<key>`` in the Pusher dialect.
+        """
+        def server(port: int) -> dict:
+            return {"key": self.env["PUSHER_KEY"], "host": "127.0.0.1", "port": port,
+                    "cluster": self.env.get("PUSHER_CLUSTER", "mt1")}
+
         return {"httpUrl": self.http_url, "websocketUrl": self.websocket_url,
-                "pusher": {"key": self.env["PUSHER_KEY"], "host": "127.0.0.1",
-                           "port": self.ports.soketi,
-                           "cluster": self.env.get("PUSHER_CLUSTER", "mt1")}}
+                "pusherServers": {"soketi": server(self.ports.soketi),
+                                  "ours": server(self.ports.websocket)}}
+
+    def pusher_library(self, server: str):
+        """The Python ``pusher`` library as an app configures it for one of the stack's
+        servers; only host and port differ.
+
+        Args:
+            server: ``"soketi"`` (soketi's own HTTP API) or ``"ours"`` (our Pusher HTTP API,
+                ``/apps/<app_id>/…`` on ``chalice local``).
+        Returns:
+            a ``pusher.Pusher`` (plain http on 127.0.0.1, 10 s timeout).
+        Raises:
+            ValueError: an unknown server name.
+        """
+        import pusher
+
+        if server not in PUSHER_SERVERS:
+            raise ValueError(f"unknown Pusher server {server!r}: one of {PUSHER_SERVERS}")
+        e = self.env
+        port = self.ports.soketi if server == "soketi" else self.ports.http
+        return pusher.Pusher(app_id=e["PUSHER_APP_ID"], key=e["PUSHER_KEY"],
+                             secret=e["PUSHER_SECRET"], host="127.0.0.1", port=port,
+                             ssl=False, timeout=10)
+
+    def dev_trigger(self, body: Any) -> Tuple[int, Dict[str, Any]]:
+        """``POST /dev-trigger`` of the demo page: publish the same event with the ``pusher``
+        library to soketi and to our Pusher HTTP API — :data:`TRIGGER_EVENT` on
+        ``private-user-<user_id>`` (``trigger``) and :data:`TRIGGER_USER_EVENT` to the user
+        (``send_to_user``, Pusher's ``#server-to-user-<user_id>``). The page cannot: the app
+        secret stays in this process.
+
+        Args:
+            body: the parsed JSON body, ``{"user_id": <user id>}`` (README, "User ids").
+        Returns:
+            ``(status, body)``: 200 ``{"id", "event", "channel", "user_event", "user_id",
+            "servers": {"soketi": "triggered", "ours": "triggered"}}`` (``id``: 8 hex digits,
+            also in the events' data); 400 ``{"error", "message"}`` for a body that is not an
+            object with a well-formed user id; 502 ``{"error": "trigger_failed", "message"}``
+            naming each server the library could not publish to, and why (both are tried).
+        """
+        from chalicelib.errors import AppError
+        from chalicelib.principal import validate_user_id
+
+        if not isinstance(body, dict):
+            return 400, {"error": "bad_request", "message": "the body must be a JSON object"}
+        try:
+            user_id = validate_user_id(body.get("user_id"))
+        except AppError as err:
+            return err.status, err.body()
+        trigger_id = uuid.uuid4().hex[:8]
+        data = {"id": trigger_id, "from": "the pusher library",
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        channel = f"private-user-{user_id}"
+        outcomes, failures = {}, []
+        for server in PUSHER_SERVERS:
+            try:
+                library = self.pusher_library(server)
+                library.trigger(channel, TRIGGER_EVENT, data)
+                library.send_to_user(user_id, TRIGGER_USER_EVENT, data)
+                outcomes[server] = "triggered"
+            except Exception as exc:  # the library's HTTP errors, refused connections...
+                outcomes[server] = "failed"
+                failures.append(f"{server}: {type(exc).__name__}: {str(exc)[:200]}")
+        if failures:
+            return 502, {"error": "trigger_failed", "message": "; ".join(failures)}
+        return 200, {"id": trigger_id, "event": TRIGGER_EVENT, "channel": channel,
+                     "user_event": TRIGGER_USER_EVENT, "user_id": user_id,
+                     "servers": outcomes}
 
     def _start_web(self) -> None:
         stack = self
@@ -506,6 +597,32 @@ class Stack:
                     return self._send(404, b"not found", "text/plain")
                 ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
                 self._send(200, path.read_bytes(), ctype)
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                if urlsplit(self.path).path != "/dev-trigger":
+                    return self._send(404, b"not found", "text/plain")
+                status, answer = self._trigger()
+                self._send(status, json.dumps(answer).encode(), "application/json")
+
+            def _trigger(self) -> Tuple[int, Dict[str, Any]]:
+                # JSON only: a cross-origin page cannot send it without a preflight (not
+                # answered here), so only this page's own script triggers
+                ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                if ctype != "application/json":
+                    return 415, {"error": "unsupported_media_type",
+                                 "message": "the body must be application/json"}
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 < length <= MAX_TRIGGER_BODY_BYTES:
+                    return 400, {"error": "bad_request", "message": "a JSON body of 1.."
+                                 f"{MAX_TRIGGER_BODY_BYTES} bytes with a Content-Length"}
+                try:
+                    body = json.loads(self.rfile.read(length))
+                except ValueError:
+                    return 400, {"error": "bad_request", "message": "the body is not JSON"}
+                return stack.dev_trigger(body)
 
             def log_message(self, *args) -> None:
                 pass

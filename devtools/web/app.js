@@ -1,14 +1,18 @@
-// The local demo page: a dev token, the API Gateway WebSocket and Pusher Channels (pusher-js),
-// with everything that arrives listed live, and every failure shown on the page (#error and a
-// red entry in the list). Served by devtools/stack.py; never deployed.
+// The local demo page: a dev token, the API Gateway WebSocket and Pusher Channels (pusher-js)
+// against two Pusher-protocol servers side by side (soketi, and our WebSocket API's Pusher
+// dialect), with everything that arrives listed live, and every failure shown on the page
+// (#error and a red entry in the list). Served by devtools/stack.py; never deployed.
 'use strict';
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { config: null, token: null, sub: null, userId: null, ws: null, pusher: null };
+  // the pusher-js panels, keyed as in /config.json's pusherServers
+  const SERVERS = ['soketi', 'ours'];
+  const state = { config: null, token: null, sub: null, userId: null, ws: null, pushers: {} };
 
-  // Every arrival becomes one <li data-transport="websocket|pusher|http|error" data-event="...">.
-  function log(transport, event, detail) {
+  // Every arrival becomes one <li data-transport="websocket|pusher|http|error" data-event="...">
+  // in `list`: the page's log, or a pusher-js panel's own list of events.
+  function log(transport, event, detail, list = $('log')) {
     const item = document.createElement('li');
     item.dataset.transport = transport;
     item.dataset.event = event;
@@ -18,7 +22,8 @@
     const text = document.createElement('span');
     text.textContent = ` ${event} ${typeof detail === 'string' ? detail : JSON.stringify(detail)}`;
     item.append(tag, text);
-    $('log').prepend(item);
+    list.prepend(item);
+    return item;
   }
 
   // A failure: listed, and the latest one shown in the #error box under the sign-in form.
@@ -103,6 +108,7 @@
     let opened = false;
     state.ws = ws;
     setStatus('ws-status', 'connecting');
+    $('ws-channel').textContent = '—';
     $('ping').disabled = true;
     ws.onopen = () => {
       opened = true;
@@ -118,6 +124,7 @@
           + (frame.action ? ` (action ${frame.action})` : ''));
         return;
       }
+      if (frame.type === 'subscribed' && typeof frame.channel === 'string') $('ws-channel').textContent = frame.channel;
       log('websocket', (frame.type === 'event' ? frame.event : frame.type) || 'message', frame);
     };
     ws.onclose = (close) => {
@@ -143,10 +150,33 @@
     // onerror carries no detail; onclose follows with the code and is reported there.
   }
 
-  // --- Pusher Channels --------------------------------------------------------------------------
+  // --- Pusher Channels: one pusher-js client per server, each in its panel -----------------------
+  const panel = (server) => $(`pusher-${server}`);
+  const part = (server, name) => panel(server).querySelector(`.${name}`);
+
+  function setPart(server, name, value, dataState) {
+    const element = part(server, name);
+    element.textContent = value;
+    if (dataState !== undefined) element.dataset.state = dataState;
+  }
+
+  // An arrival listed in the server's panel (data-server, and data-channel when there is one).
+  function panelLog(server, event, detail, channel) {
+    const item = log('pusher', event, detail, part(server, 'events'));
+    item.dataset.server = server;
+    if (channel) item.dataset.channel = channel;
+  }
+
+  // Where pusher-js connects: it always appends /app/<key> to wsHost:wsPort.
+  function addressOf(server) {
+    const cfg = state.config.pusherServers[server];
+    return `ws://${cfg.host}:${cfg.port}/app/${cfg.key}`;
+  }
+
   // pusher-js custom channel authorization: the same POST pusher-js's ajax transport sends, but
-  // a refusal is shown with its HTTP status and the server's error body.
-  function channelAuthorizer(endpoint, token) {
+  // a refusal is shown with its HTTP status and the server's error body. `refused` remembers the
+  // channel, so the subscription_error pusher-js then emits is not reported twice.
+  function channelAuthorizer(endpoint, token, server, refused) {
     return (params, callback) => {
       const body = new URLSearchParams({ socket_id: params.socketId, channel_name: params.channelName });
       call(endpoint, {
@@ -154,70 +184,142 @@
         headers: { 'Content-Type': 'application/x-www-form-urlencoded', Authorization: `Bearer ${token}` },
         body,
       }).then((data) => callback(null, data), (e) => {
-        showError('pusher auth', `${params.channelName}: ${e.message}`);
+        refused.add(params.channelName);
+        showError('pusher auth', `${params.channelName} (server ${server}): ${e.message}`);
         callback(e, null);
       });
     };
   }
 
-  function openPusher() {
-    if (state.pusher) state.pusher.disconnect();
-    const cfg = state.config;
-    const headers = { Authorization: `Bearer ${state.token}` };
-    const pusher = new Pusher(cfg.pusher.key, {
-      cluster: cfg.pusher.cluster,
-      wsHost: cfg.pusher.host,
-      wsPort: cfg.pusher.port,
+  // pusher-js custom user authentication (pusher.signin()): POST socket_id to our
+  // /pusher/user-auth; a refusal is shown like a channel's (pusher-js itself only logs it).
+  function userAuthenticator(endpoint, token, server) {
+    return (params, callback) => {
+      call(endpoint, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/x-www-form-urlencoded', Authorization: `Bearer ${token}` },
+        body: new URLSearchParams({ socket_id: params.socketId }),
+      }).then((data) => callback(null, data), (e) => {
+        setPart(server, 'user', 'sign-in refused', 'refused');
+        showError('pusher user-auth', `server ${server}: ${e.message}`);
+        callback(e, null);
+      });
+    };
+  }
+
+  function closePusher(server) {
+    const pusher = state.pushers[server];
+    state.pushers[server] = null;
+    if (pusher) pusher.disconnect();
+    setPart(server, 'status', 'disconnected', 'disconnected');
+    setPart(server, 'socket-id', '—');
+    setPart(server, 'channels', '—');
+    setPart(server, 'members', '—');
+    setPart(server, 'user', '—', 'idle');
+    $(`pusher-${server}-toggle`).textContent = 'Connect';
+  }
+
+  // Connect pusher-js to `server`, subscribe the user's private channel and presence-lobby
+  // (both signed by our /pusher/auth) and sign the user in (our /pusher/user-auth).
+  function openPusher(server) {
+    if (state.pushers[server]) closePusher(server);
+    const cfg = state.config.pusherServers[server];
+    const refused = new Set();
+    const pusher = new Pusher(cfg.key, {
+      cluster: cfg.cluster,
+      wsHost: cfg.host,
+      wsPort: cfg.port,
       forceTLS: false,
       enabledTransports: ['ws'],
       disableStats: true,
-      channelAuthorization: { customHandler: channelAuthorizer(`${cfg.httpUrl}/pusher/auth`, state.token) },
-      userAuthentication: { endpoint: `${cfg.httpUrl}/pusher/user-auth`, transport: 'ajax', headers },
+      channelAuthorization: {
+        customHandler: channelAuthorizer(`${state.config.httpUrl}/pusher/auth`, state.token, server, refused),
+      },
+      userAuthentication: {
+        customHandler: userAuthenticator(`${state.config.httpUrl}/pusher/user-auth`, state.token, server),
+      },
     });
-    state.pusher = pusher;
+    state.pushers[server] = pusher;
+    const current = () => state.pushers[server] === pusher;
+    $(`pusher-${server}-toggle`).textContent = 'Disconnect';
+    $(`pusher-${server}-toggle`).disabled = false;
+    setPart(server, 'user', '—', 'idle');
     pusher.connection.bind('state_change', (s) => {
-      if (state.pusher !== pusher) return;
-      setStatus('pusher-status', s.current);
+      if (!current()) return;
+      setPart(server, 'status', s.current, s.current);
+      setPart(server, 'socket-id', s.current === 'connected' ? pusher.connection.socket_id : '—');
+      if (s.current === 'connected') {
+        setPart(server, 'user', 'signing in', 'pending');
+      } else {
+        setPart(server, 'channels', '—');
+        if (part(server, 'user').dataset.state !== 'refused') setPart(server, 'user', '—', 'idle');
+      }
       if (s.current === 'unavailable' || s.current === 'failed') {
-        showError('pusher', `connection ${s.current}: soketi at ${cfg.pusher.host}:${cfg.pusher.port} does not answer`);
+        showError(`pusher (server ${server})`, `connection ${s.current}: ${addressOf(server)} does not answer`);
       }
     });
     pusher.connection.bind('error', (e) => {
+      if (!current()) return;
       const data = e && e.error && e.error.data;
-      showError('pusher', data && data.message ? `${data.code || ''} ${data.message}`.trim()
+      showError(`pusher (server ${server})`, data && data.message ? `${data.code || ''} ${data.message}`.trim()
         : `connection error ${(e && e.type) || ''}`.trim());
     });
-    const names = [`private-user-${state.userId}`, 'presence-lobby'];
-    for (const name of names) {
+    // user sign-in: pusher-js reads pusher:signin_success first (it binds before this page)
+    pusher.connection.bind('message', (message) => {
+      if (!current() || message.event !== 'pusher:signin_success') return;
+      const user = pusher.user.user_data;
+      if (!user) {
+        setPart(server, 'user', 'sign-in answer unreadable', 'refused');
+        showError(`pusher (server ${server})`, 'pusher:signin_success without a user id in user_data');
+        return;
+      }
+      setPart(server, 'user', `signed in as ${user.id}`, 'signed-in');
+      panelLog(server, 'signed-in', user);
+    });
+    // events pushed to the signed-in user (#server-to-user-<id>: send_to_user, POST /notifications)
+    pusher.user.bind_global((event, data) => {
+      if (!current() || event.startsWith('pusher:') || event.startsWith('pusher_internal:')) return;
+      const channel = pusher.user.serverToUserChannel && pusher.user.serverToUserChannel.name;
+      panelLog(server, event, { channel, data }, channel);
+    });
+    for (const name of [`private-user-${state.userId}`, 'presence-lobby']) {
       const channel = pusher.subscribe(name);
       channel.bind('pusher:subscription_succeeded', () => {
-        log('pusher', 'subscribed', name);
-        showChannels();
-        if (name.startsWith('presence-')) showMembers(channel);
+        if (!current()) return;
+        panelLog(server, 'subscribed', name, name);
+        showChannels(server);
+        if (name.startsWith('presence-')) showMembers(server, channel);
       });
       channel.bind('pusher:subscription_error', (error) => {
-        if (error && error.type === 'AuthError') return; // shown by channelAuthorizer
-        showError('pusher', `subscription to ${name} failed: ${JSON.stringify(error)}`);
+        if (!current()) return;
+        if (refused.delete(name)) return; // shown by channelAuthorizer
+        showError(`pusher (server ${server})`, `subscription to ${name} failed: ${JSON.stringify(error)}`);
       });
-      channel.bind('pusher:member_added', () => showMembers(channel));
-      channel.bind('pusher:member_removed', () => showMembers(channel));
+      for (const change of ['member_added', 'member_removed']) {
+        channel.bind(`pusher:${change}`, (member) => {
+          if (!current()) return;
+          panelLog(server, change, { channel: name, user_id: member.id, user_info: member.info }, name);
+          showMembers(server, channel);
+        });
+      }
       channel.bind_global((event, data) => {
-        if (!event.startsWith('pusher:') && !event.startsWith('pusher_internal:')) {
-          log('pusher', event, { channel: name, data });
+        if (current() && !event.startsWith('pusher:') && !event.startsWith('pusher_internal:')) {
+          panelLog(server, event, { channel: name, data }, name);
         }
       });
     }
+    pusher.signin();
   }
 
-  function showChannels() {
-    const subscribed = state.pusher.allChannels().filter((c) => c.subscribed).map((c) => c.name);
-    $('channels').textContent = [`ws: private-user-${state.userId}`, ...subscribed.map((n) => `pusher: ${n}`)].join(', ');
+  function showChannels(server) {
+    const subscribed = state.pushers[server].allChannels().filter((c) => c.subscribed).map((c) => c.name);
+    setPart(server, 'channels', subscribed.join(', ') || '—');
   }
 
-  function showMembers(channel) {
+  function showMembers(server, channel) {
     const members = [];
     channel.members.each((m) => members.push((m.info && m.info.name) || m.id));
-    $('members').textContent = members.join(', ') || '—';
+    setPart(server, 'members', members.join(', ') || '—');
   }
 
   // --- sign-in and buttons ------------------------------------------------------------------------
@@ -235,8 +337,12 @@
     state.token = token;
     $('who').textContent = `signed in as ${state.sub}`;
     $('notify').disabled = false;
+    $('trigger').disabled = false;
     openWebSocket();
-    openPusher();
+    for (const server of SERVERS) {
+      part(server, 'events').replaceChildren(); // a new user: the panel's list starts afresh
+      openPusher(server);
+    }
   }
 
   $('signin-form').addEventListener('submit', async (e) => {
@@ -272,6 +378,34 @@
       showError('POST /notifications', e.message);
     }
   });
+
+  // The stack publishes with the Python pusher library (it holds the app secret; the page never
+  // does) to soketi and to our Pusher HTTP API: one event on private-user-<id>, one to the user.
+  $('trigger').addEventListener('click', async () => {
+    try {
+      const r = await call('/dev-trigger', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ user_id: state.userId }),
+      });
+      const servers = Object.entries(r.servers).map(([server, outcome]) => `${server} ${outcome}`);
+      log('http', 'POST /dev-trigger', `HTTP 200 id ${r.id}: ${servers.join(', ')} `
+        + `(${r.event} on ${r.channel}, ${r.user_event} to user ${r.user_id})`);
+    } catch (e) {
+      showError('POST /dev-trigger', e.message);
+    }
+  });
+
+  for (const server of SERVERS) {
+    $(`pusher-${server}-toggle`).addEventListener('click', () => {
+      if (state.pushers[server]) {
+        closePusher(server);
+        panelLog(server, 'disconnected', 'by the button');
+      } else {
+        openPusher(server);
+      }
+    });
+  }
 
   $('ping').addEventListener('click', () => {
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
@@ -339,6 +473,7 @@
 
   call('/config.json').then((config) => {
     state.config = config;
+    for (const server of SERVERS) part(server, 'address').textContent = addressOf(server);
     $('signin-button').disabled = false;
     $('token-button').disabled = false;
     document.body.dataset.ready = 'true';

@@ -1,11 +1,16 @@
 """The demo page of the local stack in headless Chromium (Debian's /usr/bin/chromium driven by
 Playwright), used the way a person uses it: every button is pressed, what the page shows is
 asserted, and any console error, page error, failed request or HTTP error the test did not
-provoke on purpose fails the test. A screenshot is saved to artifacts/web-page.png."""
+provoke on purpose fails the test. A screenshot is saved to artifacts/web-page.png.
+
+The page runs the browser build of pusher-js against two Pusher-protocol servers side by side,
+soketi and our own WebSocket API (issue 10 F: a scenario in Chromium for both servers);
+``test_pusher_js_panel`` runs the same steps against each panel."""
 from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -13,9 +18,10 @@ from pathlib import Path
 from typing import Callable, List
 from urllib.parse import urlsplit
 
-import pusher
 import pytest
+import requests
 
+from devtools.stack import Ports, Stack, stage_env
 from tests.support.local_stack import running_stack
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +33,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 #: every button of devtools/web/index.html; the tests press each one
-BUTTONS = {"signin-button", "token-button", "notify", "ping"}
+BUTTONS = {"signin-button", "token-button", "notify", "ping", "trigger",
+           "pusher-soketi-toggle", "pusher-ours-toggle"}
+#: the pusher-js panels of the page: soketi and our own WebSocket API (Pusher dialect)
+SERVERS = ("soketi", "ours")
 
 
 def _chromium_or_skip() -> str:
@@ -146,8 +155,43 @@ def _figure_reaches(page, selector: str, at_least: float, attribute: str = "") -
 
 
 WS_SUBSCRIBED = "#log li[data-transport=websocket][data-event=subscribed]"
-PUSHER_SUBSCRIBED = "#log li[data-transport=pusher][data-event=subscribed]"
 HELLO = "#log li[data-transport=websocket][data-event=hello]"
+TRIGGERED = "#log li[data-transport=http][data-event='POST /dev-trigger']"
+
+
+def _panel(server: str) -> str:
+    return f"#pusher-{server}"
+
+
+def _arrived(server: str, event: str) -> str:
+    """An event listed in a pusher-js panel."""
+    return f"{_panel(server)} .events li[data-event='{event}']"
+
+
+def _panel_ready(page, server: str, user_id: str, member: str, subscriptions: int = 2,
+                 signins: int = 1) -> None:
+    """Wait until the panel shows pusher-js connected, ``subscriptions`` subscriptions listed
+    (the private channel through our /pusher/auth and presence-lobby), ``signins`` user
+    sign-ins through our /pusher/user-auth, and ``member`` among the presence members."""
+    panel = _panel(server)
+    page.wait_for_selector(f"{panel} .status[data-state=connected]")
+    _wait_count(page, _arrived(server, "subscribed"), subscriptions)
+    _wait_count(page, _arrived(server, "signed-in"), signins)
+    page.wait_for_selector(f"{panel} .user[data-state=signed-in]")
+    assert page.inner_text(f"{panel} .user") == f"signed in as {user_id}"
+    page.wait_for_function("([s, m]) => document.querySelector(s).textContent.includes(m)",
+                           arg=[f"{panel} .members", member])
+    channels = page.inner_text(f"{panel} .channels")
+    assert f"private-user-{user_id}" in channels and "presence-lobby" in channels
+
+
+def _trigger(page, times: int = 1) -> str:
+    """Press "Trigger with the pusher library"; returns the id the stack put in the events."""
+    page.click("#trigger")
+    _wait_count(page, TRIGGERED, times)
+    answer = page.locator(TRIGGERED).first.inner_text()
+    assert "soketi triggered" in answer and "ours triggered" in answer, answer
+    return re.search(r"id ([0-9a-f]{8})", answer).group(1)
 
 
 def test_every_button_works_for_a_signed_in_person(stack, browser_page):
@@ -161,10 +205,9 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     page.click("#signin-button")
     page.wait_for_selector("#ws-status[data-state=open]")
     page.wait_for_selector(f"{WS_SUBSCRIBED}:has-text('private-user-{sub}')")
-    page.wait_for_selector("#pusher-status[data-state=connected]")
-    _wait_count(page, PUSHER_SUBSCRIBED, 2)
+    for server in SERVERS:  # presence member from our user-info, on both servers
+        _panel_ready(page, server, sub, "Web Tester")
     assert page.inner_text("#who") == f"signed in as {sub}"
-    assert "Web Tester" in page.inner_text("#members")  # presence member from our user-info
     # the live panel: the $connect's ConnectionsOpened, and the subscription's reply delivered
     _figure_reaches(page, "#chart", 1, "data-open")
     assert _figure(page, "#m-open") >= 1
@@ -175,12 +218,18 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     assert allowed >= 1  # ws_authorizer's figure... or jwt_auth's: both count
 
     # 2. "Send me a notification": the browser's own POST (CORS preflight included) and the
-    #    push arriving over the API Gateway WebSocket
+    #    push arriving over the API Gateway WebSocket and, as a user event (pusher-js signed
+    #    in), over our WebSocket API in the Pusher dialect: one push engine, two dialects.
+    #    soketi is another server: POST /notifications never reaches it.
     page.click("#notify")
     answer = _arrives(page, "#log li[data-transport=http][data-event='POST /notifications']")
     hello = _arrives(page, HELLO)
     assert "demo page" in hello.inner_text()
-    assert "HTTP 200" in answer.inner_text() and "delivered 1" in answer.inner_text()
+    user_hello = _arrives(page, _arrived("ours", "hello"))
+    assert f"#server-to-user-{sub}" in user_hello.inner_text()
+    assert "demo page" in user_hello.inner_text()
+    assert "HTTP 200" in answer.inner_text() and "delivered 2" in answer.inner_text()
+    assert _count(page, _arrived("soketi", "hello")) == 0
     _figure_reaches(page, "#m-delivered", delivered + 1, "data-value")  # the chart moved
     delivered = _figure(page, "#m-delivered", "data-value")
 
@@ -189,14 +238,13 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     _arrives(page, "#log li[data-transport=websocket][data-event=pong]")
     _figure_reaches(page, "#m-delivered", delivered + 1, "data-value")  # the pong
 
-    # 4. a Pusher event: the server library triggers on the user's private channel in soketi
-    env = stack.env
-    client = pusher.Pusher(app_id=env["PUSHER_APP_ID"], key=env["PUSHER_KEY"],
-                           secret=env["PUSHER_SECRET"], host="127.0.0.1",
-                           port=int(env["PUSHER_PORT"]), ssl=False)
-    client.trigger(f"private-user-{sub}", "pusher-hello", {"via": "soketi"})
-    pusher_item = page.wait_for_selector('#log li[data-transport=pusher][data-event=pusher-hello]')
-    assert "soketi" in pusher_item.inner_text()
+    # 4. "Trigger with the pusher library": the stack's server library publishes the same
+    #    event to soketi and to our Pusher HTTP API (only host and port differ); it arrives in
+    #    both pusher-js panels and, through our engine, over the native WebSocket too
+    trigger_id = _trigger(page)
+    for item in (_arrived("soketi", "library-hello"), _arrived("ours", "library-hello"),
+                 "#log li[data-transport=websocket][data-event=library-hello]"):
+        assert trigger_id in _arrives(page, item).inner_text()
 
     # 5. "Connect with this token": a pasted (valid) token for another user replaces the first;
     #    an Auth0 subject, whose user id escapes the "|" (README, "User ids")
@@ -206,15 +254,17 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     page.wait_for_selector(f"#who:text-is('signed in as {other}')")
     page.wait_for_selector(f"{WS_SUBSCRIBED}:has-text('private-user-{other_user_id}')")
     page.wait_for_selector("#ws-status[data-state=open]")
-    _wait_count(page, PUSHER_SUBSCRIBED, 4)
-    page.wait_for_function("document.getElementById('members').textContent"
-                           ".includes('Pasted Person')")
+    for server in SERVERS:  # a new pusher-js client per server, its list starts afresh
+        _panel_ready(page, server, other_user_id, "Pasted Person")
+        assert _count(page, _arrived(server, "library-hello")) == 0
     page.click("#notify")
     _wait_count(page, HELLO, 2)
+    _arrives(page, _arrived("ours", "hello"))
     page.click("#ping")
     _wait_count(page, "#log li[data-transport=websocket][data-event=pong]", 2)
-    # the first WebSocket closed ($disconnect), the second is open: one open connection
-    page.wait_for_function("document.getElementById('m-open').textContent === '1'",
+    # the first WebSocket and pusher-js client closed ($disconnect), the second ones are open:
+    # two open connections on our WebSocket API (one per dialect)
+    page.wait_for_function("document.getElementById('m-open').textContent === '2'",
                            timeout=15_000)
     assert float(page.inner_text("#m-rate")) >= 0
     # the pong, then the new connection's subscription reply, hello and pong: all counted
@@ -226,6 +276,104 @@ def test_every_button_works_for_a_signed_in_person(stack, browser_page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
     assert (ARTIFACTS / "web-page.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_pusher_js_panel(stack, browser_page, server):
+    """The same steps against soketi and against our WebSocket API, in the page's panel for
+    that server: connect, the private channel through our /pusher/auth, presence-lobby with
+    its members (one joining from another tab, then leaving), sign-in through our
+    /pusher/user-auth, events from the server library on the channel and to the user, and a
+    disconnect/connect from the panel's button that subscribes and signs in again."""
+    page, problems = browser_page
+    panel = _panel(server)
+    sub = f"pjs-{server}-{uuid.uuid4().hex[:8]}"
+    _open(page, stack)
+    assert stack.ports.websocket != stack.ports.soketi
+    port = stack.ports.websocket if server == "ours" else stack.ports.soketi
+    assert page.inner_text(f"{panel} .address") == \
+        f"ws://127.0.0.1:{port}/app/{stack.env['PUSHER_KEY']}"
+
+    page.fill("#sub", sub)
+    page.fill("#name", "Panel Person")
+    page.click("#signin-button")
+    _panel_ready(page, server, sub, "Panel Person")
+    assert re.fullmatch(r"\d+\.\d+", page.inner_text(f"{panel} .socket-id"))
+    assert page.inner_text(f"{panel} .members") == "Panel Person"
+
+    # presence: another person signs in from a second tab, joins, then closes the tab
+    second = page.context.new_page()
+    problems.watch(second)
+    second.goto(stack.web_url)
+    second.wait_for_selector("body[data-ready=true]")
+    second.fill("#sub", f"{sub}-2")
+    second.fill("#name", "Second Person")
+    second.click("#signin-button")
+    _panel_ready(second, server, f"{sub}-2", "Panel Person")
+    page.wait_for_function("s => document.querySelector(s).textContent"
+                           " === 'Panel Person, Second Person'", arg=f"{panel} .members")
+    _arrives(page, f"{_arrived(server, 'member_added')}:has-text('{sub}-2')")
+    second.close()
+    page.wait_for_function("s => document.querySelector(s).textContent === 'Panel Person'",
+                           arg=f"{panel} .members")
+    _arrives(page, f"{_arrived(server, 'member_removed')}:has-text('{sub}-2')")
+
+    # the server library publishes to the private channel and to the signed-in user
+    trigger_id = _trigger(page)
+    on_channel = _arrives(page, _arrived(server, "library-hello"))
+    assert f"private-user-{sub}" in on_channel.inner_text()
+    to_user = _arrives(page, _arrived(server, "library-user-hello"))
+    assert f"#server-to-user-{sub}" in to_user.inner_text()
+    assert trigger_id in on_channel.inner_text() and trigger_id in to_user.inner_text()
+
+    # the panel's button: disconnect, then connect again (subscribes and signs in anew)
+    page.click(f"#pusher-{server}-toggle")
+    page.wait_for_selector(f"{panel} .status[data-state=disconnected]")
+    assert page.inner_text(f"#pusher-{server}-toggle") == "Connect"
+    assert page.inner_text(f"{panel} .members") == "—"
+    page.click(f"#pusher-{server}-toggle")
+    _panel_ready(page, server, sub, "Panel Person", subscriptions=4, signins=2)
+    assert page.inner_text(f"#pusher-{server}-toggle") == "Disconnect"
+    second_id = _trigger(page, times=2)
+    _wait_count(page, _arrived(server, "library-hello"), 2)
+    _wait_count(page, _arrived(server, "library-user-hello"), 2)
+    assert second_id in page.locator(_arrived(server, "library-hello")).first.inner_text()
+
+    assert _count(page, "#log li[data-transport=error]") == 0
+    assert page.is_hidden("#error")
+    problems.assert_none()
+
+
+@pytest.mark.parametrize("content_type, body, status, message", [
+    ("text/plain", b'{"user_id": "alice"}', 415, "application/json"),
+    ("application/json", b"{", 400, "not JSON"),
+    ("application/json", b"[]", 400, "JSON object"),
+    ("application/json", b"{}", 400, '"user_id" must be a non-empty string'),
+    ("application/json", b'{"user_id": "a|b"}', 400, '"user_id" must be a user id'),
+    ("application/json", b'{"user_id": "' + b"a" * 5000 + b'"}', 400, "1..4096 bytes"),
+])
+def test_dev_trigger_refuses_a_bad_request_with_a_clear_error(stack, content_type, body, status,
+                                                              message):
+    """The page's server answers POST /dev-trigger's bad input with a JSON error; JSON only, so
+    a cross-origin page cannot trigger without a preflight, which it does not answer."""
+    answer = requests.post(f"{stack.web_url}dev-trigger", data=body, timeout=10,
+                           headers={"Content-Type": content_type})
+    assert answer.status_code == status
+    assert message in answer.json()["message"]
+    assert answer.json()["error"] in ("bad_request", "unsupported_media_type")
+    assert requests.post(f"{stack.web_url}elsewhere", json={}, timeout=10).status_code == 404
+
+
+def test_dev_trigger_names_each_server_it_could_not_reach(tmp_path):
+    """Both servers are tried; each failure is named, and the app secret is never shown."""
+    ports = Ports.free()  # nothing listens there: no stack is started
+    stack = Stack(ports, run_dir=tmp_path)
+    stack.env = stage_env(ports)
+    status, body = stack.dev_trigger({"user_id": "alice"})
+    assert status == 502 and body["error"] == "trigger_failed"
+    soketi, ours = body["message"].split("; ")
+    assert soketi.startswith("soketi: ConnectionError") and ours.startswith("ours: ConnectionError")
+    assert stack.env["PUSHER_SECRET"] not in body["message"]
 
 
 def _tampered(token: str) -> str:
@@ -261,8 +409,18 @@ def test_a_refused_token_is_shown_on_the_page(stack, browser_page):
         f"#log li[data-transport=error][data-event='pusher auth']:has-text('private-user-{sub}')")
     assert "HTTP 401" in auth_error.inner_text()
     assert "unauthorized: Unauthorized" in auth_error.inner_text()  # the server's JSON body
-    _wait_count(page, "#log li[data-transport=error][data-event='pusher auth']", 2)
-    assert "presence-lobby" in page.inner_text("#log")
+    # two channels on each of the two servers, and the user sign-in on each
+    _wait_count(page, "#log li[data-transport=error][data-event='pusher auth']", 4)
+    _wait_count(page, "#log li[data-transport=error][data-event='pusher user-auth']", 2)
+    for server in SERVERS:
+        refused = page.locator("#log li[data-transport=error][data-event='pusher auth']"
+                               f":has-text('presence-lobby'):has-text('{server}')")
+        assert refused.count() == 1
+        signin = page.wait_for_selector(
+            f"#log li[data-transport=error][data-event='pusher user-auth']:has-text('{server}')")
+        assert "HTTP 401" in signin.inner_text()
+        assert page.get_attribute(f"{_panel(server)} .user", "data-state") == "refused"
+        assert _count(page, _arrived(server, "subscribed")) == 0
     assert page.is_disabled("#ping")
 
     # "Send me a notification" with that token: API Gateway's authorizer answers 401 before
@@ -280,6 +438,10 @@ def test_a_refused_token_is_shown_on_the_page(stack, browser_page):
                     and p.kind == "http" and p.text == "401", at_least=2)
     problems.expect("the console's 401 for /pusher/auth", lambda p: p.kind == "console"
                     and "401" in p.text and _path(p) == "/pusher/auth", at_least=1)
+    problems.expect("the 401s of /pusher/user-auth", lambda p: p.kind == "http"
+                    and _path(p) == "/pusher/user-auth" and p.text == "401", at_least=2)
+    problems.expect("the console's 401 for /pusher/user-auth", lambda p: p.kind == "console"
+                    and "401" in p.text and _path(p) == "/pusher/user-auth", at_least=1)
     problems.expect("the refused WebSocket handshake", lambda p: p.kind == "console"
                     and "WebSocket connection" in p.text and "failed" in p.text
                     and "/dev?token=" in p.text)
