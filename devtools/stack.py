@@ -634,7 +634,8 @@ class Stack:
         return "\n".join([
             "",
             "local stack ready (Ctrl-C stops everything):",
-            f"  demo page        {self.web_url}",
+            f"  demo page        {self.web_url}   (pusher-js against soketi and against"
+            " our WebSocket API, side by side)",
             f"  HTTP API         {self.http_url}   (chalice local --stage {STAGE})",
             f"  WebSocket        {self.websocket_url}?token=$TOKEN",
             f"  management API   {self.management_url}/@connections/{{id}}",
