@@ -64,8 +64,8 @@ function watch(client, name) {
   client.connection.bind('state_change', (change) =>
     emit('state', { client: name, previous: change.previous, current: change.current,
                     socket_id: client.connection.socket_id }));
-  client.connection.bind('error', (error) => emit('error', Object.assign({ client: name },
-                                                                         pusherError(error))));
+  client.connection.bind('error', (error) => emit('error', Object.assign(
+    { client: name, t: Date.now() }, pusherError(error))));
 }
 
 function onSubscribed(channel, callback) {
@@ -101,8 +101,8 @@ const scenarios = {
     const client = connect();
     const channel = client.subscribe(env.CHANNEL);
     onSubscribed(channel, () => emit('ready', { socket_id: client.connection.socket_id }));
-    channel.bind('greet', (data, metadata) => {
-      emit('received', { data, channel: metadata && metadata.channel });
+    channel.bind('greet', (data) => {
+      emit('received', { data, channel: channel.name });
       finish(0);
     });
   },
@@ -154,7 +154,7 @@ const scenarios = {
     const bobChannel = bob.subscribe(env.CHANNEL);
     bobChannel.bind('client-note', (data, metadata) => {
       received += 1;
-      emit('received', { data, user_id: metadata && metadata.user_id });
+      emit('received', { data, user_id: metadata && metadata.user_id, t: Date.now() });
       settle();
     });
     onSubscribed(bobChannel, () => {

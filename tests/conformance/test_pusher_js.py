@@ -13,6 +13,7 @@ Run: ``.venv/bin/python -m pytest tests/conformance`` (one local stack for the s
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -72,8 +73,9 @@ def node(server, tokens, scenario: str, **extra: str) -> NodeClient:
     the tokens and ``extra``, nothing else of ours."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
     env = {name: os.environ[name] for name in keep if name in os.environ}
-    env.update(NODE_PATH=str(NODE_DIR / "node_modules"), **server.client_env(), **tokens,
-               **extra)
+    env.update(server.client_env())
+    env.update(tokens)
+    env.update(extra, NODE_PATH=str(NODE_DIR / "node_modules"))
     return NodeClient(SCRIPT, scenario, env)
 
 
@@ -100,7 +102,8 @@ def test_connect(server, tokens):
 def test_unknown_app_key(server, tokens):
     client = node(server, tokens, "bad_key")
     error = client.expect("error", WITHIN)
-    assert error["type"] == "PusherError" and error["code"] == 4001, error
+    # refused in the handshake: pusher-js reports it as a WebSocketError wrapping the frame
+    assert error["type"] == "WebSocketError" and error["code"] == 4001, error
     assert "does not exist" in error["message"]
     client.expect("done", WITHIN)
     states = [line["current"] for line in steps(client, "state")]
@@ -234,7 +237,7 @@ def test_client_event_reaches_others_only(server, tokens):
     client = node(server, tokens, "client_events", CHANNEL=room, COUNT="1", WAIT_MARKER="1")
     assert client.expect("sent", WITHIN) == {"step": "sent", "count": 1, "accepted": 1}
     received = client.expect("received", WITHIN)
-    assert received == {"step": "received", "data": {"n": 0}, "user_id": "alice"}
+    assert received["data"] == {"n": 0} and received["user_id"] == "alice", received
     assert client.expect("done", WITHIN) == {"step": "done", "received": 1, "errors": 0}
     # an event triggered after bob got the client event reaches alice; her own client event,
     # sent before it, never did
@@ -260,19 +263,33 @@ def test_client_event_refused_on_a_public_channel(server, tokens):
 
 
 def test_client_event_rate_limit(server, tokens):
-    """25 client events in a burst, 10 allowed per second (soketi configured as ours, see
-    devtools/stack.py): each is either relayed or answered with pusher:error 4301."""
-    total = 25
+    """25 client events in a burst, at most 10 a second (soketi configured as ours, see
+    devtools/stack.py): each one is relayed or answered with pusher:error 4301, and the
+    connection stays open.
+
+    Both limit per fixed one-second window: soketi's opens at the first event, ours is the epoch
+    second. soketi handles the burst within milliseconds: 10 relayed, 15 refused. Our local
+    gateway handles one connection's messages one at a time (~10/s on a loaded machine; API
+    Gateway invokes the function for each message as it comes), so the burst may spread over
+    a few windows: then what must hold is 10 per window.
+    """
+    total, limit = 25, 10
     client = node(server, tokens, "client_events", CHANNEL=name("presence-burst"),
                   COUNT=str(total))
     done = client.expect("done", WITHIN)
-    errors = steps(client, "error")
-    assert done["received"] + done["errors"] == total
-    # a burst spans at most two one-second windows: 10 to 20 pass, the rest are refused
-    assert 10 <= done["received"] <= 20, done
-    assert {error["code"] for error in errors} == {4301}, errors
+    relayed = steps(client, "received")
+    errors = [line for line in steps(client, "error") if line["type"] == "PusherError"]
+    assert done["received"] + done["errors"] == total and len(errors) == done["errors"]
+    assert {error["code"] for error in errors} <= {4301}, errors
+    numbers = [line["data"]["n"] for line in relayed]
+    assert numbers[:limit] == list(range(limit)), numbers  # none refused below the limit
+    times = [line["t"] for line in relayed + errors]
+    windows = math.ceil((max(times) - min(times)) / 1000.0) + 1
+    assert len(numbers) <= limit * windows, (numbers, windows)
+    if server.name == "soketi":
+        assert numbers == list(range(limit)), numbers
     states = [line["current"] for line in steps(client, "state")]
-    assert "disconnected" not in states  # 4301 does not close the connection
+    assert states == ["connected"], states  # 4301 does not close the connection
     assert client.wait() == 0
 
 
@@ -319,7 +336,8 @@ def test_terminate_user_connections(server, tokens):
     """Expected to differ after the close: DIFFERENCES["terminate_user_connections"]."""
     client = node(server, tokens, "signin")
     first = client.expect("ready", WITHIN)["socket_id"]
-    assert terminate(server, "alice") == {}
+    terminate(server, "alice")  # 200 (the library raises otherwise); soketi answers
+    # {"ok": true}, ours {} as Pusher's HTTP API reference shows
     error = client.expect("error", WITHIN)
     assert error["code"] == 4009, error
     client.drain(RETRY_WINDOW + 1.0)
