@@ -349,3 +349,66 @@ def test_terminate_user_connections(server, tokens):
     else:  # close without a code (DeleteConnection): pusher-js reconnects
         assert len(later) == 1 and later[0] != first, states
     client.stop()
+
+
+# --- the browser build --------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+#: the scenario in the page: pusher-js's browser build (``pusher.min.js``, as the local stack
+#: serves it to the demo page), configured from ``server.client_env()`` only; a private
+#: channel authorized by our ``/pusher/auth`` over XHR, whatever arrives kept in ``window.seen``
+BROWSER_SCENARIO = """([env, token]) => {
+  window.seen = [];
+  const client = new Pusher(env.PUSHER_KEY, {
+    cluster: 'mt1', wsHost: env.WS_HOST, wsPort: Number(env.WS_PORT), forceTLS: false,
+    enabledTransports: ['ws'], disableStats: true,
+    channelAuthorization: { endpoint: env.AUTH_BASE + '/pusher/auth', transport: 'ajax',
+                            headers: { Authorization: 'Bearer ' + token } },
+  });
+  const channel = client.subscribe('private-user-alice');
+  channel.bind('pusher:subscription_succeeded', () =>
+    window.seen.push({ step: 'ready', socket_id: client.connection.socket_id }));
+  channel.bind('pusher:subscription_error', (error) =>
+    window.seen.push({ step: 'subscription_error', error }));
+  channel.bind('greet', (data) => window.seen.push({ step: 'received', data }));
+  window.pusherClient = client;
+}"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium (Debian's) for the module's browser scenarios."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (CI installs Debian's chromium: see .ci/run)")
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_private_channel_in_chromium_with_the_browser_build(server, tokens, chromium):
+    page = chromium.new_page()
+    try:
+        page.set_default_timeout(WITHIN * 1000)
+        page.goto(f"{server.stack.web_url}config.json")  # a page of the stack's web origin
+        page.add_script_tag(url="/vendor/pusher.min.js")
+        page.evaluate(BROWSER_SCENARIO, [server.client_env(), tokens["TOKEN_ALICE"]])
+        page.wait_for_function("window.seen.length > 0")
+        [ready] = page.evaluate("window.seen")
+        assert ready["step"] == "ready" and SOCKET_ID.match(ready["socket_id"]), ready
+        server.library().trigger("private-user-alice", "greet", {"in": "chromium"})
+        page.wait_for_function("window.seen.length > 1")
+        assert page.evaluate("window.seen")[1] == {"step": "received",
+                                                    "data": {"in": "chromium"}}
+        page.evaluate("window.pusherClient.disconnect()")
+    finally:
+        page.close()
