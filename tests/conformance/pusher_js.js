@@ -3,7 +3,7 @@
 // Usage: node pusher_js.js <scenario>. Configuration, from the environment only:
 //   PUSHER_KEY, WS_HOST, WS_PORT (where pusher-js connects), AUTH_BASE (the app's REST API:
 //   /pusher/auth, /pusher/user-auth) — all from Server.client_env(); TOKEN_ALICE, TOKEN_BOB
-//   (dev issuer JWTs for the auth endpoints); CHANNEL / ROOM (channel names), COUNT, LEAVE.
+//   (dev issuer JWTs for the auth endpoints); CHANNEL / ROOM (channel names), COUNT, LEAVE, WAIT_MARKER.
 // Prints one JSON object per line on stdout: {"step": ...}. The driving test
 // (tests/conformance/test_pusher_js.py) reads the lines, acts server-side with the Python pusher
 // library, and asserts. Every scenario ends by itself: a watchdog prints {"step": "timeout"} and
