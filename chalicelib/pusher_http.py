@@ -492,11 +492,24 @@ def trigger_batch(request, app_id: str) -> Dict[str, Any]:
 
 # --- users ------------------------------------------------------------------------------------
 
+#: what a signed-in Pusher connection is told before its user's connections are terminated
+#: (``pusher:error`` 4009, "Connection is unauthorized", Pusher docs, "Pusher Channels
+#: Protocol"; the code and text soketi sends)
+TERMINATED_CODE = 4009
+TERMINATED_MESSAGE = "You got disconnected by the app."
+
+
 def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> Dict[str, Any]:
     """``POST /apps/{app_id}/users/{user_id}/terminate_connections`` (also without
     ``/apps/{app_id}``, as the Python ``pusher`` library 3.3 sends it): every connection of
     the user — native and signed-in Pusher ones — is closed with the management API's
     ``DELETE @connections/{id}`` and removed from the registry. Answers ``{}``.
+
+    Pusher connections first get ``pusher:error`` ``{"code": 4009, "message": "You got
+    disconnected by the app."}``, as soketi sends it, so the app's ``connection.bind('error')``
+    learns why. The close itself carries no code (DeleteConnection has none), so pusher-js
+    reconnects after a second; Pusher docs, "Terminating user connections": the user can
+    reconnect unless the app refuses to authenticate them again.
 
     Raises:
         BadRequest: not a user id.
@@ -506,9 +519,14 @@ def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> 
 
     authenticate(request, app_id)
     validate_user_id(user_id)
-    from chalicelib import connections
+    from chalicelib import connections, push, pusher_protocol
 
-    for connection_id in connections.connections_of_user(user_id):
+    groups = connections.connections_of_user_by_dialect(user_id)
+    pusher_ids = groups.get(connections.PUSHER, [])
+    if pusher_ids:
+        push.send_by_dialect({connections.PUSHER: pusher_ids},
+                             pusher_protocol.error(TERMINATED_MESSAGE, TERMINATED_CODE))
+    for connection_id in [cid for ids in groups.values() for cid in ids]:
         close_connection(connection_id)
         connections.remove_connection(connection_id)
     return {}
