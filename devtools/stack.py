@@ -373,6 +373,11 @@ class Stack:
             "SOKETI_DEFAULT_APP_KEY": e["PUSHER_KEY"],
             "SOKETI_DEFAULT_APP_SECRET": e["PUSHER_SECRET"],
             "SOKETI_DEFAULT_APP_USER_AUTHENTICATION": "true",
+            # client events as ours serve them: on, at CLIENT_EVENT_RATE_LIMIT (default 10,
+            # Pusher's limit) per connection per second (tests/conformance compares the two)
+            "SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES": "true",
+            "SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC": e.get("CLIENT_EVENT_RATE_LIMIT",
+                                                                  "10"),
             "SOKETI_SHUTDOWN_GRACE_PERIOD": "500",
             "SOKETI_DEFAULT_APP_WEBHOOKS": json.dumps([{
                 "url": f"{self.http_url}/pusher/webhooks",
