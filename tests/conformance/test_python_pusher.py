@@ -63,6 +63,18 @@ ANSWERS: Dict[str, Dict[str, Any]] = {
     # other channels; soketi ignores `info`
     "user_count_not_presence": {"soketi": "ignored", "ours": PusherBadRequest},
     "send_to_user": {"soketi": {"ok": True}, "ours": {}},
+    # member_removed is sent "when a user's last connection leaves" (Pusher docs, "Presence
+    # channels" -> "Events"); soketi closes a user's two sockets at once and each close
+    # announces the user's departure
+    "member_removed_on_terminate": {"soketi": 2, "ours": 1},
+    # "The server will only accept requests where the timestamp is within 600s of the current
+    # time" (Pusher docs, "Server API: authenticating requests"); soketi never checks it, so a
+    # captured request can be replayed forever
+    "stale_timestamp": {"soketi": {"ok": True}, "ours": PusherBadAuth},
+    # channel names: "Channel naming conventions" (A-Z a-z 0-9 _ - = @ , . ;, up to 164);
+    # data: "Event data (string)", HTTP API reference. soketi relays both unchecked.
+    "bad_channel_name": {"soketi": {"ok": True}, "ours": PusherBadRequest},
+    "data_not_a_string": {"soketi": {"ok": True}, "ours": PusherBadRequest},
 }
 
 
@@ -323,11 +335,16 @@ def error_code(frame: Dict[str, Any]) -> Any:
 
 def test_terminate_user_connections(server):
     user, other = unique("fred"), unique("gina")
+    room = unique("presence-conf")
     mine, mine_too, theirs = sockets(server, 3)
     lib = server.library()
     try:
-        for client, who in ((mine, user), (mine_too, user), (theirs, other)):
-            client.sign_in(server.auth_base, server.stack.mint(who))
+        for client, who in ((theirs, other), (mine, user), (mine_too, user)):
+            token = server.stack.mint(who)
+            client.sign_in(server.auth_base, token)
+            client.subscribe_authorized(server.auth_base, token, room)
+        added = theirs.next_event()  # the user joined the room (once, for two sockets)
+        assert added["event"] == "pusher_internal:member_added", added
         # the library's own call (its path lacks /apps/{app_id})
         if ANSWERS["library_terminate"][server.name] == "404":
             with pytest.raises(PusherBadStatus, match="^404"):
@@ -347,8 +364,19 @@ def test_terminate_user_connections(server):
                 assert len(frames) == 1, frames
             else:
                 assert len(frames) <= 1, frames
+        # the user left the room with their last socket; then the other user's socket lives
+        # on (it answers a ping)
+        frames = [theirs.next_event()]  # waits for the first member_removed
         theirs.send("pusher:ping", {})
-        assert theirs.next_event()["event"] == "pusher:pong"  # the other user's socket lives
+        while frames[-1]["event"] != "pusher:pong":
+            frames.append(theirs.next_event())
+        removed = frames[:-1]
+        assert removed and all(frame["event"] == "pusher_internal:member_removed" and
+                               json.loads(frame["data"]) == {"user_id": user}
+                               for frame in removed), frames
+        assert len(removed) == ANSWERS["member_removed_on_terminate"][server.name], frames
+        assert_silent(theirs)  # and no late duplicate
+        assert lib.users_info(room) == {"users": [{"id": other}]}
     finally:
         close_all((mine, mine_too, theirs))
 
@@ -361,6 +389,56 @@ def test_a_wrong_secret_is_refused(server):
                  lambda: wrong.channels_info(),
                  lambda: wrong.channel_info(unique("conf-w"))):
         refused(server, call, 401, PusherBadAuth)
+
+
+def resigned(lib, request: Request) -> Request:
+    """``request`` signed again after its query was changed (the library's own signing text,
+    ``pusher.http.make_query_string``, with the app secret)."""
+    from pusher.http import make_query_string
+    from pusher.signature import sign
+
+    params = {k: v for k, v in request.query_params.items() if k != "auth_signature"}
+    text = "\n".join([request.method, request.path, make_query_string(params)])
+    request.query_params["auth_signature"] = sign(lib._pusher_client.secret, text)
+    return request
+
+
+def test_a_stale_or_tampered_request(server):
+    """A correctly signed request whose ``auth_timestamp`` is 700 s old (a replay), and one
+    whose body was changed after signing (``body_md5``)."""
+    lib = server.library()
+    client = lib._pusher_client
+    channel = unique("conf-replay")
+    stale = Request(client, POST, f"/apps/{server.app_id}/events",
+                    {"name": "e", "data": "x", "channels": [channel]})
+    stale.query_params["auth_timestamp"] = str(int(time.time()) - 700)
+    expected = ANSWERS["stale_timestamp"][server.name]
+    if isinstance(expected, dict):
+        assert client.http.send_request(resigned(lib, stale)) == expected
+    else:
+        with pytest.raises(expected, match="[Tt]imestamp"):
+            client.http.send_request(resigned(lib, stale))
+    tampered = Request(client, POST, f"/apps/{server.app_id}/events",
+                       {"name": "e", "data": "x", "channels": [channel]})
+    tampered.body = json.dumps({"name": "e", "data": "changed", "channels": [channel]}).encode()
+    refused(server, lambda: client.http.send_request(tampered), 401, PusherBadAuth)
+
+
+def test_invalid_event_fields(server):
+    """Fields the library checks before sending (channel names) or always encodes (data as a
+    string), sent as another library might: through the library's own signing."""
+    lib = server.library()
+    path = f"/apps/{server.app_id}/events"
+    for scenario, params in (
+            ("bad_channel_name", {"name": "e", "data": "x", "channels": ["no spaces!"]}),
+            ("data_not_a_string", {"name": "e", "data": {"k": 1},
+                                   "channels": [unique("conf-obj")]})):
+        expected = ANSWERS[scenario][server.name]
+        if isinstance(expected, dict):
+            assert signed(lib, POST, path, params) == expected, scenario
+        else:
+            with pytest.raises(expected):
+                signed(lib, POST, path, params)
 
 
 def test_another_app_id_is_not_found(server):
