@@ -63,9 +63,18 @@ function sortedInfos(members) {
 
 const scenarios = {
   // private(name).listen('.event'): the test triggers "greet" on private-user-<USER_A>
+  // and an event named as Laravel names a broadcast event class: listen('OrderShipped') with
+  // Echo's default namespace (App.Events) is the event App\Events\OrderShipped
   listen() {
     const channel = failOn(connect(env.TOKEN_A).private('user-' + env.USER_A), 'a');
-    channel.listen('.greet', (data) => { emit('received', { event: 'greet', data }); finish(0); });
+    let pending = 2;
+    const got = (event) => (data) => {
+      emit('received', { event, data });
+      pending -= 1;
+      if (pending === 0) finish(0);
+    };
+    channel.listen('.greet', got('greet'));
+    channel.listen('OrderShipped', got('OrderShipped'));
     channel.subscribed(() => emit('ready', { channel: channel.name }));
   },
 
@@ -83,12 +92,18 @@ const scenarios = {
     });
   },
 
-  // presence: here (the member list), joining, leaving (b leaves once both saw the join)
+  // presence: here (the member list), joining, leaving (b leaves once both saw the join:
+  // Echo's leave() unsubscribes; with LEAVE_BY=disconnect, Echo's disconnect() closes)
   presence() {
     const a = failOn(connect(env.TOKEN_A).join(env.ROOM), 'a');
     let echoB = null;
     let pending = 2; // a's joining(b) and b's here, in either order
-    const joined = () => { pending -= 1; if (pending === 0) echoB.leave(env.ROOM); };
+    const joined = () => {
+      pending -= 1;
+      if (pending !== 0) return;
+      // LEAVE_BY=disconnect: b closes its connection instead of unsubscribing
+      if (env.LEAVE_BY === 'disconnect') echoB.disconnect(); else echoB.leave(env.ROOM);
+    };
     a.here((members) => {
       emit('a_here', { members: sortedInfos(members) });
       echoB = connect(env.TOKEN_B);

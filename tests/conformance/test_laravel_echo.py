@@ -55,9 +55,14 @@ def test_private_listen_receives_a_server_event(server):
     client = echo(server, "listen", TOKEN_A=token, USER_A=user)
     ready = client.expect("ready", WITHIN)
     assert ready["channel"] == f"private-user-{user}"
-    server.library().trigger(f"private-user-{user}", "greet", {"hello": "Ana"})
+    lib = server.library()
+    lib.trigger(f"private-user-{user}", "greet", {"hello": "Ana"})
     received = client.expect("received", WITHIN)
-    assert received["data"] == {"hello": "Ana"}  # Echo hands the listener the decoded data
+    assert received == {"step": "received", "event": "greet", "data": {"hello": "Ana"}}
+    # what Laravel's broadcaster names an event class App\Events\OrderShipped
+    lib.trigger(f"private-user-{user}", "App\\Events\\OrderShipped", {"order": 7})
+    received = client.expect("received", WITHIN)
+    assert received == {"step": "received", "event": "OrderShipped", "data": {"order": 7}}
     assert client.wait() == 0
 
 
@@ -71,10 +76,14 @@ def test_whisper_reaches_the_other_user_only(server):
     assert "echoed_to_sender" not in seen, seen  # client events are not sent back
 
 
-def test_presence_here_joining_leaving(server):
+@pytest.mark.parametrize("leave_by", ["leave", "disconnect"])
+def test_presence_here_joining_leaving(server, leave_by):
+    """``here`` lists the members, ``joining`` sees the second user, ``leaving`` sees them go
+    (by Echo's ``leave()``, an unsubscribe, or by ``disconnect()``, a closed socket)."""
     (_, token_a), (_, token_b) = users(server)
     room = f"room-{uuid.uuid4().hex[:8]}"
-    client = echo(server, "presence", TOKEN_A=token_a, TOKEN_B=token_b, ROOM=room)
+    client = echo(server, "presence", TOKEN_A=token_a, TOKEN_B=token_b, ROOM=room,
+                  LEAVE_BY=leave_by)
     assert client.expect("a_here", WITHIN)["members"] == [{"name": "Ana"}]
     assert client.expect("leaving", WITHIN)["member"] == {"name": "Ben"}
     assert client.wait() == 0
