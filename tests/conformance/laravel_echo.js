@@ -92,6 +92,22 @@ const scenarios = {
     });
   },
 
+  // whisper on a private channel between two connections of one user (the app's rules give
+  // private-user-<id> to that user alone: two tabs or devices of theirs)
+  whisper_private() {
+    const name = 'user-' + env.USER_A;
+    const a = failOn(connect(env.TOKEN_A).private(name), 'a');
+    a.listenForWhisper('typing', (data) => emit('echoed_to_sender', { data }));
+    a.subscribed(() => {
+      const b = failOn(connect(env.TOKEN_A).private(name), 'b');
+      b.listenForWhisper('typing', (data) => {
+        emit('whisper', { data });
+        setTimeout(() => finish(0), 500); // time for an echo to the sender to show up
+      });
+      b.subscribed(() => a.whisper('typing', { from: 'a', n: 2 }));
+    });
+  },
+
   // presence: here (the member list), joining, leaving (b leaves once both saw the join:
   // Echo's leave() unsubscribes; with LEAVE_BY=disconnect, Echo's disconnect() closes)
   presence() {

@@ -76,6 +76,15 @@ def test_whisper_reaches_the_other_user_only(server):
     assert "echoed_to_sender" not in seen, seen  # client events are not sent back
 
 
+def test_whisper_between_two_connections_of_one_user_on_a_private_channel(server):
+    (user, token), _ = users(server)
+    client = echo(server, "whisper_private", TOKEN_A=token, USER_A=user)
+    assert client.expect("whisper", WITHIN)["data"] == {"from": "a", "n": 2}
+    assert client.wait() == 0
+    seen = [line["step"] for line in client.drain()]
+    assert "echoed_to_sender" not in seen, seen
+
+
 @pytest.mark.parametrize("leave_by", ["leave", "disconnect"])
 def test_presence_here_joining_leaving(server, leave_by):
     """``here`` lists the members, ``joining`` sees the second user, ``leaving`` sees them go
