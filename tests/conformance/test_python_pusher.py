@@ -32,11 +32,10 @@ from tests.support.pusher_socket import PusherSocket
 
 pytestmark = pytest.mark.e2e
 
-#: Pusher docs, "HTTP API reference" (pusher.com/docs/channels/library_auth_reference/rest-api)
-HTTP_API_DOC = "Pusher docs, HTTP API reference"
-
 #: where the two servers answer differently: scenario -> {server: answer}, and why. Ours
-#: follows Pusher's HTTP API reference in each; soketi 1.6.1 departs from it.
+#: follows Pusher's docs in each ("HTTP API reference",
+#: pusher.com/docs/channels/library_auth_reference/rest-api, unless named); soketi 1.6.1
+#: departs from them.
 ANSWERS: Dict[str, Dict[str, Any]] = {
     # POST /events answers {} (with `info`: {"channels": {...}}); soketi answers {"ok": true}
     "trigger": {"soketi": {"ok": True}, "ours": {}},
@@ -44,8 +43,9 @@ ANSWERS: Dict[str, Dict[str, Any]] = {
     # soketi ignores `info` on events and batches (src/http-handler.ts events())
     "trigger_info": {"soketi": {"ok": True}, "ours": "channels"},
     "batch_info": {"soketi": {"ok": True}, "ours": "batch"},
-    # Python pusher 3.3.4 posts terminate_user_connections to /users/{id}/...: soketi serves
-    # only the documented /apps/{app_id}/users/{id}/terminate_connections
+    # Python pusher 3.3.4 posts terminate_user_connections to /users/{id}/... (a library bug):
+    # soketi serves only the documented /apps/{app_id}/users/{id}/terminate_connections (404),
+    # ours serves both paths (README, "Pusher HTTP API")
     "library_terminate": {"soketi": "404", "ours": {}},
     # GET /channels: "If this parameter [info] is missing, an empty hash of attributes will be
     # returned for each channel"; soketi always gives subscription_count and occupied, and
@@ -63,8 +63,8 @@ ANSWERS: Dict[str, Dict[str, Any]] = {
     # other channels; soketi ignores `info`
     "user_count_not_presence": {"soketi": "ignored", "ours": PusherBadRequest},
     "send_to_user": {"soketi": {"ok": True}, "ours": {}},
-    # member_removed is sent "when a user's last connection leaves" (Pusher docs, "Presence
-    # channels" -> "Events"); soketi closes a user's two sockets at once and each close
+    # member_removed is sent once, when the user's last connection leaves the channel (Pusher
+    # docs, "Presence channels"); soketi closes a user's two sockets at once and each close
     # announces the user's departure
     "member_removed_on_terminate": {"soketi": 2, "ours": 1},
     # "The server will only accept requests where the timestamp is within 600s of the current
