@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.support.local_stack import running_stack
+from tests.support.pusher_socket import PusherSocket, recv
 
 pytestmark = pytest.mark.e2e
 
@@ -37,31 +38,9 @@ def library(stack, secret=None):
                          port=stack.ports.http, ssl=False, timeout=20)
 
 
-def recv(ws, timeout=10.0):
-    return json.loads(ws.recv(timeout=timeout))
-
-
-class PusherSocket:
-    """A Pusher protocol 7 client (what pusher-js sends), on the local gateway."""
-
-    def __init__(self, stack):
-        self.ws = connect(f"ws://127.0.0.1:{stack.ports.websocket}/app/"
-                          f"{stack.env['PUSHER_KEY']}?protocol=7&client=js&version=8.6.0"
-                          "&flash=false", open_timeout=10)
-        frame = recv(self.ws)
-        assert frame["event"] == "pusher:connection_established", frame
-        self.socket_id = json.loads(frame["data"])["socket_id"]
-
-    def subscribe(self, channel):
-        self.ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
-        frame = recv(self.ws)
-        assert frame["event"] == "pusher_internal:subscription_succeeded", frame
-
-    def next_event(self, timeout=10.0):
-        return recv(self.ws, timeout)
-
-    def close(self):
-        self.ws.close()
+def pusher_socket(stack) -> PusherSocket:
+    """A Pusher protocol 7 client on the stack's local gateway."""
+    return PusherSocket(stack.ports.websocket, stack.env["PUSHER_KEY"])
 
 
 class NativeSocket:
@@ -83,7 +62,8 @@ class NativeSocket:
 
 def test_trigger_reaches_both_dialects_and_socket_id_is_left_out(stack):
     channel = f"news-{uuid.uuid4().hex[:8]}"
-    first, second, native = PusherSocket(stack), PusherSocket(stack), NativeSocket(stack, "carol")
+    first, second = pusher_socket(stack), pusher_socket(stack)
+    native = NativeSocket(stack, "carol")
     try:
         for client in (first, second, native):
             client.subscribe(channel)
@@ -105,7 +85,7 @@ def test_trigger_reaches_both_dialects_and_socket_id_is_left_out(stack):
 
 def test_trigger_batch(stack):
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
-    client = PusherSocket(stack)
+    client = pusher_socket(stack)
     try:
         client.subscribe(a)
         client.subscribe(b)
@@ -123,7 +103,7 @@ def test_channel_queries(stack):
     public = f"public-{uuid.uuid4().hex[:8]}"
     clients = [NativeSocket(stack, "alice"), NativeSocket(stack, "alice"),
                NativeSocket(stack, "bob")]
-    listener = PusherSocket(stack)
+    listener = pusher_socket(stack)
     lib = library(stack)
     try:
         for client in clients:
