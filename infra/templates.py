@@ -160,6 +160,11 @@ class StageConfig:
     def infrastructure_stack_name(self) -> str:
         return f"{self.app_name}-{self.stage}-infrastructure"
 
+    @property
+    def domain_stack_name(self) -> str:
+        """The ``make deploy`` path's stack of the custom domains (:func:`domain_template`)."""
+        return f"{self.app_name}-{self.stage}-domains"
+
     def function_name(self, name: str) -> str:
         """The deployed Lambda name: Chalice's own scheme, ``<app>-<stage>[-<function>]``."""
         if name == "api_handler":
