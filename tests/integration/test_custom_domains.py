@@ -504,3 +504,95 @@ def test_deploy_stops_on_a_misplaced_certificate_before_creating_anything(tmp_pa
         assert boto3.client("cloudformation", region_name="eu-west-1").list_stacks()[
             "StackSummaries"] == []
     assert calls == []
+
+
+# the whole `make deploy` of a stage with both domains: moto for everything but API Gateway V2
+# (Stubber, as in test_deploy.py) and the domain stack (Stubber: moto's CloudFormation knows no
+# CloudFront or API Gateway domain resources)
+from tests.integration.test_deploy import (  # noqa: E402,F401
+    API_ID, aws, expect_converged, expect_first_attach, setup)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """test_deploy's project, with both custom domains on the prod stage."""
+    return project_with(tmp_path, websocket_domain=WS_DOMAIN, rest_domain=REST_DOMAIN)
+
+
+class StackRouter:
+    """A CloudFormation client that hands calls about one stack to ``stubbed`` and every
+    other call to ``rest`` (moto)."""
+
+    def __init__(self, rest, stubbed, stack_name):
+        self._rest, self._stubbed, self._name = rest, stubbed, stack_name
+
+    def _target(self, kwargs):
+        return self._stubbed if kwargs.get("StackName") == self._name else self._rest
+
+    def __getattr__(self, operation):
+        def call(**kwargs):
+            return getattr(self._target(kwargs), operation)(**kwargs)
+        return call
+
+    def get_waiter(self, name):
+        router = self
+
+        class Waiter:
+            def wait(self, **kwargs):
+                return router._target(kwargs).get_waiter(name).wait(**kwargs)
+        return Waiter()
+
+
+def test_make_deploy_converges_and_prints_the_domains(setup):  # noqa: F811
+    import boto3
+    from botocore.stub import Stubber
+
+    cfg, deployer = setup["cfg"], setup["deployer"]
+    assert cfg.websocket_domain and cfg.rest_domain
+    expect_first_attach(setup["stubber"], cfg)
+    domains = boto3.client("cloudformation", region_name=REGION)
+    stubber = Stubber(domains)
+    stubber.activate()
+    deployer._clients["cloudformation"] = StackRouter(
+        boto3.client("cloudformation", region_name=REGION), domains, cfg.domain_stack_name)
+    rest_api = setup["chalice"].rest_api()
+
+    stubber.add_client_error("describe_stacks", "ValidationError",
+                             f"Stack with id {cfg.domain_stack_name} does not exist")
+    stubber.add_response("create_stack", {"StackId": "arn:aws:cloudformation:us-east-1:"
+                                                     "123456789012:stack/domains/1"}, {
+        "StackName": cfg.domain_stack_name,
+        "TemplateBody": json.dumps(templates.domain_template(cfg)),
+        "Tags": [{"Key": k, "Value": v} for k, v in sorted(cfg.tags.items())],
+        "Parameters": [{"ParameterKey": "RestAPI", "ParameterValue": rest_api},
+                       {"ParameterKey": "WebsocketAPI", "ParameterValue": API_ID}],
+        "OnFailure": "ROLLBACK", "EnableTerminationProtection": True})
+    for outputs in (None, OUTPUTS):  # the waiter, then the outputs
+        stubber.add_response("describe_stacks", stack(cfg, "CREATE_COMPLETE", ws=API_ID,
+                                                      rest=rest_api, outputs=outputs),
+                             {"StackName": cfg.domain_stack_name})
+    deployer.run()
+    stubber.assert_no_pending_responses()
+    setup["stubber"].assert_no_pending_responses()
+    lines = "\n".join(setup["lines"])
+    assert "ws.example.com CNAME d111111abcdef8.cloudfront.net (alias record created in " \
+           f"{ZONE})" in lines
+    assert "api.example.com CNAME d-abc123.execute-api.us-east-1.amazonaws.com (or a Route " \
+           "53 alias, zone Z1UJRXOUMOOFQ8)" in lines
+    assert "\"wsHost\": \"ws.example.com\"" in lines
+
+    # the next `make deploy --attach-only`: reads only, on both APIs and on the domain stack
+    deployer.changes.clear()
+    expect_converged(setup["stubber"], cfg)
+    stubber.add_response("describe_stacks", stack(cfg, "CREATE_COMPLETE", ws=API_ID,
+                                                  rest=rest_api),
+                         {"StackName": cfg.domain_stack_name})
+    stubber.add_response("get_template", {"TemplateBody": json.dumps(
+        templates.domain_template(cfg))},
+        {"StackName": cfg.domain_stack_name, "TemplateStage": "Original"})
+    stubber.add_response("describe_stacks", stack(cfg, "CREATE_COMPLETE", ws=API_ID,
+                                                  rest=rest_api, outputs=OUTPUTS),
+                         {"StackName": cfg.domain_stack_name})
+    deployer.run(attach_only=True)
+    stubber.assert_no_pending_responses()
+    assert deployer.changes == []
