@@ -1094,6 +1094,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--stage", default="prod")
     args = parser.parse_args(argv)
     cfg = load_stage(args.stage)
+    if args.template == "domains" and not (cfg.websocket_domain or cfg.rest_domain):
+        print(f"stage {args.stage} sets no custom domain (infra.websocket_domain, "
+              "infra.rest_domain)", file=sys.stderr)
+        return 1
     build = {"infrastructure": infrastructure_template, "merge": merge_template,
              "domains": domain_template}[args.template]
     json.dump(build(cfg), sys.stdout, indent=2)
