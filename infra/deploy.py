@@ -200,8 +200,7 @@ class Deployer:
             cfn.get_waiter("stack_create_complete").wait(**wait)
             self._changed(f"stack {name} created")
             return "created"
-        stacks = [stack]
-        status = stacks[0]["StackStatus"]
+        status = stack["StackStatus"]
         if status in STACK_STATES_TO_DELETE:
             raise DeployError(f"stack {name} is {status} and must be deleted before it can be "
                               f"created again: {self.delete_stack_hint(name)}, then run again")
@@ -218,9 +217,9 @@ class Deployer:
                 current = json.loads(current)
             except ValueError:
                 current = None
-        current_tags = sorted((t["Key"], t["Value"]) for t in stacks[0].get("Tags", []))
+        current_tags = sorted((t["Key"], t["Value"]) for t in stack.get("Tags", []))
         current_parameters = sorted((p["ParameterKey"], p["ParameterValue"])
-                                    for p in stacks[0].get("Parameters", []))
+                                    for p in stack.get("Parameters", []))
         if current == json.loads(body) and current_tags == sorted(self.cfg.tags.items()) \
                 and current_parameters == wanted_parameters:
             self.echo(f"  stack {name}: unchanged")
