@@ -16,8 +16,9 @@ This script does the rest, in order:
    WebSocket handler (it saves them a lookup: without it they find the API by its name,
    :func:`chalicelib.push.discover_api_id`, so a plain ``chalice deploy`` or a failure before
    this step does not stop pushes), log retention; then redeploys the WebSocket stage if the
-   API changed;
-5. prints the endpoints.
+   API changed; the custom domains, when the stage sets any (a stack of their own,
+   :func:`infra.templates.domain_template`, created or updated);
+5. prints the endpoints (and the custom domains' pusher-js options, server host, DNS targets).
 
 Step 4 reads before it writes and writes only what differs, so running it on a deployment that
 already has everything makes no write call at all (``--attach-only`` runs steps 4-5 alone).
@@ -134,6 +135,8 @@ class Deployer:
         self._run = run
         self.echo = echo
         self.changes: List[str] = []
+        #: outputs of the custom domain stack after :meth:`attach` (empty without domains)
+        self.domain_outputs: Dict[str, str] = {}
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
@@ -149,31 +152,58 @@ class Deployer:
     def deploy_infrastructure(self, *, waiter_delay: int = 5) -> str:
         """Create or update the table/queue stack. Returns ``created``, ``updated`` or
         ``unchanged``. Raises DeployError when the stack is in a state that needs a human."""
-        cfn = self.client("cloudformation")
-        name = self.cfg.infrastructure_stack_name
-        body = json.dumps(templates.infrastructure_template(self.cfg))
-        tags = [{"Key": k, "Value": v} for k, v in sorted(self.cfg.tags.items())]
+        return self._converge_stack(
+            self.cfg.infrastructure_stack_name, templates.infrastructure_template(self.cfg),
+            before_create=self.check_no_orphans, waiter_delay=waiter_delay)
+
+    def _describe_stack(self, name: str) -> Optional[Dict[str, Any]]:
+        """The stack ``name`` as ``DescribeStacks`` gives it, or None when it does not exist."""
         from botocore.exceptions import ClientError
 
         try:
-            stacks = cfn.describe_stacks(StackName=name)["Stacks"]
+            stacks = self.client("cloudformation").describe_stacks(StackName=name)["Stacks"]
         except ClientError as exc:
             if "does not exist" not in str(exc):
                 raise
-            stacks = []
+            return None
+        return stacks[0] if stacks else None
+
+    def _converge_stack(self, name: str, template: Dict[str, Any], *,
+                        parameters: Optional[Dict[str, str]] = None,
+                        before_create: Optional[Callable[[], None]] = None,
+                        waiter_delay: int = 5) -> str:
+        """Create stack ``name`` from ``template`` (tagged, rolled back on failure, termination
+        protection outside dev), or update it when its template, parameters or tags differ.
+
+        Returns:
+            ``created``, ``updated`` or ``unchanged``.
+        Raises:
+            DeployError: the stack is in a state that needs a human (the message says what).
+        """
+        cfn = self.client("cloudformation")
+        body = json.dumps(template)
+        tags = [{"Key": k, "Value": v} for k, v in sorted(self.cfg.tags.items())]
+        wanted_parameters = sorted((parameters or {}).items())
+        stack_parameters = [{"ParameterKey": k, "ParameterValue": v}
+                            for k, v in wanted_parameters]
+        from botocore.exceptions import ClientError
+
+        stack = self._describe_stack(name)
         wait = {"StackName": name, "WaiterConfig": {"Delay": waiter_delay, "MaxAttempts": 360}}
-        if not stacks:
-            self.check_no_orphans()
+        if stack is None:
+            if before_create is not None:
+                before_create()
             cfn.create_stack(StackName=name, TemplateBody=body, Tags=tags,
                              OnFailure="ROLLBACK",
-                             EnableTerminationProtection=self.cfg.stage != "dev")
+                             EnableTerminationProtection=self.cfg.stage != "dev",
+                             **({"Parameters": stack_parameters} if parameters else {}))
             cfn.get_waiter("stack_create_complete").wait(**wait)
             self._changed(f"stack {name} created")
             return "created"
-        status = stacks[0]["StackStatus"]
+        status = stack["StackStatus"]
         if status in STACK_STATES_TO_DELETE:
             raise DeployError(f"stack {name} is {status} and must be deleted before it can be "
-                              f"created again: {self.delete_stack_hint()}, then run again")
+                              f"created again: {self.delete_stack_hint(name)}, then run again")
         if status == "UPDATE_ROLLBACK_FAILED":
             raise DeployError(f"stack {name} is {status}: aws cloudformation "
                               f"continue-update-rollback --stack-name {name}, then run again")
@@ -187,12 +217,16 @@ class Deployer:
                 current = json.loads(current)
             except ValueError:
                 current = None
-        current_tags = sorted((t["Key"], t["Value"]) for t in stacks[0].get("Tags", []))
-        if current == json.loads(body) and current_tags == sorted(self.cfg.tags.items()):
+        current_tags = sorted((t["Key"], t["Value"]) for t in stack.get("Tags", []))
+        current_parameters = sorted((p["ParameterKey"], p["ParameterValue"])
+                                    for p in stack.get("Parameters", []))
+        if current == json.loads(body) and current_tags == sorted(self.cfg.tags.items()) \
+                and current_parameters == wanted_parameters:
             self.echo(f"  stack {name}: unchanged")
             return "unchanged"
         try:
-            cfn.update_stack(StackName=name, TemplateBody=body, Tags=tags)
+            cfn.update_stack(StackName=name, TemplateBody=body, Tags=tags,
+                             **({"Parameters": stack_parameters} if parameters else {}))
         except ClientError as exc:
             if "No updates are to be performed" in str(exc):
                 self.echo(f"  stack {name}: unchanged")
@@ -202,10 +236,10 @@ class Deployer:
         self._changed(f"stack {name} updated")
         return "updated"
 
-    def delete_stack_hint(self) -> str:
-        """The commands that delete the infrastructure stack: termination protection (on for
-        staging/prod) first, else ``delete-stack`` is refused."""
-        name = self.cfg.infrastructure_stack_name
+    def delete_stack_hint(self, name: Optional[str] = None) -> str:
+        """The commands that delete a stack (the infrastructure stack by default): termination
+        protection (on for staging/prod) first, else ``delete-stack`` is refused."""
+        name = name or self.cfg.infrastructure_stack_name
         return (f"aws cloudformation update-termination-protection "
                 f"--no-enable-termination-protection --stack-name {name}; "
                 f"aws cloudformation delete-stack --stack-name {name}")
@@ -260,6 +294,15 @@ class Deployer:
                             f"partition: write arn:{partition}: in .chalice/policy-*.json "
                             "for this deployment")
 
+
+    def check_domain_certificates(self, region: str) -> None:
+        """The custom domains' certificates are in the regions AWS reads them from
+        (:func:`infra.templates.check_domain_regions`). Raises DeployError naming the one to
+        request or import, before anything is created."""
+        try:
+            templates.check_domain_regions(self.cfg, region)
+        except SystemExit as exc:
+            raise DeployError(str(exc)) from None
 
     def check_secret(self) -> None:
         """The ``PUSHER_SECRET_PARAMETER`` must exist as a SecureString (never read here).
@@ -458,6 +501,7 @@ class Deployer:
         self.ensure_log_retention([self.cfg.function_name(f) for f in templates.FUNCTIONS
                                    if f in app.functions])
         self.ensure_cors_gateway_responses(app.rest_api_id)
+        self.domain_outputs = self.ensure_domains(app)
         return self.changes[before:]
 
     def ensure_cors_gateway_responses(self, rest_api_id: Optional[str]) -> None:
@@ -487,6 +531,36 @@ class Deployer:
             api.create_deployment(restApiId=rest_api_id, stageName=self.cfg.api_gateway_stage,
                                   description="gateway responses with the stage's CORS headers")
 
+    def ensure_domains(self, app: DeployedApp, *, waiter_delay: int = 5) -> Dict[str, str]:
+        """The stage's custom domains (``infra.websocket_domain``, ``infra.rest_domain``): the
+        stack ``<app>-<stage>-domains`` (:func:`infra.templates.domain_template`) created, or
+        updated when the settings or the APIs' ids changed (a ``chalice deploy`` that
+        re-creates an API gives it a new id: the CloudFront origin and the base path mapping
+        follow). Nothing is written when all is in place.
+
+        Returns:
+            the stack's outputs (``OutputKey`` -> ``OutputValue``): the DNS targets, the
+            pusher-js options ...; empty when the stage has no custom domain (a domain stack
+            left from earlier settings is named, with the command that deletes it).
+        Raises:
+            DeployError: a REST domain without a REST API, or a stack that needs a human.
+        """
+        cfg, name = self.cfg, self.cfg.domain_stack_name
+        if not (cfg.websocket_domain or cfg.rest_domain):
+            if self._describe_stack(name) is not None:
+                self.echo(f"  stack {name} is left from custom domains no longer in "
+                          f"config.json: {self.delete_stack_hint(name)}")
+            return {}
+        if cfg.rest_domain and not app.rest_api_id:
+            raise DeployError(f"infra.rest_domain is set but `chalice deploy` recorded no REST "
+                              f"API for stage {cfg.stage}")
+        template = templates.domain_template(cfg)
+        ids = {"WebsocketAPI": app.websocket_api_id, "RestAPI": app.rest_api_id or ""}
+        self._converge_stack(name, template, waiter_delay=waiter_delay,
+                             parameters={k: ids[k] for k in template["Parameters"]})
+        stack = self._describe_stack(name) or {}
+        return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
     # --- 5. endpoints --------------------------------------------------------------------------
 
     def endpoints(self, app: DeployedApp) -> Dict[str, Optional[str]]:
@@ -495,9 +569,11 @@ class Deployer:
     def run(self, *, attach_only: bool = False) -> Dict[str, Optional[str]]:
         """The whole path (or steps 4-5 with ``attach_only``). Returns the endpoints."""
         if not attach_only:
-            self.echo("[1/5] Pusher secret in SSM, policy partition")
+            self.echo("[1/5] Pusher secret in SSM, policy partition, domain certificates")
             self.check_secret()
-            self.check_partition(self.client("ssm").meta.region_name)
+            region = self.client("ssm").meta.region_name
+            self.check_partition(region)
+            self.check_domain_certificates(region)
             self.echo(f"[2/5] infrastructure stack {self.cfg.infrastructure_stack_name}")
             self.deploy_infrastructure()
             self.echo(f"[3/5] chalice deploy --stage {self.cfg.stage}")
@@ -510,6 +586,8 @@ class Deployer:
         self.echo("[5/5] endpoints")
         for name, url in endpoints.items():
             self.echo(f"  {name:<10} {url}")
+        for line in templates.describe_domains(self.cfg, self.domain_outputs):
+            self.echo(f"  {line}")
         return endpoints
 
 

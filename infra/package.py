@@ -112,11 +112,16 @@ def remove_bytecode(project_dir: Path = ROOT) -> List[Path]:
 
 
 def write_merge_template(stage: str, out_dir: Path, project_dir: Path = ROOT) -> Path:
-    """Write ``merge-template.json`` for ``stage`` into ``out_dir``; return its path."""
+    """Write ``merge-template.json`` for ``stage`` into ``out_dir``; return its path.
+
+    The custom domains' certificates are checked against the region ``chalice package`` is
+    given (``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else us-east-1): package with the
+    region the stack will be deployed to."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "merge-template.json"
     cfg = templates.load_stage(stage, project_dir)
-    path.write_text(json.dumps(templates.merge_template(cfg), indent=2) + "\n")
+    merged = templates.merge_template(cfg, region=_env()["AWS_DEFAULT_REGION"])
+    path.write_text(json.dumps(merged, indent=2) + "\n")
     return path
 
 
@@ -337,6 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(lint.stdout + lint.stderr)
             status = 1
         print(f"template:        {target / 'sam.json'}")
+        for line in templates.describe_domains(templates.load_stage(args.stage)):
+            print(line)
     else:
         print(f"terraform:       {target / 'chalice.tf.json'} (add the authorizer: README)")
     return status

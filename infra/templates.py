@@ -23,7 +23,10 @@ key, so none are listed: every ``$connect`` reaches ``ws_authorizer``, which app
 extraction rule of :func:`chalicelib.identity.extract_token` and raises ``Unauthorized`` (401)
 itself when no source carries a token.
 
-Run ``python -m infra.templates {infrastructure,merge} --stage prod`` to print either one.
+Custom domains (``infra.websocket_domain``, ``infra.rest_domain``): :func:`domain_resources`, in the
+merge template or, for ``make deploy``, in a stack of their own (:func:`domain_template`).
+
+Run ``python -m infra.templates {infrastructure,merge,domains} --stage prod`` to print one.
 """
 from __future__ import annotations
 
@@ -118,6 +121,8 @@ class StageConfig:
             topic that every alarm notifies (none: no topic is created).
         alarm_topic_arn: ``stages.<stage>.infra.alarm_topic_arn``: an existing SNS topic every
             alarm notifies, or None.
+        websocket_domain, rest_domain: ``stages.<stage>.infra.websocket_domain`` /
+            ``rest_domain`` (:class:`DomainSetting`), or None: see :func:`domain_resources`.
     """
 
     app_name: str
@@ -134,6 +139,8 @@ class StageConfig:
     metrics_namespace: str = ""
     alarm_emails: Tuple[str, ...] = ()
     alarm_topic_arn: Optional[str] = None
+    websocket_domain: Optional["DomainSetting"] = None
+    rest_domain: Optional["DomainSetting"] = None
 
     @property
     def websocket_api_name(self) -> str:
@@ -152,6 +159,11 @@ class StageConfig:
     @property
     def infrastructure_stack_name(self) -> str:
         return f"{self.app_name}-{self.stage}-infrastructure"
+
+    @property
+    def domain_stack_name(self) -> str:
+        """The ``make deploy`` path's stack of the custom domains (:func:`domain_template`)."""
+        return f"{self.app_name}-{self.stage}-domains"
 
     def function_name(self, name: str) -> str:
         """The deployed Lambda name: Chalice's own scheme, ``<app>-<stage>[-<function>]``."""
@@ -204,6 +216,17 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
                                       and re.fullmatch(r"arn:aws[a-z-]*:sns:[^:]+:\d{12}:[\w-]+",
                                                        topic_arn)):
         raise SystemExit(f"stage {stage}: infra.alarm_topic_arn must be an SNS topic ARN")
+    websocket_domain = parse_domain_setting(stage, "websocket_domain",
+                                            infra_cfg.get("websocket_domain"))
+    rest_domain = parse_domain_setting(stage, "rest_domain", infra_cfg.get("rest_domain"))
+    if websocket_domain and rest_domain and websocket_domain.name == rest_domain.name:
+        raise SystemExit(f"stage {stage}: infra.websocket_domain and infra.rest_domain name the "
+                         f"same domain {rest_domain.name!r}: API Gateway serves a WebSocket API "
+                         "and a REST API on different names")
+    if websocket_domain and not _PATH_KEY_RE.fullmatch(env.get("PUSHER_KEY") or ""):
+        raise SystemExit(f"stage {stage}: infra.websocket_domain needs PUSHER_KEY made of "
+                         "letters, digits and . _ ~ - only: the key travels in the URL path "
+                         "/app/<key> that the domain's path function rewrites")
     policy_files = {}
     for function in FUNCTIONS:
         filename = lookup(function, "iam_policy_file") or f"policy-{stage}.json"
@@ -226,6 +249,8 @@ def load_stage(stage: str, project_dir: Path = ROOT) -> StageConfig:
         or default_metrics_namespace(env.get("STAGE") or stage),
         alarm_emails=tuple(emails),
         alarm_topic_arn=topic_arn,
+        websocket_domain=websocket_domain,
+        rest_domain=rest_domain,
     )
 
 
@@ -472,6 +497,362 @@ def _monitoring_outputs(cfg: StageConfig) -> Dict[str, Any]:
                              f"{cfg.stage}"}}}
 
 
+# --- custom domains -----------------------------------------------------------------------------
+#
+# Why a CloudFront distribution in front of the WebSocket API, and not an API Gateway custom
+# domain with the API mapping ``app/<key>``: pusher-js always connects to
+# ``wss://<wsHost>/app/<key>?protocol=7&…`` and cannot leave out the ``/app/<key>`` path, but
+#
+# * multi-level API mappings (``app/<key>``) exist for REST and HTTP APIs only: the WebSocket
+#   mapping rules allow the characters ``$-_.+!*'()`` (no ``/``), and the console says a domain
+#   with multi-level paths "can't be mapped to a WebSocket API" (API Gateway Developer Guide,
+#   "Map API stages to a custom domain name for WebSocket APIs"; AWS What's New 2021-03-30,
+#   "multi-level base path mappings" for "HTTP and REST APIs");
+# * a WebSocket API accepts no path after its stage (or its mapping): ``…/prod/anything`` is
+#   refused with 403 at the handshake, and the ``$connect`` event carries no path at all.
+#
+# So the WebSocket domain is a CloudFront distribution (it carries WebSockets: CloudFront
+# Developer Guide, "Use WebSockets with CloudFront distributions") whose viewer-request
+# CloudFront Function rewrites ``/app/<key>`` to the stage and hands the key on as the query
+# parameter ``app_key`` — exactly what ``devtools/local_gateway.py`` does — so a wrong key gets
+# Pusher's own ``pusher:error`` 4001 from :func:`chalicelib.pusher_protocol.handshake_error`
+# (pusher-js then stops reconnecting), not an opaque 403. ``/`` goes to the stage as well, so
+# native clients use ``wss://<name>/?token=…``; any other path gets 403 from the function.
+# The REST API needs no such trick: an API Gateway REGIONAL custom domain with an empty base
+# path mapping serves ``/apps/…`` and ``/pusher/…`` without the stage prefix.
+
+#: CloudFront takes certificates from this region only (CloudFront Developer Guide,
+#: "Requirements for using SSL/TLS certificates with CloudFront")
+CLOUDFRONT_CERTIFICATE_REGION = "us-east-1"
+#: the hosted zone of every CloudFront distribution, for Route 53 alias records (Route 53 API
+#: reference, ``AliasTarget.HostedZoneId``)
+CLOUDFRONT_HOSTED_ZONE_ID = "Z2FDTNDATAQYW2"
+#: managed CloudFront policies (CloudFront Developer Guide, "Use managed cache policies" and
+#: "Use managed origin request policies"): no caching; every viewer header (the WebSocket
+#: handshake's ``Sec-WebSocket-*``, ``Authorization``) and query string, but not ``Host``, which
+#: must name the ``execute-api`` origin for API Gateway to find the API
+CACHING_DISABLED_POLICY_ID = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST_POLICY_ID = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+#: the query parameter that carries the app key from the path (see
+#: :data:`chalicelib.pusher_protocol.APP_KEY_PARAMETER`)
+APP_KEY_PARAMETER = "app_key"
+WEBSOCKET_DISTRIBUTION_ID = "WebsocketDistribution"
+WEBSOCKET_PATH_FUNCTION_ID = "WebsocketPathFunction"
+REST_DOMAIN_ID = "RestApiDomainName"
+REST_MAPPING_ID = "RestApiBasePathMapping"
+
+_DOMAIN_KEYS = ("name", "certificate_arn", "hosted_zone_id")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])?", re.ASCII)
+_ACM_ARN_RE = re.compile(
+    r"arn:(?P<partition>aws|aws-cn|aws-us-gov):acm:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d):"
+    r"\d{12}:certificate/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+    re.ASCII)
+_HOSTED_ZONE_RE = re.compile(r"Z[A-Z0-9]{1,31}", re.ASCII)
+#: what a key in the path may hold to be passed on unencoded (RFC 3986 unreserved characters)
+_PATH_KEY_RE = re.compile(r"[A-Za-z0-9._~-]{1,200}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class DomainSetting:
+    """One custom domain of a stage (``stages.<stage>.infra.websocket_domain`` or
+    ``rest_domain`` in ``.chalice/config.json``).
+
+    Attributes:
+        name: the host name clients use (``ws.example.com``), lower case, no trailing dot.
+        certificate_arn: the ACM certificate covering ``name``:
+            ``arn:<partition>:acm:<region>:<account>:certificate/<uuid>``.
+        hosted_zone_id: a Route 53 public hosted zone to create the alias record in, or None
+            (then point ``name`` at the DNS target yourself).
+    """
+
+    name: str
+    certificate_arn: str
+    hosted_zone_id: Optional[str] = None
+
+    @property
+    def certificate_region(self) -> str:
+        return _ACM_ARN_RE.fullmatch(self.certificate_arn)["region"]
+
+
+def parse_domain_setting(stage: str, key: str, value: Any) -> Optional[DomainSetting]:
+    """Validate ``stages.<stage>.infra.<key>``: None (not set) or
+    ``{"name": host, "certificate_arn": ACM ARN, "hosted_zone_id"?: Route 53 zone id}``.
+
+    Returns:
+        the :class:`DomainSetting`, or None when ``value`` is None.
+    Raises:
+        SystemExit: a message naming the setting and what is wrong with it.
+    """
+    if value is None:
+        return None
+    where = f"stage {stage}: infra.{key}"
+    if not isinstance(value, dict):
+        raise SystemExit(f"{where} must be an object "
+                         '{"name": ..., "certificate_arn": ..., "hosted_zone_id"?: ...}')
+    unknown = sorted(set(value) - set(_DOMAIN_KEYS))
+    if unknown:
+        raise SystemExit(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(_DOMAIN_KEYS)}")
+    name = value.get("name")
+    if not (isinstance(name, str) and len(name) <= 253 and _DOMAIN_RE.fullmatch(name)):
+        raise SystemExit(f"{where}.name must be a host name such as ws.example.com (lower-case "
+                         "letters, digits and hyphens, dot-separated labels of at most 63, no "
+                         f"wildcard, no trailing dot), not {name!r}")
+    arn = value.get("certificate_arn")
+    if not (isinstance(arn, str) and _ACM_ARN_RE.fullmatch(arn)):
+        raise SystemExit(f"{where}.certificate_arn must be an ACM certificate ARN "
+                         "(arn:aws:acm:<region>:<account>:certificate/<id>), not "
+                         f"{arn!r}")
+    zone = value.get("hosted_zone_id")
+    if zone is not None and not (isinstance(zone, str) and _HOSTED_ZONE_RE.fullmatch(zone)):
+        raise SystemExit(f"{where}.hosted_zone_id must be a Route 53 hosted zone id "
+                         f"(Z followed by letters and digits), not {zone!r}")
+    return DomainSetting(name=name, certificate_arn=arn, hosted_zone_id=zone)
+
+
+def check_domain_regions(cfg: StageConfig, region: str) -> None:
+    """The certificates are where AWS looks for them: the REST domain's (REGIONAL) in the
+    stack's ``region`` (API Gateway Developer Guide, "Set up a Regional custom domain name":
+    the certificate must be in the same Region as the API), the WebSocket domain's
+    (CloudFront) in :data:`CLOUDFRONT_CERTIFICATE_REGION`.
+
+    Raises:
+        SystemExit: naming the setting, the certificate's region and the one needed.
+    """
+    checks = ((cfg.rest_domain, "rest_domain", region, "a REGIONAL API Gateway custom domain "
+               "takes its certificate from the stack's region"),
+              (cfg.websocket_domain, "websocket_domain", CLOUDFRONT_CERTIFICATE_REGION,
+               "its CloudFront distribution takes certificates from us-east-1 only"))
+    for domain, key, wanted, why in checks:
+        if domain and domain.certificate_region != wanted:
+            raise SystemExit(
+                f"stage {cfg.stage}: infra.{key}.certificate_arn is in "
+                f"{domain.certificate_region}, but {why} ({wanted}): request or import the "
+                f"certificate for {domain.name} in {wanted}")
+
+
+def websocket_path_function_code(stage: str) -> str:
+    """The CloudFront Function (runtime ``cloudfront-js-2.0``, viewer request) of the WebSocket
+    domain: ``/app/<key>`` -> ``/<stage>?…&app_key=<key>`` (a client's own ``app_key`` is kept,
+    as the local gateway keeps it), ``/`` -> ``/<stage>``, any other path -> 403. The query
+    string pusher-js sends (``protocol=7&client=js&…``) and a native client's ``token`` pass
+    unchanged. A key outside RFC 3986's unreserved characters gets 403 (``load_stage`` refuses
+    such a ``PUSHER_KEY`` when the domain is set)."""
+    return "\n".join([
+        "function handler(event) {",
+        "  var request = event.request;",
+        "  var match = /^\\/app\\/([A-Za-z0-9._~-]{1,200})\\/?$/.exec(request.uri);",
+        "  if (match) {",
+        f"    if (!request.querystring['{APP_KEY_PARAMETER}']) {{",
+        f"      request.querystring['{APP_KEY_PARAMETER}'] = {{ value: match[1] }};",
+        "    }",
+        "  } else if (request.uri !== '/') {",
+        "    return { statusCode: 403, statusDescription: 'Forbidden' };",
+        "  }",
+        f"  request.uri = '/{stage}';",
+        "  return request;",
+        "}",
+        "",
+    ])
+
+
+def _alias_record(logical: str, domain: DomainSetting, target: Any,
+                  zone: Any) -> Dict[str, Any]:
+    return {logical: {"Type": "AWS::Route53::RecordSet", "Properties": {
+        "HostedZoneId": domain.hosted_zone_id, "Name": domain.name, "Type": "A",
+        "AliasTarget": {"DNSName": target, "HostedZoneId": zone,
+                        "EvaluateTargetHealth": False}}}}
+
+
+def domain_resources(cfg: StageConfig, rest_stage: Any) -> Dict[str, Dict[str, Any]]:
+    """The resources of the stage's custom domains (none when neither is set).
+
+    * ``websocket_domain``: an ``AWS::CloudFront::Function`` (:func:`websocket_path_function_code`)
+      and an ``AWS::CloudFront::Distribution`` with the domain as alias, the certificate (SNI,
+      TLS 1.2 at least), one origin ``<WebsocketAPI>.execute-api.<region>`` (HTTPS, TLS 1.2),
+      no caching, every viewer header and query string but ``Host`` forwarded (see the comment
+      above :data:`CLOUDFRONT_CERTIFICATE_REGION`);
+    * ``rest_domain``: ``AWS::ApiGateway::DomainName`` (REGIONAL, ``TLS_1_2``) and an
+      ``AWS::ApiGateway::BasePathMapping`` with no base path onto the REST API's stage, so
+      ``https://<name>/apps/…`` and ``/pusher/…`` reach the routes with no stage prefix;
+    * each with an alias ``A`` record in ``hosted_zone_id`` when one is given.
+
+    Args:
+        cfg: the stage.
+        rest_stage: the REST stage for the base path mapping: ``{"Ref": "RestAPI.Stage"}`` in
+            the SAM merge template (it orders the mapping after SAM's stage), the stage name in
+            the ``make deploy`` domain stack.
+    Returns:
+        logical id -> resource; they refer to ``WebsocketAPI`` and ``RestAPI`` (resources of
+        Chalice's template, or parameters of :func:`domain_template`).
+    """
+    resources: Dict[str, Dict[str, Any]] = {}
+    ws = cfg.websocket_domain
+    if ws:
+        resources[WEBSOCKET_PATH_FUNCTION_ID] = {"Type": "AWS::CloudFront::Function",
+                                                 "Properties": {
+            "Name": f"{cfg.app_name}-{cfg.stage}-pusher-path",
+            "AutoPublish": True,
+            "FunctionCode": websocket_path_function_code(cfg.api_gateway_stage),
+            "FunctionConfig": {"Comment": "/app/<key> -> the WebSocket stage, key as app_key",
+                               "Runtime": "cloudfront-js-2.0"}}}
+        resources[WEBSOCKET_DISTRIBUTION_ID] = {"Type": "AWS::CloudFront::Distribution",
+                                                "Properties": {"DistributionConfig": {
+            "Enabled": True,
+            "Comment": f"{cfg.app_name} {cfg.stage}: WebSocket API at {ws.name}",
+            "Aliases": [ws.name],
+            "Origins": [{
+                "Id": "websocket-api",
+                "DomainName": {"Fn::Sub": "${WebsocketAPI}.execute-api.${AWS::Region}."
+                                          "${AWS::URLSuffix}"},
+                "CustomOriginConfig": {"OriginProtocolPolicy": "https-only",
+                                       "OriginSSLProtocols": ["TLSv1.2"]}}],
+            "DefaultCacheBehavior": {
+                "TargetOriginId": "websocket-api",
+                "ViewerProtocolPolicy": "https-only",
+                "CachePolicyId": CACHING_DISABLED_POLICY_ID,
+                "OriginRequestPolicyId": ALL_VIEWER_EXCEPT_HOST_POLICY_ID,
+                "FunctionAssociations": [{
+                    "EventType": "viewer-request",
+                    "FunctionARN": {"Fn::GetAtt": [WEBSOCKET_PATH_FUNCTION_ID,
+                                                   "FunctionARN"]}}]},
+            "ViewerCertificate": {"AcmCertificateArn": ws.certificate_arn,
+                                  "SslSupportMethod": "sni-only",
+                                  "MinimumProtocolVersion": "TLSv1.2_2021"},
+            }, "Tags": _tag_list(cfg)}}
+        if ws.hosted_zone_id:
+            resources.update(_alias_record(
+                "WebsocketDomainRecord", ws,
+                {"Fn::GetAtt": [WEBSOCKET_DISTRIBUTION_ID, "DomainName"]},
+                CLOUDFRONT_HOSTED_ZONE_ID))
+    rest = cfg.rest_domain
+    if rest:
+        resources[REST_DOMAIN_ID] = {"Type": "AWS::ApiGateway::DomainName", "Properties": {
+            "DomainName": rest.name,
+            "RegionalCertificateArn": rest.certificate_arn,
+            "EndpointConfiguration": {"Types": ["REGIONAL"]},
+            "SecurityPolicy": "TLS_1_2",
+            "Tags": _tag_list(cfg)}}
+        resources[REST_MAPPING_ID] = {"Type": "AWS::ApiGateway::BasePathMapping",
+                                      "Properties": {
+            "DomainName": {"Ref": REST_DOMAIN_ID},
+            "RestApiId": {"Ref": "RestAPI"},
+            "Stage": rest_stage}}  # no BasePath: the empty mapping, /apps/... as is
+        if rest.hosted_zone_id:
+            resources.update(_alias_record(
+                "RestDomainRecord", rest,
+                {"Fn::GetAtt": [REST_DOMAIN_ID, "RegionalDomainName"]},
+                {"Fn::GetAtt": [REST_DOMAIN_ID, "RegionalHostedZoneId"]}))
+    return resources
+
+
+def pusher_js_options(cfg: StageConfig) -> Optional[Dict[str, Any]]:
+    """The pusher-js 8 options for the stage's WebSocket domain (None without one): TLS on
+    443, WebSocket transports only, our ``/pusher/auth`` and ``/pusher/user-auth`` on the REST
+    domain when there is one (else left for you to fill in)."""
+    ws = cfg.websocket_domain
+    if not ws:
+        return None
+    http = f"https://{cfg.rest_domain.name}" if cfg.rest_domain else "<HttpURL without />"
+    return {"cluster": cfg.environment.get("PUSHER_CLUSTER") or "mt1",
+            "wsHost": ws.name, "wsPort": 443, "wssPort": 443, "forceTLS": True,
+            "enabledTransports": ["ws", "wss"], "disableStats": True,
+            "channelAuthorization": {"endpoint": f"{http}/pusher/auth"},
+            "userAuthentication": {"endpoint": f"{http}/pusher/user-auth"}}
+
+
+def domain_outputs(cfg: StageConfig) -> Dict[str, Any]:
+    """Outputs of the custom domains: the URLs, the pusher-js options (JSON), the server
+    libraries' host, and the DNS target each name must point at (a CNAME, or an alias to the
+    target and its hosted zone)."""
+    outputs: Dict[str, Any] = {}
+    ws = cfg.websocket_domain
+    if ws:
+        outputs.update({
+            "WebSocketDomainURL": {"Description": "native clients: ?token=JWT; pusher-js: "
+                                                  "PusherJsOptions",
+                                   "Value": f"wss://{ws.name}/"},
+            "PusherJsOptions": {"Description": "new Pusher(PUSHER_KEY, <these options>)",
+                                "Value": json.dumps(pusher_js_options(cfg),
+                                                    separators=(", ", ": "))},
+            "WebSocketDomainTarget": {
+                "Description": f"point {ws.name} here (CNAME, or alias in zone "
+                               f"{CLOUDFRONT_HOSTED_ZONE_ID})",
+                "Value": {"Fn::GetAtt": [WEBSOCKET_DISTRIBUTION_ID, "DomainName"]}},
+        })
+    rest = cfg.rest_domain
+    if rest:
+        outputs.update({
+            "HttpDomainURL": {"Description": "REST API without the stage prefix",
+                              "Value": f"https://{rest.name}/"},
+            "PusherServerHost": {"Description": "server libraries: host (port 443, TLS)",
+                                 "Value": rest.name},
+            "HttpDomainTarget": {"Description": f"point {rest.name} here (CNAME, or alias "
+                                                "with HttpDomainTargetZone)",
+                                 "Value": {"Fn::GetAtt": [REST_DOMAIN_ID,
+                                                          "RegionalDomainName"]}},
+            "HttpDomainTargetZone": {"Value": {"Fn::GetAtt": [REST_DOMAIN_ID,
+                                                              "RegionalHostedZoneId"]}},
+        })
+    return outputs
+
+
+def describe_domains(cfg: StageConfig,
+                     targets: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Lines that tell what the custom domains give: the pusher-js options, the server
+    libraries' host, and the DNS record each name needs.
+
+    Args:
+        cfg: the stage.
+        targets: deployed stack outputs (``WebSocketDomainTarget``, ``HttpDomainTarget``,
+            ``HttpDomainTargetZone``), or None before deployment (the lines then name the
+            outputs to read).
+    Returns:
+        the lines (empty when the stage has no custom domain).
+    """
+    targets = targets or {}
+    lines: List[str] = []
+    ws, rest = cfg.websocket_domain, cfg.rest_domain
+    if ws:
+        key = cfg.environment.get("PUSHER_KEY", "<PUSHER_KEY>")
+        lines += [f"WebSocket domain: wss://{ws.name}/ (native: ?token=JWT)",
+                  f"  pusher-js:  new Pusher('{key}', "
+                  f"{json.dumps(pusher_js_options(cfg), separators=(', ', ': '))})"]
+        target = targets.get("WebSocketDomainTarget", "the output WebSocketDomainTarget")
+        lines.append(f"  DNS:        {ws.name} CNAME {target}" + (
+            " (alias record created in " + ws.hosted_zone_id + ")" if ws.hosted_zone_id else
+            f" (or a Route 53 alias, zone {CLOUDFRONT_HOSTED_ZONE_ID})"))
+    if rest:
+        lines += [f"REST domain:      https://{rest.name}/ (no stage prefix)",
+                  f"  server libraries: host '{rest.name}', port 443, TLS "
+                  f"(Python: pusher.Pusher(app_id, key, secret, host='{rest.name}', "
+                  "ssl=True))"]
+        target = targets.get("HttpDomainTarget", "the output HttpDomainTarget")
+        zone = targets.get("HttpDomainTargetZone", "HttpDomainTargetZone")
+        lines.append(f"  DNS:        {rest.name} CNAME {target}" + (
+            " (alias record created in " + rest.hosted_zone_id + ")" if rest.hosted_zone_id
+            else f" (or a Route 53 alias, zone {zone})"))
+    return lines
+
+
+def domain_template(cfg: StageConfig) -> Dict[str, Any]:
+    """The ``make deploy`` path's stack ``<app>-<stage>-domains``: :func:`domain_resources` for
+    APIs that ``chalice deploy`` made, given as the parameters ``WebsocketAPI`` and ``RestAPI``
+    (their ids), and :func:`domain_outputs`."""
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": f"{cfg.app_name} {cfg.stage}: custom domains",
+        "Parameters": {name: {"Type": "String", "Description": f"{what} API id"}
+                       for name, what, domain in (("WebsocketAPI", "WebSocket",
+                                                   cfg.websocket_domain),
+                                                  ("RestAPI", "REST", cfg.rest_domain))
+                       if domain},
+        "Resources": domain_resources(cfg, cfg.api_gateway_stage),
+        "Outputs": domain_outputs(cfg),
+    }
+
+
 # --- IAM ----------------------------------------------------------------------------------------
 
 _ARN = re.compile(r"^arn:aws:(?P<service>[a-z0-9-]+):(?P<region>\*):(?P<account>\*?):(?P<rest>.*)$")
@@ -616,8 +997,12 @@ def cors_response_headers(cfg: StageConfig) -> Dict[str, str]:
     return headers
 
 
-def merge_template(cfg: StageConfig) -> Dict[str, Any]:
+def merge_template(cfg: StageConfig, region: Optional[str] = None) -> Dict[str, Any]:
     """The ``--merge-template`` for ``chalice package --stage <stage>``.
+
+    With ``infra.websocket_domain`` / ``infra.rest_domain`` set it also holds the custom
+    domains (:func:`domain_resources`, :func:`domain_outputs`); ``region`` (the stack's, when
+    known) is then checked against the certificates (:func:`check_domain_regions`).
 
     Adds the table, the queues, the authorizer and its permission, log groups with the stage's
     retention; the stage's CORS headers on the REST API's gateway responses
@@ -682,6 +1067,10 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
         resources["RestAPI"] = {"Properties": {"GatewayResponses": {
             kind: {"ResponseParameters": {"Headers": cors}} for kind in CORS_GATEWAY_RESPONSES}}}
 
+    if region is not None:
+        check_domain_regions(cfg, region)
+    resources.update(domain_resources(cfg, {"Ref": "RestAPI.Stage"}))
+
     suffix = "${AWS::URLSuffix}"
     outputs = {
         "WebSocketURL": {"Description": "clients connect here (token in the Authorization "
@@ -694,17 +1083,23 @@ def merge_template(cfg: StageConfig) -> Dict[str, Any]:
                                          f"{suffix}/{cfg.api_gateway_stage}/"}},
         **_data_outputs(),
         **_monitoring_outputs(cfg),
+        **domain_outputs(cfg),
     }
     return {"Resources": resources, "Outputs": outputs}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("template", choices=("infrastructure", "merge"))
+    parser.add_argument("template", choices=("infrastructure", "merge", "domains"))
     parser.add_argument("--stage", default="prod")
     args = parser.parse_args(argv)
     cfg = load_stage(args.stage)
-    build = infrastructure_template if args.template == "infrastructure" else merge_template
+    if args.template == "domains" and not (cfg.websocket_domain or cfg.rest_domain):
+        print(f"stage {args.stage} sets no custom domain (infra.websocket_domain, "
+              "infra.rest_domain)", file=sys.stderr)
+        return 1
+    build = {"infrastructure": infrastructure_template, "merge": merge_template,
+             "domains": domain_template}[args.template]
     json.dump(build(cfg), sys.stdout, indent=2)
     print()
     return 0
