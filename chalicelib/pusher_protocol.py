@@ -153,10 +153,11 @@ def handshake_error(query: Optional[Mapping[str, Any]], app_key: str) -> Optiona
     """Check a Pusher ``$connect``: protocol version, then app key.
 
     The app key is in the URL path (``/app/{key}``) for pusher-js; API Gateway does not pass
-    the path to Lambda, so on AWS the custom domain's API mapping ``app/{key}`` is the check
-    (any other path is refused by API Gateway at the handshake). A key that does reach the
-    app is read from the ``app_key`` query parameter (what the local gateway forwards from the
-    path, and what a client may send itself) and must equal ``PUSHER_KEY``.
+    the path to Lambda, and a WebSocket API takes no multi-level API mapping, so the path is
+    rewritten before it: on AWS by the custom domain's CloudFront Function
+    (``/app/{key}?…`` → ``/{stage}?…&app_key={key}``, README "Custom domains"), locally by the
+    local gateway. The key is read from the ``app_key`` query parameter (a client may also send
+    it itself) and must equal ``PUSHER_KEY``.
 
     Args:
         query: ``queryStringParameters`` of the ``$connect`` event.

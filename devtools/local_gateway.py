@@ -33,8 +33,8 @@ REQUEST authorizers*, *route selection*, *@connections commands*, *quotas*):
   boto3's ``apigatewaymanagementapi`` (``endpoint_url=management_url``) works unchanged.
 * Limits: 32 KB frames and 128 KB messages (close 1009), 10 min idle timeout, 2 h maximum
   connection life (all settable); optional latency per management call (benchmarks).
-* pusher-js paths: ``ws://host:port/app/{key}?protocol=7…`` reaches the stage as a custom domain
-  with the API mapping ``app/{key}`` does on AWS; the key is forwarded as the query parameter
+* pusher-js paths: ``ws://host:port/app/{key}?protocol=7…`` reaches the stage as it does through
+  the custom domain's CloudFront Function on AWS; the key is forwarded as the query parameter
   ``app_key`` (AWS never tells Lambda the path; see ``_mapped_app_key``). Until ``$connect``
   has returned, PostToConnection answers 410 (the connection is known only afterwards), as on
   AWS.
@@ -514,11 +514,11 @@ class LocalWebSocketGateway:
     def _mapped_app_key(path: str) -> Optional[str]:
         """The key of a pusher-js path ``/app/{key}``, else None.
 
-        pusher-js always connects to ``{host}/app/{key}``; on AWS that is a custom domain
-        whose API mapping ``app/{key}`` leads to the stage (API Gateway then refuses every
-        other key itself, and never tells Lambda the path). This gateway maps ``/app/{key}``
-        for any key and forwards the key as the query parameter ``app_key`` (unless the
-        client sent one), so the app's own check of the key can be exercised locally.
+        pusher-js always connects to ``{host}/app/{key}``; on AWS the custom domain's
+        CloudFront Function rewrites that to the stage with ``app_key={key}`` in the query
+        (a WebSocket API takes no multi-level API mapping and never tells Lambda the path;
+        README "Custom domains"). This gateway does the same for any key (unless the client
+        sent ``app_key`` itself), so the app's own check of the key runs locally as on AWS.
         """
         parts = path.split("/")
         if len(parts) == 3 and parts[0] == "" and parts[1] == "app" and parts[2]:
