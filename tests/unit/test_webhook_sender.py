@@ -278,6 +278,20 @@ def test_jobs_of_one_batch_are_posted_in_parallel(receiver, queue, client, monke
     assert time.monotonic() - started < webhook_sender.TOTAL_TIMEOUT * 2
 
 
+def test_a_mixed_batch_reports_only_the_failed_job(receiver, queue, client, monkeypatch):
+    with WebhookReceiver() as failing:
+        failing.default_status = 503
+        configure(monkeypatch, {"url": receiver.url("/ok"), "event_types": ["cache_miss"]},
+                  {"url": failing.url("/down"), "event_types": ["cache_miss"]})
+        webhooks_out.cache_miss("cache-x")
+        jobs = queue.records()
+        down = next(r for r in jobs if json.loads(r["body"])["webhook"]["target"]
+                    == webhook_sender.target_id(failing.url("/down")))
+        garbage = dict(jobs[0], messageId="m-garbage", body="{not json")
+        assert failures(work(client, garbage, *jobs)) == [down["messageId"]]
+        assert len(receiver.accepted) == 1 and len(failing.requests) == 1
+
+
 def test_poison_jobs_and_removed_targets_are_dropped(hooks, queue, client, monkeypatch,
                                                      auth_log):
     webhooks_out.member_added("presence-room", "alice")
