@@ -9,7 +9,8 @@ Use in-process::
         receiver.mode = "hang"           # accept, read, never answer (until stopped)
         receiver.url("/hooks?token=x")   # http://127.0.0.1:<port>/hooks?token=x
         receiver.accepted                # validated webhooks answered 2xx: [{"time_ms", "events"}]
-        receiver.requests                # every POST: {"path", "headers", "body", "valid", "status"}
+        receiver.requests                # every POST: {"path", "headers", "body", "valid",
+                                         #              "status"}
 """
 from __future__ import annotations
 
