@@ -79,7 +79,8 @@ class WebhookReceiver:
     """
 
     def __init__(self, key: str = "app-key", secret: str = "app-secret",
-                 app_id: str = "100001") -> None:
+                 app_id: str = "100001", tls: Any = None) -> None:
+        self.tls = tls  # an ssl.SSLContext (server side): serve https instead of http
         self.client = pusher.Pusher(app_id=app_id, key=key, secret=secret)
         self.mode = "answer"
         self.script: List[int] = []
@@ -93,6 +94,8 @@ class WebhookReceiver:
 
     def start(self) -> "WebhookReceiver":
         self._server = LoopbackHTTPServer(_Handler, quiet_errors=True)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._server.receiver = self  # type: ignore[attr-defined]
         self._server.start(poll_interval=0.05, name="webhook-receiver")
         return self
@@ -115,7 +118,8 @@ class WebhookReceiver:
         return self._server.port
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> List[Dict[str, Any]]:
         """The first ``count`` accepted webhooks, waiting up to ``timeout`` seconds."""

@@ -267,6 +267,29 @@ def test_an_unreachable_target_is_retried(queue, client, monkeypatch):
     assert failures(work(client, record)) == [record["messageId"]]
 
 
+def test_https_targets_are_verified_and_reached(queue, client, monkeypatch, tmp_path):
+    import ssl
+
+    from tests.unit.test_sender import _tls_server_context
+
+    context, ca_file = _tls_server_context(tmp_path)
+    with WebhookReceiver(tls=context) as tls_receiver:
+        configure(monkeypatch, {"url": tls_receiver.url(PATH), "event_types": ["cache_miss"]})
+        webhooks_out.cache_miss("cache-x")
+        (record,) = queue.records(visibility=0)
+        # a certificate the trust store does not know: no request, the job is retried
+        assert failures(work(client, record)) == [record["messageId"]]
+        assert tls_receiver.requests == []
+        # the same server trusted: delivered over TLS, signature valid
+        monkeypatch.setattr(webhook_sender, "_tls", [ssl.create_default_context(
+            cafile=ca_file)])
+        queue.sqs.change_message_visibility(QueueUrl=queue.url,
+                                            ReceiptHandle=record["receiptHandle"],
+                                            VisibilityTimeout=0)
+        assert work(client, *queue.records()) == {"batchItemFailures": []}
+        assert [r["valid"] for r in tls_receiver.requests] == [True]
+
+
 def test_jobs_of_one_batch_are_posted_in_parallel(receiver, queue, client, monkeypatch):
     configure(monkeypatch, *({"url": receiver.url(f"/{i}"), "event_types": ["cache_miss"]}
                              for i in range(4)))
