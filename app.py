@@ -36,6 +36,7 @@ _REGISTRY_ROOMS = ("ws", "worker", "pusher_socket", "pusher_http")
 http, pusher_auth, pusher_http, pusher_socket, ws, worker = (
     _Room(name) for name in ("http", "pusher_auth", "pusher_http", "pusher_socket", "ws",
                              "worker"))
+webhook_sender = _Room("webhook_sender")
 
 app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -48,8 +49,16 @@ def observe(event, get_response):
     return observability.chalice_middleware(event, get_response)
 
 
+def batch_webhooks(event, get_response):
+    """Webhooks out raised while one event is handled go to the push queue together when it
+    ends, one job per external target (chalicelib.webhook_sender); inside ``observe``."""
+    with webhook_sender.batch():
+        return get_response(event)
+
+
 for _event_type in ("http", "websocket", "sqs"):
     app.register_middleware(observe, _event_type)
+    app.register_middleware(batch_webhooks, _event_type)
 
 FORM_AND_JSON = ["application/x-www-form-urlencoded", "application/json", "text/plain"]
 
@@ -192,7 +201,8 @@ def pusher_hello(event, context):
 @app.lambda_function(name="registry_stream")
 def registry_stream(event, context):
     """DynamoDB Streams of the registry: TTL deletes become presence ``member_removed``."""
-    return pusher_socket.on_registry_stream(event)
+    with webhook_sender.batch():
+        return pusher_socket.on_registry_stream(event)
 
 
 # --- SQS push worker ------------------------------------------------------------------------

@@ -74,6 +74,10 @@ METRICS: Dict[str, Tuple[str, Optional[str]]] = {
     "ClientEvents": ("Count", None),
     "WebhooksReceived": ("Count", None),
     "WebhooksFailed": ("Count", None),
+    "WebhooksDelivered": ("Count", None),
+    "WebhooksRetried": ("Count", None),
+    "WebhooksDropped": ("Count", None),
+    "WebhooksNotQueued": ("Count", None),
     "ShardsProcessed": ("Count", None),
     "ShardsRetried": ("Count", None),
 }

@@ -15,8 +15,9 @@ same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhoo
 * ``cache_miss`` (:func:`cache_miss`), when a cache channel's subscriber finds no cached event.
 
 Handlers run inside the invocation where the event happened; one that raises is logged and never
-fails it, and :func:`emit` never raises. Not yet: POSTing to external URLs signed with
-``X-Pusher-Key``/``X-Pusher-Signature`` with retries through the queue.
+fails it, and :func:`emit` never raises. When ``PUSHER_WEBHOOKS`` names external targets, the
+events are also POSTed to them, signed with ``X-Pusher-Key``/``X-Pusher-Signature``, through
+the push queue (:mod:`chalicelib.webhook_sender`): the socket operation never waits on them.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ import logging
 import time
 from typing import Any, Dict, List, Optional
 
-from chalicelib import connections, webhooks
+from chalicelib import connections, webhook_sender, webhooks
 
 log = logging.getLogger("realtime.webhooks_out")
 
 
 def emit(events: List[Dict[str, Any]], *, time_ms: Optional[int] = None) -> webhooks.DispatchResult:
-    """Dispatch events to the app's handlers (:data:`chalicelib.webhooks.HANDLERS`).
+    """Dispatch events to the app's handlers (:data:`chalicelib.webhooks.HANDLERS`), and queue
+    them for the external targets that want them (:func:`chalicelib.webhook_sender.submit`).
 
     Args:
         events: Pusher webhook events (``{"name", "channel", ...}``).
@@ -42,6 +44,10 @@ def emit(events: List[Dict[str, Any]], *, time_ms: Optional[int] = None) -> webh
         must not fail because of a webhook.
     """
     when = int(time.time() * 1000) if time_ms is None else time_ms
+    try:
+        webhook_sender.submit(events, when)
+    except Exception:  # submit never raises; a bug there must not fail the socket operation
+        log.exception("webhooks out to external targets failed")
     try:
         return webhooks.HANDLERS.dispatch(events, when)
     except Exception:  # e.g. the metrics line; handlers' own errors are caught by dispatch

@@ -20,6 +20,9 @@ finishes, user is told" pattern).
   the queue (:mod:`chalicelib.shards`); shard messages (``{"shard": {...}}``) are delivered
   by :func:`chalicelib.shards.handle`: a redelivered shard skips the connections it already
   reached, a poison shard is reported as failed so the dead-letter queue takes it.
+* Webhook jobs (``{"webhook": {...}}``, issue 10 D) are POSTed to their external target by
+  :mod:`chalicelib.webhook_sender`, the jobs of one batch in parallel; a failed POST is
+  reported as a batch item failure after a back-off (``ChangeMessageVisibility``).
 """
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ def handle_record(record: Dict[str, Any]) -> bool:
             from chalicelib import shards  # lazy: the cold start of every function pays less
 
             return shards.handle(body[shards.SHARD_KEY], record)
+        if isinstance(body, dict) and "webhook" in body:  # chalicelib.webhook_sender.JOB_KEY
+            from chalicelib import webhook_sender
+
+            return webhook_sender.handle(body[webhook_sender.JOB_KEY], record)
         notification = push.parse_notification(body)
     except jsonutil.JSONRejected as err:
         log.warning("push message %s dropped: body refused as JSON: %s", message_id, err.reason)
@@ -93,12 +100,13 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
     raw = event.to_dict() if hasattr(event, "to_dict") else event
     records = raw.get("Records") if isinstance(raw, dict) else None
     failures: List[Dict[str, str]] = []
-    for record in records or []:
+    webhook_results = _webhook_jobs(records or [])
+    for index, record in enumerate(records or []):
         if not isinstance(record, dict):
             log.warning("SQS event with a non-object record dropped")
             continue
         try:
-            done = handle_record(record)
+            done = webhook_results[index] if index in webhook_results else handle_record(record)
         except Exception:  # one record's surprise must not fail (and redeliver) the batch
             log.exception("push message %s will be retried: unexpected failure",
                           for_log(record.get("messageId", "-")))
@@ -113,3 +121,30 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
     observability.count("ShardsProcessed", len(records or []))
     observability.count("ShardsRetried", len(failures))
     return {"batchItemFailures": failures}
+
+
+def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
+    """The webhook jobs of a batch, POSTed in parallel (:func:`chalicelib.webhook_sender.
+    handle_many`): ``{record index: done}``. Records that are not well-formed webhook jobs are
+    left to :func:`handle_record`."""
+    jobs: Dict[int, Any] = {}
+    for index, record in enumerate(records):
+        body = record.get("body") if isinstance(record, dict) else None
+        if isinstance(body, str) and body.startswith('{"webhook"'):
+            try:
+                parsed = jsonutil.loads(body)
+            except jsonutil.JSONRejected:
+                continue
+            if isinstance(parsed, dict) and "webhook" in parsed:
+                jobs[index] = parsed["webhook"]
+    if len(jobs) < 2:
+        return {}
+    from chalicelib import webhook_sender
+
+    indexes = list(jobs)
+    try:
+        results = webhook_sender.handle_many([(jobs[i], records[i]) for i in indexes])
+    except Exception:  # never fail the batch: every job is retried
+        log.exception("webhook jobs will be retried: unexpected failure")
+        results = [False] * len(indexes)
+    return dict(zip(indexes, results))

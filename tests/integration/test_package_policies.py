@@ -35,10 +35,12 @@ APIGATEWAY_READS = {"get_apis": ("apigateway:GET", "/apis")}
 #: Lambda calls (``lambda_client.invoke(FunctionName=..., InvocationType=...)``): the Pusher
 #: dialect's ``$connect`` invokes ``pusher_hello`` asynchronously
 LAMBDA_CALLS = {"invoke": "lambda:InvokeFunction"}
-#: SQS calls the code makes on the push queue (sharded fan-out) and their IAM actions
-#: (``SendMessageBatch`` is authorized by ``sqs:SendMessage``: Amazon SQS Developer Guide,
-#: "Amazon SQS API permissions")
-SQS_CALLS = {"send_message_batch": "sqs:SendMessage", "get_queue_url": "sqs:GetQueueUrl"}
+#: SQS calls the code makes on the push queue (sharded fan-out, webhook jobs and their
+#: back-off) and their IAM actions (``SendMessageBatch`` is authorized by ``sqs:SendMessage``:
+#: Amazon SQS Developer Guide, "Amazon SQS API permissions")
+SQS_CALLS = {"send_message_batch": "sqs:SendMessage", "send_message": "sqs:SendMessage",
+             "get_queue_url": "sqs:GetQueueUrl",
+             "change_message_visibility": "sqs:ChangeMessageVisibility"}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
 NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}

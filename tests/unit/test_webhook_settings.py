@@ -1,0 +1,128 @@
+"""``PUSHER_WEBHOOKS`` (issue 10 D): external webhook targets, shaped like soketi's app webhook
+config, validated when loaded with one clear message naming the entry — never the URL."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chalicelib import settings
+from chalicelib.errors import ConfigError
+
+SECRET_URL = "https://hooks.example.com/pusher/s3cr3t-path?token=tok-123"
+
+
+def load(monkeypatch, value, stage="prod"):
+    monkeypatch.setenv("STAGE", stage)
+    if value is None:
+        monkeypatch.delenv("PUSHER_WEBHOOKS", raising=False)
+    else:
+        monkeypatch.setenv("PUSHER_WEBHOOKS",
+                           value if isinstance(value, str) else json.dumps(value))
+    settings.reset()
+    return settings.webhook_targets()
+
+
+def refused(monkeypatch, value, message_part, stage="prod"):
+    with pytest.raises(ConfigError) as info:
+        load(monkeypatch, value, stage)
+    message = str(info.value)
+    assert message_part in message
+    assert "s3cr3t" not in message and "tok-123" not in message  # never the URL
+    return message
+
+
+def test_off_when_unset_or_empty(monkeypatch):
+    assert load(monkeypatch, None) == ()
+    assert load(monkeypatch, "[]") == ()
+
+
+def test_a_full_target(monkeypatch):
+    (target,) = load(monkeypatch, [{
+        "url": SECRET_URL, "event_types": ["member_added", "member_removed"],
+        "filter": {"channel_name_starts_with": "presence-", "channel_name_ends_with": "-room"},
+        "headers": {"Authorization": "Bearer receiver-token"}}])
+    assert target.url == SECRET_URL
+    assert target.event_types == frozenset({"member_added", "member_removed"})
+    assert (target.channel_name_starts_with, target.channel_name_ends_with) == \
+        ("presence-", "-room")
+    assert target.headers == (("Authorization", "Bearer receiver-token"),)
+
+
+def test_every_event_type_we_send_is_accepted(monkeypatch):
+    (target,) = load(monkeypatch, [{"url": SECRET_URL, "event_types": list(
+        settings.WEBHOOK_EVENT_TYPES)}])
+    assert target.event_types == {"channel_occupied", "channel_vacated", "member_added",
+                                  "member_removed", "client_event", "cache_miss"}
+
+
+@pytest.mark.parametrize("event_types", [["member_added", "member_joined"],
+                                         ["subscription_count"], [], "member_added", [3]])
+def test_unknown_or_missing_event_types_are_refused(monkeypatch, event_types):
+    message = refused(monkeypatch, [{"url": SECRET_URL, "event_types": event_types}],
+                      "PUSHER_WEBHOOKS[0].event_types")
+    assert "member_added" in message  # the message lists the accepted names
+
+
+@pytest.mark.parametrize("url", [
+    "http://hooks.example.com/s3cr3t", "ftp://hooks.example.com/s3cr3t", "https:///s3cr3t",
+    "hooks.example.com/s3cr3t", "https://user:s3cr3t@hooks.example.com/",
+    "https://hooks.example.com:99999/s3cr3t", 42])
+def test_urls_must_be_https(monkeypatch, url):
+    refused(monkeypatch, [{"url": url, "event_types": ["member_added"]}],
+            "PUSHER_WEBHOOKS[0].url")
+
+
+def test_plain_http_only_to_loopback_on_the_dev_stage(monkeypatch):
+    local = [{"url": "http://127.0.0.1:8080/s3cr3t", "event_types": ["cache_miss"]}]
+    assert load(monkeypatch, local, stage="dev")[0].url == "http://127.0.0.1:8080/s3cr3t"
+    assert load(monkeypatch, [{"url": "HTTP://localhost/s3cr3t",
+                               "event_types": ["cache_miss"]}], stage="dev")
+    refused(monkeypatch, local, "dev stage", stage="prod")
+    refused(monkeypatch, [{"url": "http://hooks.example.com/s3cr3t",
+                           "event_types": ["cache_miss"]}], "PUSHER_WEBHOOKS[0].url",
+            stage="dev")
+
+
+def test_at_most_ten_targets_each_url_once(monkeypatch):
+    many = [{"url": f"https://hooks{i}.example.com/", "event_types": ["member_added"]}
+            for i in range(11)]
+    refused(monkeypatch, many, "at most 10")
+    assert len(load(monkeypatch, many[:10])) == 10
+    twice = [{"url": SECRET_URL, "event_types": ["member_added"]},
+             {"url": SECRET_URL, "event_types": ["cache_miss"]}]
+    refused(monkeypatch, twice, "PUSHER_WEBHOOKS[1].url")
+
+
+@pytest.mark.parametrize("value, part", [
+    ("not json", "PUSHER_WEBHOOKS must be a JSON list"),
+    ('{"url": "x"}', "PUSHER_WEBHOOKS must be a JSON list"),
+    ("[1]", "PUSHER_WEBHOOKS[0] must be an object"),
+    ([{"event_types": ["member_added"]}], "PUSHER_WEBHOOKS[0].url"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"], "lambda_function": "f"}],
+     "PUSHER_WEBHOOKS[0].lambda_function"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"], "filter": {"channel": "x"}}],
+     "PUSHER_WEBHOOKS[0].filter"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"],
+       "filter": {"channel_name_starts_with": 3}}], "PUSHER_WEBHOOKS[0].filter"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"],
+       "headers": {"X-Pusher-Signature": "forged"}}], "PUSHER_WEBHOOKS[0].headers"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"],
+       "headers": {"content-type": "text/plain"}}], "PUSHER_WEBHOOKS[0].headers"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"],
+       "headers": {"X-Ok": "line\r\nX-Injected: 1"}}], "PUSHER_WEBHOOKS[0].headers"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"],
+       "headers": {"Bad Name": "v"}}], "PUSHER_WEBHOOKS[0].headers"),
+    ([{"url": SECRET_URL, "event_types": ["member_added"], "headers": ["X-A: b"]}],
+     "PUSHER_WEBHOOKS[0].headers"),
+])
+def test_malformed_entries_are_refused_with_the_entry_named(monkeypatch, value, part):
+    refused(monkeypatch, value, part)
+
+
+def test_read_once_and_reset(monkeypatch):
+    first = load(monkeypatch, [{"url": SECRET_URL, "event_types": ["member_added"]}])
+    monkeypatch.setenv("PUSHER_WEBHOOKS", "[]")
+    assert settings.webhook_targets() is first
+    settings.reset()
+    assert settings.webhook_targets() == ()
