@@ -41,6 +41,9 @@ REQUEST authorizers*, *route selection*, *@connections commands*, *quotas*):
 * Lambda ``Invoke`` (``POST /2015-03-31/functions/{name}/invocations`` on the management port,
   for ``AWS_ENDPOINT_URL_LAMBDA``): ``InvocationType=Event`` answers 202 and runs the app's
   function in the handler pool; ``RequestResponse`` answers its result.
+* Counters (benchmarks; no AWS equivalent): ``GET /_local/counters`` on the management port
+  answers :meth:`LocalWebSocketGateway.counters` — the app's function invocations by name and
+  the management API calls by operation and status, since the gateway started.
 
 Handlers run in a thread pool, so a blocking handler (or one that calls the management API of
 this very gateway) does not stall the event loop. Messages of one connection are handled in
@@ -297,6 +300,8 @@ class LocalWebSocketGateway:
         #: (route_key, event) of every handler invocation when ``record_events`` is True
         self.record_events = False
         self.events: List[Tuple[str, Dict[str, Any]]] = []
+        self._counts: Dict[Tuple[str, str], int] = {}
+        self._counts_lock = threading.Lock()
 
     # -- addresses -----------------------------------------------------------------------
     @property
@@ -318,6 +323,28 @@ class LocalWebSocketGateway:
         """Ids of the currently open connections."""
         with self._lock:
             return [c.connection_id for c in self._connections.values() if not c.closed]
+
+    def _count(self, group: str, name: str) -> None:
+        with self._counts_lock:
+            self._counts[(group, name)] = self._counts.get((group, name), 0) + 1
+
+    def counters(self) -> Dict[str, Dict[str, int]]:
+        """What this gateway did since it started (benchmarks count the work per operation).
+
+        Returns:
+            ``{"invocations": {function name: count}, "management": {"<Operation> <HTTP
+            status>": count}}``: every invocation of one of the app's functions (authorizer,
+            ``$connect``/``$default``/``$disconnect`` handlers, functions run through Lambda
+            ``Invoke``), and every management API call (``PostToConnection``,
+            ``GetConnection``, ``DeleteConnection``, ``Invoke``) with the status it answered
+            (``PostToConnection 410`` for a gone connection...).
+        """
+        with self._counts_lock:
+            counts = dict(self._counts)
+        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}}
+        for (group, name), value in sorted(counts.items()):
+            result[group][name] = value
+        return result
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> "LocalWebSocketGateway":
@@ -418,6 +445,7 @@ class LocalWebSocketGateway:
         result goes through JSON like Lambda's response payload."""
         if self.record_events:
             self.events.append((event.get("requestContext", {}).get("routeKey", ""), event))
+        self._count("invocations", function_name)
         handler = self.app.handler_map[function_name]
         return _json_roundtrip(handler(event, _LambdaContext(function_name)))
 
@@ -810,6 +838,10 @@ class LocalWebSocketGateway:
 
             def _reply(self, status: int, body: Optional[dict] = None,
                        error_type: Optional[str] = None) -> None:
+                operation = {"POST": "PostToConnection", "GET": "GetConnection",
+                             "DELETE": "DeleteConnection"}.get(self.command)
+                if operation is not None and self._target() is not None:
+                    gateway._count("management", f"{operation} {status}")
                 data = json.dumps(body).encode() if body is not None else b""
                 self.send_response(status)
                 self.send_header("x-amzn-RequestId", new_id())
@@ -848,6 +880,7 @@ class LocalWebSocketGateway:
                     name = unquote(path[len("/2015-03-31/functions/"):-len("/invocations")])
                     kind = self.headers.get("X-Amz-Invocation-Type") or "RequestResponse"
                     status, body = gateway.invoke_function(name, data, kind == "Event")
+                    gateway._count("management", f"Invoke {status}")
                     self.send_response(status)
                     self.send_header("x-amzn-RequestId", new_id())
                     if status == 404:
@@ -872,6 +905,8 @@ class LocalWebSocketGateway:
                 self._reply(200)
 
             def do_GET(self) -> None:  # noqa: N802
+                if urlsplit(self.path).path == "/_local/counters":
+                    return self._reply(200, gateway.counters())
                 target = self._target()
                 if target is None:
                     return self._not_found()
