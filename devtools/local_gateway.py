@@ -324,9 +324,9 @@ class LocalWebSocketGateway:
         with self._lock:
             return [c.connection_id for c in self._connections.values() if not c.closed]
 
-    def _count(self, group: str, name: str) -> None:
+    def _count(self, group: str, name: str, delta: int = 1) -> None:
         with self._counts_lock:
-            self._counts[(group, name)] = self._counts.get((group, name), 0) + 1
+            self._counts[(group, name)] = self._counts.get((group, name), 0) + delta
 
     def counters(self) -> Dict[str, Dict[str, int]]:
         """What this gateway did since it started (benchmarks count the work per operation).
@@ -337,13 +337,16 @@ class LocalWebSocketGateway:
             ``$connect``/``$default``/``$disconnect`` handlers, functions run through Lambda
             ``Invoke``), and every management API call (``PostToConnection``,
             ``GetConnection``, ``DeleteConnection``, ``Invoke``) with the status it answered
-            (``PostToConnection 410`` for a gone connection...).
+            (``PostToConnection 410`` for a gone connection...). A call is counted before
+            its effect reaches the client (the frame, the close), so a client that saw it
+            reads a count that includes it.
         """
         with self._counts_lock:
             counts = dict(self._counts)
         result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}}
         for (group, name), value in sorted(counts.items()):
-            result[group][name] = value
+            if value:
+                result[group][name] = value
         return result
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -572,13 +575,16 @@ class LocalWebSocketGateway:
                                 if short.startswith(prefix) else [])
         function = next((c for c in candidates if c in self.app.handler_map), None)
         if function is None:
+            self._count("management", "Invoke 404")
             return 404, json.dumps({"Type": "User", "Message": f"Function not found: "
                                     f"{short}"}).encode()
         try:
             event = json.loads(payload or b"{}")
         except ValueError:
+            self._count("management", "Invoke 400")
             return 400, json.dumps({"Type": "User",
                                     "Message": "Could not parse request body into json"}).encode()
+        self._count("management", f"Invoke {202 if asynchronous else 200}")
         if asynchronous:
             def run() -> None:
                 try:
@@ -787,9 +793,11 @@ class LocalWebSocketGateway:
             ``max_message_bytes``).
         """
         if len(data) > self.config.max_message_bytes:
+            self._count("management", "PostToConnection 413")
             return 413
         conn = self._lookup(connection_id)
         if conn is None:
+            self._count("management", "PostToConnection 410")
             return 410
         try:
             payload: Any = data.decode("utf-8")
@@ -797,10 +805,13 @@ class LocalWebSocketGateway:
             payload = data
 
         async def send() -> bool:
+            self._count("management", "PostToConnection 200")  # before the client sees it
             try:
                 await conn.ws.send(payload)
                 return True
             except ConnectionClosed:
+                self._count("management", "PostToConnection 200", -1)
+                self._count("management", "PostToConnection 410")
                 return False
 
         return 200 if self._call_in_loop(send()) else 410
@@ -809,6 +820,7 @@ class LocalWebSocketGateway:
         """GetConnection: ``{"connectedAt", "identity": {"sourceIp", "userAgent"},
         "lastActiveAt"}`` (ISO 8601), or None when gone."""
         conn = self._lookup(connection_id)
+        self._count("management", f"GetConnection {410 if conn is None else 200}")
         if conn is None:
             return None
         idle = time.monotonic() - conn.last_active
@@ -819,6 +831,7 @@ class LocalWebSocketGateway:
     def delete_connection(self, connection_id: str) -> bool:
         """DeleteConnection: close the socket (1000); False when already gone."""
         conn = self._lookup(connection_id)
+        self._count("management", f"DeleteConnection {410 if conn is None else 204}")
         if conn is None:
             return False
         conn.close_code, conn.close_reason = 1000, ""
@@ -838,10 +851,6 @@ class LocalWebSocketGateway:
 
             def _reply(self, status: int, body: Optional[dict] = None,
                        error_type: Optional[str] = None) -> None:
-                operation = {"POST": "PostToConnection", "GET": "GetConnection",
-                             "DELETE": "DeleteConnection"}.get(self.command)
-                if operation is not None and self._target() is not None:
-                    gateway._count("management", f"{operation} {status}")
                 data = json.dumps(body).encode() if body is not None else b""
                 self.send_response(status)
                 self.send_header("x-amzn-RequestId", new_id())
@@ -880,7 +889,6 @@ class LocalWebSocketGateway:
                     name = unquote(path[len("/2015-03-31/functions/"):-len("/invocations")])
                     kind = self.headers.get("X-Amz-Invocation-Type") or "RequestResponse"
                     status, body = gateway.invoke_function(name, data, kind == "Event")
-                    gateway._count("management", f"Invoke {status}")
                     self.send_response(status)
                     self.send_header("x-amzn-RequestId", new_id())
                     if status == 404:
