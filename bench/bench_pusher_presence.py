@@ -31,7 +31,8 @@ import os
 import time
 from typing import Dict, List
 
-from bench.pusher_stack import Counts, CountedStack, PusherSocket, p50_p99, wait_until
+from bench.pusher_stack import (Counts, CountedStack, PusherSocket, figure_table, p50_p99,
+                                wait_until)
 
 MEMBERS = int(os.environ.get("BENCH_PRESENCE_MEMBERS", "100"))
 CHANNEL = "presence-bench"
@@ -152,7 +153,36 @@ def report(result: Dict[str, object], members: int) -> List[str]:
               "  expected on AWS: same counts (one Lambda invocation per join/leave; "
               "registry_stream is not invoked: its filter passes TTL deletes only); "
               "a join ~40-80 ms + the member_added fan-out (~100 posts in flight at once, "
-              "~20-40 ms for 100 members)"]
+              "~20-40 ms for 100 members)", ""]
+    jp50, jp99 = p50_p99([r["ms"] for r in joins])
+    lp50, lp99 = p50_p99([r["ms"] for r in leaves if r["left"]])
+    per = {name: "/".join(map(str, values)) for name, values in
+           (("join", join_db), ("leave", leave_db))}
+    lines += figure_table([
+        (f"{members} members joining one at a time: wall time", f"{result['join_wall']:.1f} s",
+         f"~{members * 0.06:.1f}-{members * 0.1:.1f} s ({members} x a join)"),
+        ("join -> subscription_succeeded with the member list, p50 / p99",
+         f"{jp50:.0f} / {jp99:.0f} ms", f"~40-80 ms + the member_added fan-out (~20-40 ms for "
+                                        f"{members - 1} posts in flight at once)"),
+        ("DynamoDB requests per join", f"{per['join']} for every k: {_ops(joins[-1]['counts'])}",
+         "same: O(1); read volume O(N) (3 Queries return every member)"),
+        ("invocations per join", f"{jt.total('invocations') / members:g}", "1 ($default)"),
+        ("PostToConnection per join", f"k ({jt.posts} in all)" if join_posts_ok
+         else f"{jt.posts / members:.2f} on average (NOT k: check the run)",
+         "same: O(N) (API Gateway messages)"),
+        (f"{members} members leaving one at a time (socket closed): wall time",
+         f"{result['leave_wall']:.1f} s",
+         f"~{members * 0.05:.1f}-{members * 0.1:.1f} s ({members} x a leave)"),
+        ("leave -> every remaining member has member_removed, p50 / p99",
+         f"{lp50:.0f} / {lp99:.0f} ms", "~50-100 ms after API Gateway runs $disconnect"),
+        ("DynamoDB requests per leave", f"{per['leave']}: {_ops(leaves[0]['counts'])}; last "
+         f"member {leaves[-1]['counts'].total('dynamodb')}", "same: O(1)"),
+        ("invocations per leave", f"{lt.total('invocations') / members:g}",
+         "1 ($disconnect); registry_stream 0 (its filter passes TTL deletes only)"),
+        ("PostToConnection per leave", f"members left ({lt.posts} in all)" if leave_posts_ok
+         else f"{lt.posts / members:.2f} on average (NOT the members left: check the run)",
+         "same: O(N)"),
+    ])
     return lines
 
 

@@ -29,7 +29,7 @@ import subprocess
 import time
 from typing import Dict, List
 
-from bench.pusher_stack import ROOT, CountedStack, PusherSocket, p50_p99
+from bench.pusher_stack import ROOT, CountedStack, PusherSocket, figure_table, p50_p99
 
 SUBSCRIBES = int(os.environ.get("BENCH_SUBSCRIBES", "30"))
 NODE_SUBSCRIBES = int(os.environ.get("BENCH_NODE_SUBSCRIBES", "20"))
@@ -133,6 +133,7 @@ def main() -> None:
         if not latency:
             ops = {kind: " ".join(f"{op} {n / SUBSCRIBES:g}" for op, n in
                                   sorted(result[kind]["ops"].items())) for kind in KINDS}
+            posts_per = {kind: result[kind]["posts"] for kind in KINDS}
     print(f"{'management API':27} {'channel':9} {'client':18} {'n':>3} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'DynamoDB':>9} {'posts':>6}")
     for label, kind, client, n, p50, p99, dynamodb, posts in rows:
@@ -145,6 +146,17 @@ def main() -> None:
         print(f"expected on AWS, {kind}: {EXPECTED[kind]}")
     print("  p99 on AWS: cold starts of the $default function (~0.3-1 s, Python 3.11 + "
           "botocore), not the work")
+    print()
+    figures = []
+    for label, kind, client, n, p50, p99, dynamodb, posts in rows:
+        figures.append((f"{client} subscribe -> subscription_succeeded, {kind}, {label}, "
+                        f"p50 / p99 (n={n})", f"{p50:.0f} / {p99:.0f} ms",
+                        EXPECTED[kind]))
+    for kind in KINDS:
+        figures.append((f"DynamoDB requests / PostToConnection per subscribe, {kind}",
+                        f"{ops[kind]} / {posts_per[kind]:g}", "same"))
+    for line in figure_table(figures):
+        print(line)
     print("load average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 

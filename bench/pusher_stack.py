@@ -37,7 +37,15 @@ def pct(values: List[float], q: float) -> float:
 
 
 def p50_p99(values: List[float]) -> tuple:
+    """(median, 99th percentile) of ``values``."""
     return statistics.median(values), pct(values, 0.99)
+
+
+def figure_table(rows: List[tuple]) -> List[str]:
+    """``(figure, measured, expected on AWS)`` rows as a Markdown table (what README shows)."""
+    lines = ["| figure | measured | expected on AWS |", "|---|---|---|"]
+    return lines + [f"| {figure} | {measured} | {expected} |"
+                    for figure, measured, expected in rows]
 
 
 class Counts(dict):
