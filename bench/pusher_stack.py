@@ -59,6 +59,7 @@ class Counts(dict):
                        for group in self})
 
     def total(self, group: str, prefix: str = "") -> int:
+        """The sum of ``group``'s counts whose name starts with ``prefix``."""
         return sum(v for k, v in self[group].items() if k.startswith(prefix))
 
     @property
@@ -128,6 +129,7 @@ class CountedStack:
     # -- addresses -------------------------------------------------------------------------
     @property
     def key(self) -> str:
+        """The stage's ``PUSHER_KEY``."""
         return self.stack.env["PUSHER_KEY"]
 
     @property
@@ -283,6 +285,7 @@ class PusherSocket:
         return frame
 
     async def close(self) -> None:
+        """Close the socket (the server runs ``$disconnect``) and wait for the reader."""
         await self.ws.close()
         if self._reader is not None:
             await asyncio.wait_for(self._reader, 10)
