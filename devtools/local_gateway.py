@@ -41,6 +41,9 @@ REQUEST authorizers*, *route selection*, *@connections commands*, *quotas*):
 * Lambda ``Invoke`` (``POST /2015-03-31/functions/{name}/invocations`` on the management port,
   for ``AWS_ENDPOINT_URL_LAMBDA``): ``InvocationType=Event`` answers 202 and runs the app's
   function in the handler pool; ``RequestResponse`` answers its result.
+* Counters (benchmarks; no AWS equivalent): ``GET /_local/counters`` on the management port
+  answers :meth:`LocalWebSocketGateway.counters` — the app's function invocations by name and
+  the management API calls by operation and status, since the gateway started.
 
 Handlers run in a thread pool, so a blocking handler (or one that calls the management API of
 this very gateway) does not stall the event loop. Messages of one connection are handled in
@@ -297,6 +300,8 @@ class LocalWebSocketGateway:
         #: (route_key, event) of every handler invocation when ``record_events`` is True
         self.record_events = False
         self.events: List[Tuple[str, Dict[str, Any]]] = []
+        self._counts: Dict[Tuple[str, str], int] = {}
+        self._counts_lock = threading.Lock()
 
     # -- addresses -----------------------------------------------------------------------
     @property
@@ -318,6 +323,31 @@ class LocalWebSocketGateway:
         """Ids of the currently open connections."""
         with self._lock:
             return [c.connection_id for c in self._connections.values() if not c.closed]
+
+    def _count(self, group: str, name: str, delta: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[(group, name)] = self._counts.get((group, name), 0) + delta
+
+    def counters(self) -> Dict[str, Dict[str, int]]:
+        """What this gateway did since it started (benchmarks count the work per operation).
+
+        Returns:
+            ``{"invocations": {function name: count}, "management": {"<Operation> <HTTP
+            status>": count}}``: every invocation of one of the app's functions (authorizer,
+            ``$connect``/``$default``/``$disconnect`` handlers, functions run through Lambda
+            ``Invoke``), and every management API call (``PostToConnection``,
+            ``GetConnection``, ``DeleteConnection``, ``Invoke``) with the status it answered
+            (``PostToConnection 410`` for a gone connection...). A call is counted before
+            its effect reaches the client (the frame, the close), so a client that saw it
+            reads a count that includes it.
+        """
+        with self._counts_lock:
+            counts = dict(self._counts)
+        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}}
+        for (group, name), value in sorted(counts.items()):
+            if value:
+                result[group][name] = value
+        return result
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> "LocalWebSocketGateway":
@@ -418,6 +448,7 @@ class LocalWebSocketGateway:
         result goes through JSON like Lambda's response payload."""
         if self.record_events:
             self.events.append((event.get("requestContext", {}).get("routeKey", ""), event))
+        self._count("invocations", function_name)
         handler = self.app.handler_map[function_name]
         return _json_roundtrip(handler(event, _LambdaContext(function_name)))
 
@@ -544,13 +575,16 @@ class LocalWebSocketGateway:
                                 if short.startswith(prefix) else [])
         function = next((c for c in candidates if c in self.app.handler_map), None)
         if function is None:
+            self._count("management", "Invoke 404")
             return 404, json.dumps({"Type": "User", "Message": f"Function not found: "
                                     f"{short}"}).encode()
         try:
             event = json.loads(payload or b"{}")
         except ValueError:
+            self._count("management", "Invoke 400")
             return 400, json.dumps({"Type": "User",
                                     "Message": "Could not parse request body into json"}).encode()
+        self._count("management", f"Invoke {202 if asynchronous else 200}")
         if asynchronous:
             def run() -> None:
                 try:
@@ -759,9 +793,11 @@ class LocalWebSocketGateway:
             ``max_message_bytes``).
         """
         if len(data) > self.config.max_message_bytes:
+            self._count("management", "PostToConnection 413")
             return 413
         conn = self._lookup(connection_id)
         if conn is None:
+            self._count("management", "PostToConnection 410")
             return 410
         try:
             payload: Any = data.decode("utf-8")
@@ -769,10 +805,13 @@ class LocalWebSocketGateway:
             payload = data
 
         async def send() -> bool:
+            self._count("management", "PostToConnection 200")  # before the client sees it
             try:
                 await conn.ws.send(payload)
                 return True
             except ConnectionClosed:
+                self._count("management", "PostToConnection 200", -1)
+                self._count("management", "PostToConnection 410")
                 return False
 
         return 200 if self._call_in_loop(send()) else 410
@@ -781,6 +820,7 @@ class LocalWebSocketGateway:
         """GetConnection: ``{"connectedAt", "identity": {"sourceIp", "userAgent"},
         "lastActiveAt"}`` (ISO 8601), or None when gone."""
         conn = self._lookup(connection_id)
+        self._count("management", f"GetConnection {410 if conn is None else 200}")
         if conn is None:
             return None
         idle = time.monotonic() - conn.last_active
@@ -791,6 +831,7 @@ class LocalWebSocketGateway:
     def delete_connection(self, connection_id: str) -> bool:
         """DeleteConnection: close the socket (1000); False when already gone."""
         conn = self._lookup(connection_id)
+        self._count("management", f"DeleteConnection {410 if conn is None else 204}")
         if conn is None:
             return False
         conn.close_code, conn.close_reason = 1000, ""
@@ -872,6 +913,8 @@ class LocalWebSocketGateway:
                 self._reply(200)
 
             def do_GET(self) -> None:  # noqa: N802
+                if urlsplit(self.path).path == "/_local/counters":
+                    return self._reply(200, gateway.counters())
                 target = self._target()
                 if target is None:
                     return self._not_found()

@@ -459,6 +459,39 @@ def test_per_post_latency_delays_management_calls(make_gateway):
         assert ws.recv(5) == "slow"
 
 
+def test_counters_report_invocations_and_management_calls(gateway):
+    """GET /_local/counters (benchmarks): each function invocation and each management call
+    with the status it answered."""
+    import urllib.error
+    import urllib.request
+
+    def counters():
+        url = f"http://127.0.0.1:{gateway.management_port}/_local/counters"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    client = management(gateway)
+    with connect(gateway.url + "?token=good") as ws:
+        connection_id = connection_id_of(ws)
+        client.post_to_connection(ConnectionId=connection_id, Data=b"one")
+        assert ws.recv(5) == "one"
+        client.get_connection(ConnectionId=connection_id)
+    wait_for(lambda: events("$disconnect"))
+    with pytest.raises(client.exceptions.GoneException):
+        client.post_to_connection(ConnectionId=connection_id, Data=b"late")
+    unknown = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.management_port}/2015-03-31/functions/nope/invocations",
+        data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(unknown, timeout=5)
+    assert counters() == {
+        "invocations": {"ws_authorizer": 1, "ws_connect": 1, "ws_message": 1,
+                        "ws_disconnect": 1},
+        "management": {"GetConnection 200": 1, "Invoke 404": 1, "PostToConnection 200": 1,
+                       "PostToConnection 410": 1},
+    }
+
+
 # --- limits -----------------------------------------------------------------------------------
 
 def _close_code(ws):
