@@ -360,9 +360,23 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     except Exception:
         log.exception("$default (pusher) failed")
         reply = protocol.error("Internal error")
+    then = None
+    if isinstance(reply, _Answer):
+        reply, then = reply.frames, reply.then
     for text in ([reply] if isinstance(reply, str) else reply or []):
         _send(connection_id, text, event if event is not None else raw)
+    if then is not None:
+        then()
     return {"statusCode": 200}
+
+
+class _Answer:
+    """A handler's reply frames, and work to do once they are sent (``then``: a callable that
+    never raises): a presence joiner gets its ``subscription_succeeded`` before the
+    ``member_added`` fan-out to the other members starts, instead of after it."""
+
+    def __init__(self, frames, then) -> None:
+        self.frames, self.then = frames, then
 
 
 def _send(connection_id: str, text: str, event: Any) -> None:
@@ -384,7 +398,7 @@ def _subscription_data(data: Any) -> Mapping[str, Any]:
     return data
 
 
-def _subscribe(connection_id: str, data: Any, channel: Optional[str], event: Any) -> str:
+def _subscribe(connection_id: str, data: Any, channel: Optional[str], event: Any):
     data = _subscription_data(data)
     name = data.get("channel")
     if not isinstance(name, str):
@@ -431,7 +445,7 @@ def presence_member(channel_data: Any) -> tuple:
 USER_CHANNEL_PREFIX = "#server-to-user-"
 
 
-def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) -> str:
+def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
     if name.startswith(USER_CHANNEL_PREFIX):  # served by the user audience, no subscription
         connection = connections.get_connection(connection_id)
         if connection is None or not connection.user_id \
@@ -484,14 +498,23 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any) ->
                                   "ServiceUnavailable") from None
     if member is None:
         return _with_cache(name, protocol.subscription_succeeded(name))
-    if first:
+    # The list is read after this connection's subscription is written, and a joiner's
+    # broadcast reads the subscribers after its member is written, so of two simultaneous
+    # joiners each either lists the other or gets its member_added (never neither; both is
+    # possible, and pusher-js then fires pusher:member_added for a listed member: README).
+    members = connections.presence_members(name)
+    succeeded = _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
+        "ids": list(members), "hash": members, "count": len(members)}}))
+    if not first:
+        return succeeded
+
+    def announce() -> None:
         _webhooks_out().member_added(name, member[0])
         _broadcast(name, protocol.encode("pusher_internal:member_added",
                                          {"user_id": member[0], "user_info": member[1]}, name),
                    exclude=connection_id, event=event)
-    members = connections.presence_members(name)
-    return _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
-        "ids": list(members), "hash": members, "count": len(members)}}))
+
+    return _Answer(succeeded, announce)
 
 
 def _with_cache(name: str, succeeded: str):
