@@ -60,7 +60,7 @@ async def _run(stack: CountedStack, members: int) -> Dict[str, object]:
         assert presence["count"] == k and len(presence["ids"]) == k, presence
         expected = k * (k - 1) // 2  # member j got one member_added for each later member
         await wait_until(lambda: sum(s.added for s in sockets) == expected)
-        now = await asyncio.to_thread(stack.counts)
+        now = await asyncio.to_thread(stack.idle_counts)
         joins.append({"k": k, "ms": (answered - sent) * 1000,
                       "all_ms": (time.perf_counter() - sent) * 1000, "counts": now - last})
         last = now
@@ -77,7 +77,7 @@ async def _run(stack: CountedStack, members: int) -> Dict[str, object]:
         expected = sum(members - j for j in range(1, k + 1))
         await wait_until(lambda: sum(s.removed for s in sockets) == expected)
         done = time.perf_counter()
-        now = await asyncio.to_thread(stack.settle if left == 0 else stack.counts)
+        now = await asyncio.to_thread(stack.settle if left == 0 else stack.idle_counts)
         leaves.append({"k": k, "left": left, "ms": (done - sent) * 1000,
                        "counts": now - last})
         last = now

@@ -177,6 +177,19 @@ class CountedStack:
                        "invocations": Counter(gateway["invocations"]),
                        "management": Counter(gateway["management"])})
 
+    def idle_counts(self, timeout: float = 10.0) -> Counts:
+        """The totals once no invocation of the app is running (a handler may still work
+        after its client saw the answer: a presence join posts its ``member_added`` fan-out
+        after the joiner's ``subscription_succeeded``)."""
+        url = f"http://127.0.0.1:{self.stack.ports.management}/_local/counters"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                if not json.loads(response.read()).get("running"):
+                    break
+            time.sleep(0.005)
+        return self.counts()
+
     def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> Counts:
         """The totals once nothing has changed for ``quiet`` seconds (work still running in
         the background, a ``$disconnect`` or an asynchronous invoke, is counted too)."""

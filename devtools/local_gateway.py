@@ -333,17 +333,18 @@ class LocalWebSocketGateway:
 
         Returns:
             ``{"invocations": {function name: count}, "management": {"<Operation> <HTTP
-            status>": count}}``: every invocation of one of the app's functions (authorizer,
+            status>": count}, "running": {function name: count}}``: every invocation of one of the app's functions (authorizer,
             ``$connect``/``$default``/``$disconnect`` handlers, functions run through Lambda
             ``Invoke``), and every management API call (``PostToConnection``,
             ``GetConnection``, ``DeleteConnection``, ``Invoke``) with the status it answered
             (``PostToConnection 410`` for a gone connection...). A call is counted before
             its effect reaches the client (the frame, the close), so a client that saw it
-            reads a count that includes it.
+            reads a count that includes it. ``"running"``: the invocations not yet returned,
+            by function name (a handler may still work after its client saw an answer).
         """
         with self._counts_lock:
             counts = dict(self._counts)
-        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}}
+        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}, "running": {}}
         for (group, name), value in sorted(counts.items()):
             if value:
                 result[group][name] = value
@@ -449,8 +450,12 @@ class LocalWebSocketGateway:
         if self.record_events:
             self.events.append((event.get("requestContext", {}).get("routeKey", ""), event))
         self._count("invocations", function_name)
-        handler = self.app.handler_map[function_name]
-        return _json_roundtrip(handler(event, _LambdaContext(function_name)))
+        self._count("running", function_name)
+        try:
+            handler = self.app.handler_map[function_name]
+            return _json_roundtrip(handler(event, _LambdaContext(function_name)))
+        finally:
+            self._count("running", function_name, -1)
 
     async def _run(self, function_name: str, event: Dict[str, Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(

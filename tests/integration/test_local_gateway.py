@@ -489,6 +489,7 @@ def test_counters_report_invocations_and_management_calls(gateway):
                         "ws_disconnect": 1},
         "management": {"GetConnection 200": 1, "Invoke 404": 1, "PostToConnection 200": 1,
                        "PostToConnection 410": 1},
+        "running": {},  # every invocation has returned
     }
 
 
