@@ -244,17 +244,18 @@ class _OneWrite:
     ``http.client`` writes a request's head and its body separately (two syscalls, two TLS
     records, two TCP segments for a small frame). :meth:`post` builds the request with
     ``http.client``'s own ``putrequest``/``putheader``/``endheaders`` while :meth:`send`
-    (``http.client``'s documented hook for raw writes) holds the pieces, then writes them at
-    once: one syscall per post instead of two (~10-15 µs of CPU each on the loopback
-    benchmark). Nothing else of the client changes.
+    (``HTTPConnection.send``, the documented method through which ``http.client`` writes
+    everything) holds the pieces, then writes them at once: one syscall per post instead of
+    two (~10-15 µs of CPU each on the loopback benchmark). Nothing else of the client changes:
+    request formatting, header validation and response parsing stay ``http.client``'s.
     """
 
     _held: Optional[List[bytes]] = None
 
     def send(self, data) -> None:
         held = self._held
-        if held is not None and isinstance(data, bytes):
-            held.append(data)
+        if held is not None:  # head and body, bytes-like (post() sends no file object)
+            held.append(data if isinstance(data, bytes) else bytes(data))
             return
         super().send(data)  # type: ignore[misc]
 
