@@ -53,7 +53,6 @@ import ssl
 import threading
 import time
 from collections import deque
-from hashlib import sha256
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
