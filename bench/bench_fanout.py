@@ -30,7 +30,7 @@ SUBSCRIBERS = 1000
 LATENCY = 0.020
 CHANNEL = "presence-bench"
 TARGET_SECONDS = 1.5
-SWEEP = (8, 16, 32, 64, 128)
+SWEEP = (8, 16, 32, 64, 128, 256)
 REPEAT = 3  # runs per pool size; the median is shown
 
 

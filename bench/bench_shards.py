@@ -18,7 +18,7 @@ Measured:
    <= 5 s (REST APIs time out at 29 s).
 2. **shards** — one worker process takes every shard from the queue and runs the real
    ``push_worker`` record handler on each: wall and CPU per shard of 1,000 posts, posts per
-   second per shard. Reference: 1,000 posts / 128 in flight x 20 ms = 0.16 s (6,400 posts/s).
+   second per shard. Reference: 1,000 posts / 256 in flight x 20 ms = 0.08 s (12,800 posts/s).
 3. **model** — wall time of the whole fan-out on AWS against Lambda concurrency, function
    memory and API Gateway's account throttle quota (10,000 requests per second by default,
    shared by every API of the account in the region: 100,000 messages take >= 10 s).
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIBERS = 100_000
 PAGE = 10_000
 LATENCY = 0.020
-IN_FLIGHT = 128
+IN_FLIGHT = 256  # PUSH_MAX_WORKERS's default
 CHANNEL = "presence-bench-100k"
 QUEUE = "realtime-push-bench"
 PRODUCER_TARGET_S = 5.0

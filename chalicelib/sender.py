@@ -13,7 +13,8 @@ How (figures in README.md, "Push", measured by ``make bench``):
   renews them.
 * **HTTP** — the standard library's ``http.client`` (the HTTP/1.1 client urllib3 and so botocore
   are built on), one keep-alive connection per post in flight, up to ``max_connections``,
-  kept between fan-outs. One thread drives them all with a ``selectors`` loop: a request is
+  kept between fan-outs; each request (head and frame) leaves in one write (:class:`_OneWrite`).
+  One thread drives them all with a ``selectors`` loop: a request is
   written on every free connection, then responses are read as they become readable. No thread
   pool: with the GIL, hand-offs between threads cost CPU (the boto3 engine on 32 threads spent
   10-50 % more CPU per post than the same client in one thread). Each
@@ -52,7 +53,6 @@ import ssl
 import threading
 import time
 from collections import deque
-from hashlib import sha256
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
@@ -235,6 +235,58 @@ class SendRate:
             log.warning("PostToConnection throttled: send rate lowered to %.0f posts/s", lowered)
 
 
+# --- connections ------------------------------------------------------------------------------
+
+class _OneWrite:
+    """An ``http.client`` connection whose requests leave in one write.
+
+    ``http.client`` writes a request's head and its body separately (two syscalls, two TLS
+    records, two TCP segments for a small frame). :meth:`post` builds the request with
+    ``http.client``'s own ``putrequest``/``putheader``/``endheaders`` while :meth:`send`
+    (``HTTPConnection.send``, the documented method through which ``http.client`` writes
+    everything) holds the pieces, then writes them at once: one syscall per post instead of
+    two (~10-15 µs of CPU each on the loopback benchmark). Nothing else of the client changes:
+    request formatting, header validation and response parsing stay ``http.client``'s.
+    """
+
+    _held: Optional[List[bytes]] = None
+
+    def send(self, data) -> None:
+        held = self._held
+        if held is not None:  # head and body, bytes-like (post() sends no file object)
+            held.append(data if isinstance(data, bytes) else bytes(data))
+            return
+        super().send(data)  # type: ignore[misc]
+
+    def post(self, path: str, headers: Dict[str, str], body: bytes, length: str) -> None:
+        """Send ``POST path`` with ``headers`` (name -> value, ``Host`` among them),
+        ``Content-Length: length`` and ``body`` in one write.
+
+        Raises:
+            OSError, http.client.HTTPException: as ``http.client`` raises them.
+        """
+        self._held = held = []
+        try:
+            self.putrequest("POST", path, skip_host=True,  # type: ignore[attr-defined]
+                            skip_accept_encoding=True)
+            for name, value in headers.items():
+                self.putheader(name, value)  # type: ignore[attr-defined]
+            self.putheader("Content-Length", length)  # type: ignore[attr-defined]
+            self.endheaders(body)  # type: ignore[attr-defined]
+            data = b"".join(held)
+        finally:
+            self._held = None
+        super().send(data)  # type: ignore[misc]
+
+
+class _Connection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
 # --- the sender -------------------------------------------------------------------------------
 
 class _Post:
@@ -297,11 +349,9 @@ class Sender:
         if self._https:
             if self._ssl_context is None:
                 self._ssl_context = tls_context()
-            return http.client.HTTPSConnection(self._hostname, self._port,
-                                               timeout=self.connect_timeout,
-                                               context=self._ssl_context)
-        return http.client.HTTPConnection(self._hostname, self._port,
-                                          timeout=self.connect_timeout)
+            return _TLSConnection(self._hostname, self._port, timeout=self.connect_timeout,
+                                  context=self._ssl_context)
+        return _Connection(self._hostname, self._port, timeout=self.connect_timeout)
 
     def _take(self, wanted: int) -> List[http.client.HTTPConnection]:
         with self._lock:
@@ -480,12 +530,7 @@ class Sender:
                             break
                         connect_failures = 0
                     try:
-                        conn.putrequest("POST", post.path, skip_host=True,
-                                        skip_accept_encoding=True)
-                        for name, value in request.headers.items():
-                            conn.putheader(name, value)
-                        conn.putheader("Content-Length", body_length)
-                        conn.endheaders(data)
+                        conn.post(post.path, request.headers, data, body_length)
                     except _NETWORK_ERRORS as exc:
                         drop(conn)
                         idle.append(conn)

@@ -445,7 +445,7 @@ class WebSocketSettings:
             gateways: Chalice ignores ``AWS_ENDPOINT_URL``.
         region: ``AWS_REGION`` (default ``us-east-1``).
         push_max_workers: posts in flight at once in a fan-out, one keep-alive connection each
-            (``PUSH_MAX_WORKERS``, default 128).
+            (``PUSH_MAX_WORKERS``, default 256).
         push_max_attempts: attempts per post on throttling/5xx (``PUSH_MAX_ATTEMPTS``, default 4).
         api_name: the WebSocket API's name (``WEBSOCKET_API_NAME``, default
             ``realtime-<STAGE>-websocket-api``, the name ``chalice deploy`` gives it), looked
@@ -486,7 +486,7 @@ def websocket_settings() -> WebSocketSettings:
         stage=_raw("WEBSOCKET_STAGE") or app_settings().stage,
         endpoint_url=_raw("WEBSOCKET_ENDPOINT_URL"),
         region=_raw("AWS_REGION") or _raw("AWS_DEFAULT_REGION") or "us-east-1",
-        push_max_workers=_int("PUSH_MAX_WORKERS", 128, 1, 256),
+        push_max_workers=_int("PUSH_MAX_WORKERS", 256, 1, 256),
         push_max_attempts=_int("PUSH_MAX_ATTEMPTS", 4, 1, 10),
         api_name=_raw("WEBSOCKET_API_NAME")
         or f"realtime-{app_settings().stage}-websocket-api",
