@@ -7,7 +7,7 @@ start) never pays for it (~0.3 s). Clients are thread-safe and shared by the fan
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 _clients: Dict[Tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
@@ -50,6 +50,59 @@ def client(service: str, region: str, *, endpoint_url: Optional[str] = None,
 
 
 def reset_clients() -> None:
-    """Forget every cached client (tests; an endpoint variable changed in a running process)."""
+    """Forget every cached client and queue URL (tests; an endpoint variable changed in a
+    running process)."""
     with _lock:
         _clients.clear()
+        _queue_urls.clear()
+
+
+# --- SQS ------------------------------------------------------------------------------------
+
+#: ``SendMessageBatch`` limits: entries per call, and bytes of all bodies together (AWS SQS
+#: API Reference, "SendMessageBatch")
+SQS_BATCH_ENTRIES = 10
+SQS_BATCH_BYTES = 262_144
+
+_queue_urls: Dict[Tuple[str, str], str] = {}
+
+
+def queue_url(sqs: Any, name: str, region: str) -> str:
+    """The URL of queue ``name`` in ``region``: one ``GetQueueUrl`` per process, then cached.
+
+    Args:
+        sqs: the SQS client that asks (its own bounds apply).
+    Raises:
+        botocore's ``ClientError``/``BotoCoreError`` when SQS cannot answer.
+    """
+    found = _queue_urls.get((name, region))
+    if found is None:
+        found = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        with _lock:
+            _queue_urls[(name, region)] = found
+    return found
+
+
+def forget_queue_urls() -> None:
+    """Forget the cached queue URLs (tests; a changed ``PUSH_QUEUE_NAME``)."""
+    with _lock:
+        _queue_urls.clear()
+
+
+def sqs_batches(bodies: Sequence[str]) -> List[List[int]]:
+    """Indexes of ``bodies`` grouped for ``SendMessageBatch``: at most
+    :data:`SQS_BATCH_ENTRIES` per group and :data:`SQS_BATCH_BYTES` of UTF-8 together (a
+    body over the limit alone is a group of its own; SQS refuses it)."""
+    groups: List[List[int]] = []
+    current: List[int] = []
+    size = 0
+    for index, body in enumerate(bodies):
+        length = len(body.encode("utf-8"))
+        if current and (len(current) >= SQS_BATCH_ENTRIES or size + length > SQS_BATCH_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += length
+    if current:
+        groups.append(current)
+    return groups

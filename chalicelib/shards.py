@@ -45,7 +45,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -56,10 +55,8 @@ from chalicelib.settings import push_queue_name, websocket_settings
 
 log = logging.getLogger("realtime.shards")
 
-#: SQS's largest message, and largest ``SendMessageBatch`` payload, bytes (256 KiB)
+#: SQS's largest message, bytes (256 KiB; batches: :func:`chalicelib.aws.sqs_batches`)
 MAX_MESSAGE_BYTES = 262_144
-#: entries per ``SendMessageBatch`` call (SQS's limit)
-MAX_BATCH_ENTRIES = 10
 #: connection ids in one shard at most (``PUSH_SHARD_SIZE`` is capped here)
 MAX_SHARD_IDS = 5000
 #: longest connection id accepted in a shard, characters
@@ -134,45 +131,17 @@ def plan(connection_ids: Sequence[str], data: bytes, *, fanout_id: str,
             for index, ids in enumerate(groups)]
 
 
-_queue_urls: Dict[str, str] = {}
-_queue_lock = threading.Lock()
-
-
 def _sqs():
     return aws.client("sqs", websocket_settings().region)
 
 
 def _queue_url() -> str:
-    name = push_queue_name()
-    found = _queue_urls.get(name)
-    if found is None:
-        with _queue_lock:
-            found = _queue_urls.get(name)
-            if found is None:
-                found = _queue_urls[name] = _sqs().get_queue_url(QueueName=name)["QueueUrl"]
-    return found
+    return aws.queue_url(_sqs(), push_queue_name(), websocket_settings().region)
 
 
 def reset() -> None:
     """Forget the cached queue URL (tests; a changed ``PUSH_QUEUE_NAME``)."""
-    with _queue_lock:
-        _queue_urls.clear()
-
-
-def _batches(bodies: Sequence[str]) -> List[List[str]]:
-    batches: List[List[str]] = []
-    current: List[str] = []
-    size = 0
-    for body in bodies:
-        length = len(body.encode("utf-8"))
-        if current and (len(current) >= MAX_BATCH_ENTRIES or size + length > MAX_MESSAGE_BYTES):
-            batches.append(current)
-            current, size = [], 0
-        current.append(body)
-        size += length
-    if current:
-        batches.append(current)
-    return batches
+    aws.forget_queue_urls()
 
 
 def send_bodies(bodies: Sequence[str]) -> None:
@@ -186,8 +155,8 @@ def send_bodies(bodies: Sequence[str]) -> None:
 
     try:
         url, sqs = _queue_url(), _sqs()
-        for batch in _batches(bodies):
-            entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(batch)]
+        for group in aws.sqs_batches(bodies):
+            entries = [{"Id": str(i), "MessageBody": bodies[i]} for i in group]
             for attempt in range(SEND_ATTEMPTS):
                 failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
                 if not failed:

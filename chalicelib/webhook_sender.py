@@ -82,9 +82,6 @@ MAX_EVENTS_PER_JOB = 100
 #: a job's message at most, bytes: SQS's message limit is 256 KiB (262,144 bytes; AWS docs,
 #: "Amazon SQS message quotas"), less room for the envelope
 MAX_JOB_BYTES = 250_000
-#: SQS's limits of one ``SendMessageBatch`` call: entries and total payload, bytes
-MAX_BATCH_ENTRIES = 10
-MAX_BATCH_BYTES = 262_144
 #: the bounds of one POST, seconds: to connect (TCP and TLS), and in all (connect, send,
 #: answer). Pusher expects an answer within 4 s (Pusher docs, "Channels Webhook Timeouts and
 #: Retries").
@@ -249,10 +246,6 @@ def _message(head: Mapping[str, Any], event_texts: Sequence[str]) -> str:
             f'"events":[{",".join(event_texts)}]}}}}')
 
 
-_queue_urls: Dict[Tuple[str, str], str] = {}
-_queue_lock = threading.Lock()
-
-
 def _region() -> str:
     return settings.websocket_settings().region
 
@@ -265,38 +258,17 @@ def _sqs(region: Optional[str] = None):
 
 
 def _queue_url(name: str, region: Optional[str] = None) -> str:
+    from chalicelib import aws
+
     region = region or _region()
-    found = _queue_urls.get((name, region))
-    if found is None:
-        with _queue_lock:
-            found = _queue_urls.get((name, region))
-            if found is None:
-                found = _sqs(region).get_queue_url(QueueName=name)["QueueUrl"]
-                _queue_urls[(name, region)] = found
-    return found
+    return aws.queue_url(_sqs(region), name, region)
 
 
 def reset() -> None:
     """Forget the cached queue URLs (tests; a changed ``PUSH_QUEUE_NAME``)."""
-    with _queue_lock:
-        _queue_urls.clear()
+    from chalicelib import aws
 
-
-def _send_batches(messages: Sequence[str]) -> List[List[int]]:
-    """Groups of message indexes for ``SendMessageBatch`` (10 entries, 256 KiB at most)."""
-    groups: List[List[int]] = []
-    current: List[int] = []
-    size = 0
-    for index, message in enumerate(messages):
-        length = len(message.encode("utf-8"))
-        if current and (len(current) >= MAX_BATCH_ENTRIES or size + length > MAX_BATCH_BYTES):
-            groups.append(current)
-            current, size = [], 0
-        current.append(index)
-        size += length
-    if current:
-        groups.append(current)
-    return groups
+    aws.forget_queue_urls()
 
 
 def _event_count(message: str) -> int:
@@ -323,10 +295,12 @@ def _enqueue(items: Sequence[Tuple[int, Sequence[Dict[str, Any]]]]) -> None:
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from chalicelib import aws
+
         url, sqs = _queue_url(settings.push_queue_name()), _sqs()
         for attempt in range(2):  # entries SQS reports as failed are sent once more
             failed: List[int] = []
-            for group in _send_batches([messages[i] for i in left]):
+            for group in aws.sqs_batches([messages[i] for i in left]):
                 indexes = [left[i] for i in group]
                 answer = sqs.send_message_batch(QueueUrl=url, Entries=[
                     {"Id": str(i), "MessageBody": messages[i]} for i in indexes])
