@@ -498,21 +498,25 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
                                   "ServiceUnavailable") from None
     if member is None:
         return _with_cache(name, protocol.subscription_succeeded(name))
-    # The list is read after this connection's subscription is written, and a joiner's
-    # broadcast reads the subscribers after its member is written, so of two simultaneous
-    # joiners each either lists the other or gets its member_added (never neither; both is
-    # possible, and pusher-js then fires pusher:member_added for a listed member: README).
+    # The list is read after this connection's subscription is written, and a joiner reads
+    # the subscribers for its member_added after its member is written, so of two
+    # simultaneous joiners each either lists the other or gets its member_added (never
+    # neither; both is possible, and pusher-js then fires pusher:member_added for a listed
+    # member: README).
     members = connections.presence_members(name)
     succeeded = _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
         "ids": list(members), "hash": members, "count": len(members)}}))
     if not first:
         return succeeded
+    # the audience is read now, before the answer goes out, so the window in which a new
+    # subscriber both lists this member and hears of it stays as short as the two reads
+    others = _pusher_subscribers(name, exclude=connection_id)
 
     def announce() -> None:
         _webhooks_out().member_added(name, member[0])
-        _broadcast(name, protocol.encode("pusher_internal:member_added",
-                                         {"user_id": member[0], "user_info": member[1]}, name),
-                   exclude=connection_id, event=event)
+        _post(others, protocol.encode("pusher_internal:member_added",
+                                      {"user_id": member[0], "user_info": member[1]}, name),
+              name, event)
 
     return _Answer(succeeded, announce)
 
@@ -532,17 +536,31 @@ def _with_cache(name: str, succeeded: str):
     return [succeeded, protocol.event_frame(cached[0], cached[1], name)]
 
 
-def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -> None:
-    """Send a ``pusher_internal:*`` frame to the channel's Pusher subscribers (native
-    connections have no member events); failures are logged, never raised."""
+def _pusher_subscribers(channel: str, *, exclude: Optional[str]) -> list:
+    """The channel's Pusher subscribers but ``exclude`` (native connections have no member
+    events); ``[]`` when the registry fails (logged)."""
+    try:
+        return [cid for cid in connections.subscribers_by_dialect(channel).get(DIALECT, [])
+                if cid != exclude]
+    except Exception:
+        log.exception("member event on %s: subscribers not read", for_log(channel))
+        return []
+
+
+def _post(ids: list, text: str, channel: str, event: Any) -> None:
+    """Send a ``pusher_internal:*`` frame to ``ids``; failures are logged, never raised."""
     from chalicelib import push
 
     try:
-        ids = [cid for cid in connections.subscribers_by_dialect(channel).get(DIALECT, [])
-               if cid != exclude]
         push.send_by_dialect({DIALECT: ids}, text, event=event)
     except Exception:
         log.exception("member event on %s not sent", for_log(channel))
+
+
+def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -> None:
+    """Send a ``pusher_internal:*`` frame to the channel's Pusher subscribers but ``exclude``;
+    failures are logged, never raised."""
+    _post(_pusher_subscribers(channel, exclude=exclude), text, channel, event)
 
 
 def _webhooks_out():

@@ -13,30 +13,17 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chalicelib import connections, pusher_protocol, push, settings
-from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
-from tests.support.websocket import aws_env, one_rate_window, serial_registry  # noqa: F401
+from tests.support.websocket import (  # noqa: F401
+    app_gateway, aws_env, one_rate_window, serial_registry)
 
 KEY, SECRET = "app-key", "app-secret"
 
 
 @pytest.fixture
 def gateway(serial_registry, monkeypatch):
-    import app as app_module
-
     monkeypatch.setenv("PUSHER_DIALECT", "true")
-    gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test"))
-    gw.start_in_thread()
-    monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", gw.management_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA",
-                       f"http://127.0.0.1:{gw.management_port}")
-    settings.reset()
-    connections.reset_clients()
-    push.reset_clients()
-    try:
+    with app_gateway(monkeypatch) as gw:
         yield gw
-    finally:
-        gw.stop()
-        push.reset_clients()
 
 
 def url(gw, path="/app/app-key", query="protocol=7&client=js&version=8.6.0&flash=false"):
@@ -529,31 +516,18 @@ def test_a_presence_joiner_is_answered_before_the_member_added_fan_out(serial_re
                                                                           monkeypatch):
     """Every management call takes 0.4 s here: the joiner's subscription_succeeded leaves
     first, so it arrives before the existing member's member_added, not one post later."""
-    import app as app_module
-
     monkeypatch.setenv("PUSHER_DIALECT", "true")
-    gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test", post_latency=0.4))
-    gw.start_in_thread()
-    monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", gw.management_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{gw.management_port}")
-    settings.reset()
-    connections.reset_clients()
-    push.reset_clients()
     room = "presence-order"
-    try:
-        with connect(url(gw)) as alice, connect(url(gw)) as bob:
-            subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
-            assert recv(alice)["event"] == "pusher_internal:subscription_succeeded"
-            bob_socket = established(bob)["socket_id"]
-            subscribe_presence(bob, bob_socket, room, "bob")
-            answered = recv(bob)
-            answered_at = time.monotonic()
-            added = recv(alice)
-            added_at = time.monotonic()
-            assert answered["event"] == "pusher_internal:subscription_succeeded"
-            assert data_of(answered)["presence"]["count"] == 2
-            assert added["event"] == "pusher_internal:member_added"
-            assert added_at - answered_at > 0.2, (answered_at, added_at)
-    finally:
-        gw.stop()
-        push.reset_clients()
+    with app_gateway(monkeypatch, post_latency=0.4) as gw, \
+            connect(url(gw)) as alice, connect(url(gw)) as bob:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        assert recv(alice)["event"] == "pusher_internal:subscription_succeeded"
+        subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+        answered = recv(bob)
+        answered_at = time.monotonic()
+        added = recv(alice)
+        added_at = time.monotonic()
+        assert answered["event"] == "pusher_internal:subscription_succeeded"
+        assert data_of(answered)["presence"]["count"] == 2
+        assert added["event"] == "pusher_internal:member_added"
+        assert added_at - answered_at > 0.2, (answered_at, added_at)

@@ -14,11 +14,10 @@ import uuid
 import pytest
 from websockets.sync.client import connect
 
-from chalicelib import connections, pusher_protocol, push, settings, webhook_sender
-from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
+from chalicelib import pusher_protocol, webhook_sender
 from devtools.local_sqs import SqsPoller
 from tests.support.webhook_receiver import WebhookReceiver
-from tests.support.websocket import aws_env, serial_registry  # noqa: F401
+from tests.support.websocket import app_gateway, aws_env, serial_registry  # noqa: F401
 
 KEY, SECRET = "app-key", "app-secret"
 ROOM = "presence-room"
@@ -44,26 +43,16 @@ def stack(serial_registry, receiver, monkeypatch):
     monkeypatch.setenv("PUSHER_WEBHOOKS", json.dumps([{
         "url": receiver.url("/hooks?token=tok-123"),
         "event_types": ["member_added", "member_removed", "channel_vacated"]}]))
-    gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test"))
-    gw.start_in_thread()
-    monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", gw.management_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{gw.management_port}")
-    settings.reset()
-    connections.reset_clients()
-    push.reset_clients()
-    webhook_sender.reset()
     from chalicelib import aws
 
     aws.reset_clients()
-    poller = SqsPoller(app_module.app, "push_worker", queue, wait_seconds=1)
-    poller.queue_url = poller.sqs.create_queue(QueueName=queue)["QueueUrl"]
-    try:
-        yield gw, poller
-    finally:
-        gw.stop()
-        push.reset_clients()
-        webhook_sender.reset()
-        aws.reset_clients()
+    with app_gateway(monkeypatch) as gw:
+        poller = SqsPoller(app_module.app, "push_worker", queue, wait_seconds=1)
+        poller.queue_url = poller.sqs.create_queue(QueueName=queue)["QueueUrl"]
+        try:
+            yield gw, poller
+        finally:
+            aws.reset_clients()
 
 
 def recv(ws, timeout=5.0):

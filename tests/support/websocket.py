@@ -10,6 +10,8 @@ Import the fixtures you use into a test module::
   :func:`chalicelib.connections.create_table`;
 * ``management_api``: a :class:`tests.support.management_api.ManagementAPI` on 127.0.0.1
   that ``WEBSOCKET_ENDPOINT_URL`` points to;
+* :func:`app_gateway`: the app's handlers behind a local API Gateway WebSocket gateway
+  (``WEBSOCKET_ENDPOINT_URL`` and the Lambda endpoint point to it);
 * ``serial_registry``: instead of ``registry``, for concurrency tests: a moto server on
   127.0.0.1 that handles one request at a time (``AWS_ENDPOINT_URL_DYNAMODB`` points to it), so
   each DynamoDB request is atomic as on DynamoDB — in-process ``mock_aws`` evaluates a
@@ -17,6 +19,7 @@ Import the fixtures you use into a test module::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -25,6 +28,29 @@ import pytest
 from tests.support.management_api import ManagementAPI
 
 TABLE = "realtime-connections-test"
+
+
+@contextlib.contextmanager
+def app_gateway(monkeypatch, **config):
+    """The app's handlers behind :class:`devtools.local_gateway.LocalWebSocketGateway`
+    (``GatewayConfig(stage="test", **config)``, e.g. ``post_latency=0.4``), started in a
+    thread; ``WEBSOCKET_ENDPOINT_URL`` and ``AWS_ENDPOINT_URL_LAMBDA`` point to its management
+    port (PostToConnection, and Lambda Invoke for ``pusher_hello``). Yields the gateway; set
+    other environment first, the app's settings and clients are reset here."""
+    import app as app_module
+    from chalicelib import push
+    from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
+
+    gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test", **config))
+    gw.start_in_thread()
+    monkeypatch.setenv("WEBSOCKET_ENDPOINT_URL", gw.management_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", f"http://127.0.0.1:{gw.management_port}")
+    _reset_clients()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        push.reset_clients()
 
 
 def _reset_clients() -> None:
