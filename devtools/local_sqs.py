@@ -79,9 +79,27 @@ class SqsPoller:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> "SqsPoller":
-        """Create the queue if needed and start polling; returns self."""
-        self.queue_url = self.sqs.create_queue(QueueName=self.queue_name)["QueueUrl"]
+    def start(self, connect_wait: float = 30.0) -> "SqsPoller":
+        """Create the queue if needed and start polling; returns self.
+
+        Args:
+            connect_wait: seconds to keep retrying while the SQS endpoint refuses
+                connections (``make run`` starts moto beside this gateway, not before it).
+        Raises:
+            botocore's ``EndpointConnectionError`` after ``connect_wait``, or any other error
+            of ``CreateQueue`` at once.
+        """
+        from botocore.exceptions import EndpointConnectionError
+
+        deadline = time.monotonic() + connect_wait
+        while True:
+            try:
+                self.queue_url = self.sqs.create_queue(QueueName=self.queue_name)["QueueUrl"]
+                break
+            except EndpointConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         self._thread = threading.Thread(target=self._run, name=f"sqs-{self.queue_name}",
                                         daemon=True)
         self._thread.start()

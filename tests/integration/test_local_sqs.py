@@ -70,3 +70,30 @@ def test_a_failing_handler_leaves_the_whole_batch(poller):
     poller.queue_url = url
     assert poller.poll_once() == 2
     assert _left(sqs, url) == 2
+
+
+def test_start_waits_for_an_sqs_endpoint_that_comes_up_late(monkeypatch):
+    """`make run` starts moto beside the gateway: the poller's CreateQueue waits for it."""
+    import socket
+    import threading
+
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", f"http://127.0.0.1:{port}")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    late = threading.Timer(1.0, server.start)
+    late.start()
+    poller = SqsPoller(app, "worker", "local-sqs-late", wait_seconds=0)
+    try:
+        poller.start(connect_wait=20)
+        assert poller.queue_url and poller.queue_url.endswith("/local-sqs-late")
+    finally:
+        poller.stop()
+        late.join()
+        server.stop()
