@@ -467,6 +467,9 @@ def dashboard_body(cfg: StageConfig) -> Dict[str, Any]:
                              cfg.api_gateway_stage],
                             ["AWS/ApiGateway", "5XXError", "ApiName", cfg.app_name, "Stage",
                              cfg.api_gateway_stage]], 16, 15),
+        widget("Webhooks out (PUSHER_WEBHOOKS)",
+               [emf("WebhooksDelivered"), emf("WebhooksRetried"), emf("WebhooksDropped"),
+                emf("WebhooksNotQueued")], 0, 21),
     ]}
 
 
