@@ -8,7 +8,8 @@ import importlib
 
 from chalice import Chalice
 
-from chalicelib import authorizer, observability, settings
+from chalicelib import observability, settings
+from chalicelib.auth import authorizer
 
 
 class _Room:
@@ -19,24 +20,25 @@ class _Room:
     the module itself."""
 
     def __init__(self, name: str) -> None:
-        self._name = name
+        self._name = name  # dotted under chalicelib: "http", "websocket.ws", ...
 
     def __getattr__(self, attribute: str):
         module = importlib.import_module(f"chalicelib.{self._name}")
         if self._name in _REGISTRY_ROOMS:
             # joins the registry's occupancy listeners: channel_occupied/vacated reach
-            # chalicelib/webhooks.py from every room that changes subscriptions
-            importlib.import_module("chalicelib.webhooks_out")
-        globals()[self._name] = module
+            # chalicelib/pusher/webhooks.py from every room that changes subscriptions
+            importlib.import_module("chalicelib.pusher.webhooks_out")
+        globals()[self._name.rpartition(".")[2]] = module
         return getattr(module, attribute)
 
 
 #: rooms that subscribe, unsubscribe or remove connections
-_REGISTRY_ROOMS = ("ws", "worker", "pusher_socket", "pusher_http")
+_REGISTRY_ROOMS = ("websocket.ws", "websocket.worker", "pusher.pusher_socket",
+                   "pusher.pusher_http")
 http, pusher_auth, pusher_http, pusher_socket, ws, worker = (
-    _Room(name) for name in ("http", "pusher_auth", "pusher_http", "pusher_socket", "ws",
-                             "worker"))
-webhook_sender = _Room("webhook_sender")
+    _Room(name) for name in ("http", "pusher.pusher_auth", "pusher.pusher_http",
+                             "pusher.pusher_socket", "websocket.ws", "websocket.worker"))
+webhook_sender = _Room("pusher.webhook_sender")
 
 app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -51,7 +53,7 @@ def observe(event, get_response):
 
 def batch_webhooks(event, get_response):
     """Webhooks out raised while one event is handled go to the push queue together when it
-    ends, one job per external target (chalicelib.webhook_sender); inside ``observe``."""
+    ends, one job per external target (chalicelib.pusher.webhook_sender); inside ``observe``."""
     with webhook_sender.batch():
         return get_response(event)
 

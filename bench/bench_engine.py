@@ -63,7 +63,7 @@ def _env(endpoint: str, dynamodb: str = "") -> Dict[str, str]:
 # --- engines (run inside the worker) -----------------------------------------------------------
 
 def _data() -> bytes:
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     return push.encode_frame(FRAME)
 
@@ -101,7 +101,7 @@ def boto3_engine(ids: List[str], endpoint: str, workers: int) -> int:
 
 
 def ours(ids: List[str]) -> int:
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     return push.send_to_connections(ids, FRAME)["delivered"]
 
@@ -125,7 +125,7 @@ def _worker_cpu(engine: str, endpoint: str) -> dict:
 
 
 def _worker_fanout(engine: str, endpoint: str) -> dict:
-    from chalicelib import connections, push
+    from chalicelib.websocket import connections, push
 
     def run():
         if engine == "ours":

@@ -1,7 +1,7 @@
 """Fan-out of one frame to a channel of 1,000 subscribers (``make bench`` / ``python -m bench fanout``).
 
 Setup: the registry is a moto server on 127.0.0.1 reached through ``AWS_ENDPOINT_URL_DYNAMODB``
-(1,000 connections subscribed through ``chalicelib.connections``; a server rather than
+(1,000 connections subscribed through ``chalicelib.websocket.connections``; a server rather than
 ``mock_aws``, whose request hooks would add ~0.8 ms of CPU to every post); the management API is
 ``tests.support.management_api`` in a separate process on 127.0.0.1 (so it does not share this
 process's GIL), answering every PostToConnection after 20 ms — a realistic round trip from
@@ -11,8 +11,8 @@ Compared:
 
 * the seeds' loop: read the subscribers, then ``post_to_connection`` one after the other with a
   default boto3 client (GoneException -> delete), i.e. >= 1,000 x 20 ms;
-* ``chalicelib.push.publish_to_channel`` with ``PUSH_MAX_WORKERS`` posts in flight (default and
-  a sweep).
+* ``chalicelib.websocket.push.publish_to_channel`` with ``PUSH_MAX_WORKERS`` posts in flight
+  (default and a sweep).
 
 Target: <= 1.5 s for our fan-out.
 """
@@ -48,7 +48,8 @@ def _environment(endpoint: str, dynamodb: str) -> None:
 
 
 def _reset(workers: int = 0) -> None:
-    from chalicelib import connections, push, settings
+    from chalicelib import settings
+    from chalicelib.websocket import connections, push
 
     if workers:
         os.environ["PUSH_MAX_WORKERS"] = str(workers)
@@ -63,7 +64,7 @@ def seeds_sequential_loop(channel: str, endpoint: str) -> Dict[str, int]:
     """The seeds' pattern: one default client, one post after the other."""
     import boto3
 
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     client = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint)
     summary = {"delivered": 0, "gone": 0, "failed": 0}
@@ -81,7 +82,7 @@ def seeds_sequential_loop(channel: str, endpoint: str) -> Dict[str, int]:
 
 
 def ours(channel: str) -> Dict[str, int]:
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     return push.publish_to_channel(channel, {"type": "event", "channel": channel,
                                              "event": "tick", "data": {"n": 1}})
@@ -131,8 +132,9 @@ def main() -> None:
 
 
 def _run(endpoint: str) -> None:
-    from chalicelib import connections, settings
-    from chalicelib.principal import Principal
+    from chalicelib import settings
+    from chalicelib.websocket import connections
+    from chalicelib.auth.principal import Principal
 
     _reset()
     connections.create_table()

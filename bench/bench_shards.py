@@ -72,7 +72,7 @@ def _env(sqs: str, dynamodb: str, endpoint: str) -> Dict[str, str]:
 # --- workers (pinned to core 0) ---------------------------------------------------------------
 
 def _worker_produce() -> dict:
-    from chalicelib import connections, push
+    from chalicelib.websocket import connections, push
 
     cpu, wall = time.process_time(), time.perf_counter()
     ids = connections.subscribers_of_channel(CHANNEL)
@@ -83,7 +83,7 @@ def _worker_produce() -> dict:
     boto3.client("sqs").create_queue(QueueName=QUEUE, Attributes={"VisibilityTimeout": "300"})
     notification = push.parse_notification({"channel": CHANNEL, "event": "goal",
                                             "data": FRAME_DATA})
-    from chalicelib import shards
+    from chalicelib.websocket import shards
 
     shards.send_bodies([])  # the SQS client and queue URL, as a warm function has them
     cpu, wall = time.process_time(), time.perf_counter()
@@ -95,7 +95,7 @@ def _worker_produce() -> dict:
 def _worker_deliver() -> dict:
     import boto3
 
-    from chalicelib import worker
+    from chalicelib.websocket import worker
 
     sqs = boto3.client("sqs")
     url = sqs.get_queue_url(QueueName=QUEUE)["QueueUrl"]

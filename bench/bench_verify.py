@@ -177,8 +177,9 @@ def _zip_bytes():
 def _cold_import(env: dict):
     """Median whole-process seconds for ``import app``, ``import chalice, jwt, pusher``,
     ``import app`` plus every room, and Powertools' logging + metrics after chalice."""
-    rooms = ", ".join(f"chalicelib.{m}" for m in ("authorizer", "http", "pusher_auth", "ws",
-                                                  "worker", "push", "connections"))
+    rooms = ", ".join(f"chalicelib.{m}" for m in (
+        "auth.authorizer", "http", "pusher.pusher_auth", "websocket.ws", "websocket.worker",
+        "websocket.push", "websocket.connections"))
     programs = {"app": "import app",
                 "base": "import chalice, jwt, pusher",
                 "app_rooms": f"import app, {rooms}",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
 
 from chalicelib.errors import AppError, BadRequest, Forbidden, Unauthorized
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 
 log = logging.getLogger("realtime.channels")
 

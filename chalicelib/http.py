@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from chalicelib.errors import AppError, json_response, log_error
-from chalicelib.identity import principal_from_request
+from chalicelib.auth.identity import principal_from_request
 
 
 def me(request):
@@ -11,7 +11,7 @@ def me(request):
 
     Behind ``jwt_auth``; answers 401 JSON if the authorizer context is unusable, and 503
     ``not_configured`` naming the variable when the JWT settings are broken (the authorizer's
-    ``config_error`` marker, see :mod:`chalicelib.authorizer`).
+    ``config_error`` marker, see :mod:`chalicelib.auth.authorizer`).
     """
     try:
         return principal_from_request(request).to_json()

@@ -94,7 +94,7 @@ def url_scheme(url: str) -> str:
 
 
 def key_url_allowed(url: str) -> bool:
-    """The key-set URL rule, shared by these settings and :mod:`chalicelib.jwks`: an https URL
+    """The key-set URL rule, shared by these settings and :mod:`chalicelib.auth.jwks`: an https URL
     with a host, or plain http to a loopback host (:data:`LOCAL_HOSTS`); scheme in any case."""
     host = urlsplit(url).hostname
     scheme = url_scheme(url)
@@ -153,7 +153,7 @@ class IssuerConfig:
             ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0 §4).
         audiences: accepted ``aud`` values (or Cognito ``client_id`` for access tokens).
         user_id_prefix: put before the escaped ``sub`` to make this issuer's user ids
-            (``<prefix>.<sub>``, see :mod:`chalicelib.principal`), or None. Required and
+            (``<prefix>.<sub>``, see :mod:`chalicelib.auth.principal`), or None. Required and
             distinct when several issuers are trusted.
     """
 
@@ -220,11 +220,11 @@ def _with_user_id_prefixes(entries: list, issuers: "dict[str, IssuerConfig]"
                            ) -> "dict[str, IssuerConfig]":
     """Add each ``JWT_ISSUERS`` entry's ``user_id_prefix``.
 
-    The user id of (issuer, sub) must be injective (see :mod:`chalicelib.principal`): an issuer
+    The user id of (issuer, sub) must be injective (see :mod:`chalicelib.auth.principal`): an issuer
     listed twice, a prefix outside ``[A-Za-z0-9_-]{1,32}``, or several issuers without a prefix
     each, or sharing one, is a configuration error.
     """
-    from chalicelib.principal import USER_ID_PREFIX_RE  # pure module; avoids an import cycle
+    from chalicelib.auth.principal import USER_ID_PREFIX_RE  # pure module; avoids an import cycle
 
     name = "JWT_ISSUERS"
     if len(issuers) != len(entries):
@@ -502,7 +502,7 @@ def websocket_settings() -> WebSocketSettings:
 @dataclass(frozen=True)
 class PusherSocketSettings:
     """Settings of the Pusher protocol 7 dialect of the WebSocket API
-    (:mod:`chalicelib.pusher_socket`).
+    (:mod:`chalicelib.pusher.pusher_socket`).
 
     Attributes:
         enabled: ``PUSHER_DIALECT`` (default false): pusher-js clients (``protocol=7`` in the
@@ -534,7 +534,7 @@ def pusher_socket_settings() -> PusherSocketSettings:
 
 # --- webhooks out to external URLs -------------------------------------------------------------
 
-#: the webhook events this server sends (:mod:`chalicelib.webhooks_out`; Pusher docs, "Server
+#: the webhook events this server sends (:mod:`chalicelib.pusher.webhooks_out`; Pusher docs, "Server
 #: API" -> "Webhooks"); Pusher's ``subscription_count`` is not among them
 WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
                        "client_event", "cache_miss")

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from chalicelib.errors import AppError
-from chalicelib.principal import make_user_id
+from chalicelib.auth.principal import make_user_id
 
 DEFAULT_URL = "ws://127.0.0.1:3001/dev"
 

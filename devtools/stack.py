@@ -455,10 +455,10 @@ class Stack:
             time.sleep(0.1)
 
     def _create_tables(self, env: Dict[str, str]) -> None:
-        """Create the registry table (``chalicelib.connections.TABLE_SCHEMA``) in moto."""
+        """Create the registry table (``chalicelib.websocket.connections.TABLE_SCHEMA``) in moto."""
         import boto3
 
-        from chalicelib import connections
+        from chalicelib.websocket import connections
 
         client = boto3.session.Session().client(
             "dynamodb", region_name=env["AWS_DEFAULT_REGION"], endpoint_url=self.dynamodb_url,
@@ -540,7 +540,7 @@ class Stack:
             naming each server the library could not publish to, and why (both are tried).
         """
         from chalicelib.errors import AppError
-        from chalicelib.principal import validate_user_id
+        from chalicelib.auth.principal import validate_user_id
 
         if not isinstance(body, dict):
             return 400, {"error": "bad_request", "message": "the body must be a JSON object"}

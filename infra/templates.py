@@ -2,8 +2,8 @@
 dead-letter queue, the ``$connect`` REQUEST authorizer, and the settings Chalice has no word for.
 
 Two products, both built from ``.chalice/config.json`` (names, per-function timeouts, the
-``infra`` block of each stage) and from :data:`chalicelib.connections.TABLE_SCHEMA`, so that a
-name or a key schema lives in exactly one place:
+``infra`` block of each stage) and from :data:`chalicelib.websocket.connections.TABLE_SCHEMA`, so
+that a name or a key schema lives in exactly one place:
 
 * :func:`infrastructure_template`: a standalone stack (table, queue, DLQ) for the
   ``make deploy`` path, where ``chalice deploy`` creates the functions and APIs itself;
@@ -20,7 +20,7 @@ token either in the ``Authorization`` header (servers, mobile) or in the query s
 ``route.request.querystring.token`` every header client. Identity sources are optional for
 REQUEST authorizers and WebSocket authorizers have no result cache that would need them as a
 key, so none are listed: every ``$connect`` reaches ``ws_authorizer``, which applies the one
-extraction rule of :func:`chalicelib.identity.extract_token` and raises ``Unauthorized`` (401)
+extraction rule of :func:`chalicelib.auth.identity.extract_token` and raises ``Unauthorized`` (401)
 itself when no source carries a token.
 
 Custom domains (``infra.websocket_domain``, ``infra.rest_domain``): :func:`domain_resources`, in the
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python infra/templates.py`` as well as ``-m``
     sys.path.insert(0, str(ROOT))
 
-from chalicelib.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
+from chalicelib.websocket.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
 from chalicelib.settings import default_metrics_namespace  # noqa: E402
 
 #: every Lambda function of app.py by its Chalice name (``lambda_functions`` keys in
@@ -518,7 +518,7 @@ def _monitoring_outputs(cfg: StageConfig) -> Dict[str, Any]:
 # Developer Guide, "Use WebSockets with CloudFront distributions") whose viewer-request
 # CloudFront Function rewrites ``/app/<key>`` to the stage and hands the key on as the query
 # parameter ``app_key`` — exactly what ``devtools/local_gateway.py`` does — so a wrong key gets
-# Pusher's own ``pusher:error`` 4001 from :func:`chalicelib.pusher_protocol.handshake_error`
+# Pusher's own ``pusher:error`` 4001 from :func:`chalicelib.pusher.pusher_protocol.handshake_error`
 # (pusher-js then stops reconnecting), not an opaque 403. ``/`` goes to the stage as well, so
 # native clients use ``wss://<name>/?token=…``; any other path gets 403 from the function.
 # The REST API needs no such trick: an API Gateway REGIONAL custom domain with an empty base
@@ -537,7 +537,7 @@ CLOUDFRONT_HOSTED_ZONE_ID = "Z2FDTNDATAQYW2"
 CACHING_DISABLED_POLICY_ID = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 ALL_VIEWER_EXCEPT_HOST_POLICY_ID = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
 #: the query parameter that carries the app key from the path (see
-#: :data:`chalicelib.pusher_protocol.APP_KEY_PARAMETER`)
+#: :data:`chalicelib.pusher.pusher_protocol.APP_KEY_PARAMETER`)
 APP_KEY_PARAMETER = "app_key"
 WEBSOCKET_DISTRIBUTION_ID = "WebsocketDistribution"
 WEBSOCKET_PATH_FUNCTION_ID = "WebsocketPathFunction"

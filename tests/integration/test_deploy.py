@@ -403,14 +403,14 @@ def test_policy_files_in_another_partition_are_refused_before_anything(aws, proj
 
 def test_chalice_deploy_zips_no_bytecode(setup):
     deployer = setup["deployer"]
-    cache = deployer.project_dir / "chalicelib" / "__pycache__"
+    cache = deployer.project_dir / "chalicelib" / "websocket" / "__pycache__"
     cache.mkdir(parents=True)
     (cache / "push.cpython-311.pyc").write_bytes(b"\x00")
-    (deployer.project_dir / "chalicelib" / "push.py").write_text("")
+    (deployer.project_dir / "chalicelib" / "websocket" / "push.py").write_text("")
     deployer.deploy_infrastructure(waiter_delay=0)
     deployer.chalice_deploy()
     assert not cache.exists()
-    assert (deployer.project_dir / "chalicelib" / "push.py").exists()
+    assert (deployer.project_dir / "chalicelib" / "websocket" / "push.py").exists()
 
 
 def test_pushes_survive_a_deploy_that_stopped_before_the_authorizer_step(setup, monkeypatch):
@@ -429,7 +429,8 @@ def test_pushes_survive_a_deploy_that_stopped_before_the_authorizer_step(setup, 
     assert "WEBSOCKET_API_ID" not in variables
 
     # the push worker, with exactly that environment, still finds the API chalice made
-    from chalicelib import push, settings
+    from chalicelib import settings
+    from chalicelib.websocket import push
 
     api_id = boto3.client("apigatewayv2", region_name=REGION).create_api(
         Name=cfg.websocket_api_name, ProtocolType="WEBSOCKET",

@@ -12,7 +12,7 @@ import zipfile
 import json
 import pytest
 
-from chalicelib.connections import TABLE_SCHEMA, TTL_ATTRIBUTE
+from chalicelib.websocket.connections import TABLE_SCHEMA, TTL_ATTRIBUTE
 from infra import package, templates
 
 STAGE = "prod"
@@ -207,7 +207,7 @@ def test_role_policies_are_pinned_to_this_stack(packaged):
                         continue
                     assert ":${AWS::Region}:${AWS::AccountId}:" in arn
                     if ":execute-api:" in arn:  # POST: pushes; DELETE: closing a refused
-                        # Pusher connection (chalicelib.pusher_socket)
+                        # Pusher connection (chalicelib.pusher.pusher_socket)
                         assert any(f"${{WebsocketAPI}}/prod/{method}/@connections/*" in arn
                                    for method in ("POST", "DELETE"))
 
@@ -372,7 +372,7 @@ def test_zip_has_no_bytecode_and_is_reproducible(packaged, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-c", "import app"], cwd=package.ROOT, env=env,
                    check=True)
-    assert list((package.ROOT / "chalicelib").glob("__pycache__/*.pyc"))
+    assert list((package.ROOT / "chalicelib").rglob("__pycache__/*.pyc"))
 
     target = package.chalice_package(STAGE, tmp_path)
     zip_path = target / "deployment.zip"
@@ -387,11 +387,12 @@ def test_zip_check_flags_bytecode(tmp_path):
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as archive:
         archive.writestr("app.py", "")
-        archive.writestr("chalicelib/push.py", "")
-        archive.writestr("chalicelib/__pycache__/push.cpython-311.pyc", "")
+        archive.writestr("chalicelib/websocket/push.py", "")
+        archive.writestr("chalicelib/websocket/__pycache__/push.cpython-311.pyc", "")
         archive.writestr("jwt/api_jwt.pyc", "")
     report = package.check_zip(bad, bad)
-    assert report.bytecode == ["chalicelib/__pycache__/push.cpython-311.pyc", "jwt/api_jwt.pyc"]
+    assert report.bytecode == ["chalicelib/websocket/__pycache__/push.cpython-311.pyc",
+                               "jwt/api_jwt.pyc"]
     assert report.forbidden == []
     assert not report.ok
     assert "BYTECODE in the zip (2 entries)" in report.describe()

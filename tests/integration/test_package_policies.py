@@ -12,7 +12,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from chalicelib.connections import INDEX_NAME
+from chalicelib.websocket.connections import INDEX_NAME
 from infra import templates
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def calls_in_chalicelib() -> dict:
     """
     dynamodb, ssm = _operations("dynamodb"), _operations("ssm")
     needed = set()
-    for path in sorted((ROOT / "chalicelib").glob("*.py")):
+    for path in sorted((ROOT / "chalicelib").rglob("*.py")):
         tree = ast.parse(path.read_text())
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                       if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef,

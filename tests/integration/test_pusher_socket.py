@@ -12,7 +12,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from chalicelib import connections, pusher_protocol, push, settings
+from chalicelib import settings
+from chalicelib.pusher import pusher_protocol
+from chalicelib.websocket import connections, push
 from tests.support.websocket import (  # noqa: F401
     app_gateway, aws_env, one_rate_window, serial_registry)
 
@@ -349,9 +351,9 @@ WEBHOOK_EVENTS = ("member_added", "member_removed", "client_event", "cache_miss"
 
 @pytest.fixture
 def hooks(monkeypatch):
-    """Events the app's own handlers (chalicelib.webhooks.HANDLERS) receive, as
+    """Events the app's own handlers (chalicelib.pusher.webhooks.HANDLERS) receive, as
     ``(event, time_ms)``; registered on a fresh HANDLERS for the test."""
-    from chalicelib import webhooks
+    from chalicelib.pusher import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
     seen = []
@@ -483,7 +485,7 @@ def test_cache_misses_reach_the_apps_webhook_handlers(gateway, hooks):
 
 
 def test_a_failing_webhook_handler_never_fails_the_socket_operation(gateway, monkeypatch):
-    from chalicelib import webhooks
+    from chalicelib.pusher import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
 

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from websockets.sync.client import connect
 
-from chalicelib import pusher_protocol, webhook_sender
+from chalicelib.pusher import pusher_protocol, webhook_sender
 from devtools.local_sqs import SqsPoller
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.websocket import app_gateway, aws_env, serial_registry  # noqa: F401

@@ -7,7 +7,7 @@ Import the fixtures you use into a test module::
 * ``aws_env``: ``app_env`` plus fake AWS credentials, ``AWS_REGION=us-east-1``,
   ``CONNECTIONS_TABLE`` and no ``AWS_ENDPOINT_URL*`` (so moto, not a local stack, answers);
 * ``registry``: ``mock_aws`` with the connections table created by
-  :func:`chalicelib.connections.create_table`;
+  :func:`chalicelib.websocket.connections.create_table`;
 * ``management_api``: a :class:`tests.support.management_api.ManagementAPI` on 127.0.0.1
   that ``WEBSOCKET_ENDPOINT_URL`` points to;
 * :func:`app_gateway`: the app's handlers behind a local API Gateway WebSocket gateway
@@ -38,7 +38,7 @@ def app_gateway(monkeypatch, **config):
     port (PostToConnection, and Lambda Invoke for ``pusher_hello``). Yields the gateway; set
     other environment first, the app's settings and clients are reset here."""
     import app as app_module
-    from chalicelib import push
+    from chalicelib.websocket import push
     from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
 
     gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test", **config))
@@ -54,7 +54,8 @@ def app_gateway(monkeypatch, **config):
 
 
 def _reset_clients() -> None:
-    from chalicelib import connections, push, settings
+    from chalicelib import settings
+    from chalicelib.websocket import connections, push
 
     settings.reset()
     connections.reset_clients()
@@ -82,7 +83,7 @@ def aws_env(app_env, monkeypatch):
 def registry(aws_env):
     from moto import mock_aws
 
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     with mock_aws():
         _reset_clients()
@@ -110,7 +111,7 @@ def serial_registry(aws_env, monkeypatch):
                                                MotoRequestHandler, create_backend_app)
     from werkzeug.serving import make_server
 
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
@@ -141,7 +142,7 @@ def one_rate_window(monkeypatch):
     (``connections.allow_client_event`` with a pinned ``now``; its DynamoDB conditional write is
     the real one): a test sending limit + N events needs no race with the wall clock, which a
     loaded machine loses."""
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     real = connections.allow_client_event
     pinned = float(int(time.time())) + 0.5

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from chalicelib import jwks
+from chalicelib.auth import jwks
 from devtools.dev_issuer import ALGORITHMS
 
 ACCOUNT_ARN = "arn:aws:execute-api:eu-west-1:123456789012"
@@ -174,7 +174,7 @@ def test_odd_events_are_unauthorized(event, client):
 def test_rest_authorizer_answers_auth_response(client, dev_issuer):
     from chalice.app import AuthRequest
 
-    from chalicelib import authorizer
+    from chalicelib.auth import authorizer
 
     token = dev_issuer.mint("judy", email="judy@example.com")
     arn = f"{ACCOUNT_ARN}:abcdef1234/dev/GET/me"

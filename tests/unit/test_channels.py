@@ -7,7 +7,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from chalicelib import channels
 from chalicelib.channels import ChannelGrant, ChannelRules, authorize, validate_channel_name
 from chalicelib.errors import BadRequest, Forbidden, Unauthorized
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 
 ALICE = Principal(sub="alice", issuer="https://issuer.example", claims={"name": "Alice"})
 UUID_SUB = "3f1c2a9e-0b7d-4c55-9a1e-5d2b8c7e6f10"

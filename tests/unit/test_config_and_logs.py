@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from chalicelib import settings, webhooks
+from chalicelib import settings
+from chalicelib.pusher import webhooks
 from chalicelib.errors import ConfigError
 from chalicelib.logtext import for_log
 from tests.support import events
@@ -76,7 +77,7 @@ def test_the_rest_authorizer_grants_no_principal_on_a_configuration_error(client
                                                                          monkeypatch):
     from chalice.app import AuthRequest
 
-    from chalicelib import authorizer
+    from chalicelib.auth import authorizer
 
     token = dev_issuer.mint("alice")
     configure(monkeypatch, {"JWT_ISSUER": None})
@@ -97,7 +98,7 @@ class FakeRequest:
 
 
 def test_a_config_error_marker_always_wins_over_a_principal(app_env):
-    from chalicelib.identity import principal_from_request
+    from chalicelib.auth.identity import principal_from_request
 
     with pytest.raises(ConfigError) as info:
         principal_from_request(FakeRequest({"config_error": "JWT_ISSUER is required but not set",

@@ -1,4 +1,4 @@
-"""The DynamoDB connection registry (chalicelib.connections) against moto."""
+"""The DynamoDB connection registry (chalicelib.websocket.connections) against moto."""
 from __future__ import annotations
 
 import subprocess
@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from chalicelib import connections
-from chalicelib.connections import (MAX_CONNECTION_SECONDS, MAX_SUBSCRIPTIONS_PER_CONNECTION,
-                                    TABLE_SCHEMA, RegistryUnavailable, SubscriptionLimit)
-from chalicelib.principal import Principal
+from chalicelib.websocket import connections
+from chalicelib.websocket.connections import (MAX_CONNECTION_SECONDS,
+                                              MAX_SUBSCRIPTIONS_PER_CONNECTION, TABLE_SCHEMA,
+                                              RegistryUnavailable, SubscriptionLimit)
+from chalicelib.auth.principal import Principal
 from tests.conftest import ROOT
 from tests.support.websocket import TABLE, aws_env, registry, serial_registry  # noqa: F401
 
@@ -175,8 +176,9 @@ def test_importing_app_does_not_import_boto3():
     # Powertools (chalicelib.observability) imports the bare ``botocore`` package (~1 ms) to
     # register its User-Agent initializer; botocore's sessions, clients and loaders, the
     # expensive part, must stay unloaded
-    code = ("import sys, app, chalicelib.connections, chalicelib.push, chalicelib.ws, "
-            "chalicelib.worker; print('boto3' in sys.modules, sorted(m for m in sys.modules "
+    code = ("import sys, app, chalicelib.websocket.connections, chalicelib.websocket.push, "
+            "chalicelib.websocket.ws, chalicelib.websocket.worker; "
+            "print('boto3' in sys.modules, sorted(m for m in sys.modules "
             "if m.startswith('botocore.')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

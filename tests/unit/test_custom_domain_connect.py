@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import jwks
+from chalicelib.auth import jwks
 
 API_ID = "abcdef1234"
 METHOD_ARN = f"arn:aws:execute-api:eu-west-1:123456789012:{API_ID}/prod/$connect"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import identity, jwks
+from chalicelib.auth import identity, jwks
 from chalicelib.errors import TokenError
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from chalicelib import connections, tokens, webhooks
+from chalicelib.auth import tokens
+from chalicelib.pusher import webhooks
+from chalicelib.websocket import connections
 from chalicelib.errors import TokenError
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from chalicelib.settings import jwt_settings
 from tests.support import events
 from tests.support.jwks_server import forge
@@ -178,7 +180,7 @@ def test_a_frame_at_the_depth_limit_is_still_served(ws):
 def test_a_reply_that_cannot_be_encoded_still_answers_with_the_id(ws, monkeypatch):
     # unreachable with strict frames; if a handler ever builds such a reply, the client waiting
     # on its id still hears back
-    from chalicelib import ws as ws_module
+    from chalicelib.websocket import ws as ws_module
 
     client, api, alice = ws
     monkeypatch.setitem(ws_module._HANDLERS, "ping",

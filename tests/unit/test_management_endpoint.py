@@ -16,9 +16,10 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalicelib import aws, connections, push, settings
+from chalicelib import aws, settings
+from chalicelib.websocket import connections, push
 from chalicelib.errors import ConfigError
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401
 
 NAME = "realtime-dev-websocket-api"  # chalice deploy's name for the dev stage (app_env)

@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from chalicelib import connections, observability, webhooks
-from chalicelib.principal import Principal
+from chalicelib import observability
+from chalicelib.pusher import webhooks
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 
@@ -247,7 +249,8 @@ def test_documents_are_valid_for_any_mix(app_env):
 
 def test_the_config_error_principal_is_not_counted_as_allowed(client, dev_issuer, capsys,
                                                              monkeypatch):
-    from chalicelib import authorizer, settings
+    from chalicelib import settings
+    from chalicelib.auth import authorizer
 
     assert observability.CONFIG_ERROR_PRINCIPAL == authorizer.CONFIG_ERROR_PRINCIPAL
     monkeypatch.delenv("JWT_ISSUER")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from chalicelib import connections
-from chalicelib.principal import Principal
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 
 ALICE = Principal(sub="alice", issuer="https://issuer.example")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from chalicelib import connections
-from chalicelib.principal import Principal
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 
 

@@ -159,10 +159,12 @@ def test_the_authorizers_cold_start_loads_no_push_engine_nor_pusher():
     import subprocess
     import sys
 
-    code = ("import sys, app; heavy = ['chalicelib.push', 'chalicelib.sender', "
-            "'chalicelib.connections', 'chalicelib.ws', 'chalicelib.pusher_auth', 'pusher', "
+    code = ("import sys, app; heavy = ['chalicelib.websocket.push', 'chalicelib.websocket.sender', "
+            "'chalicelib.websocket.connections', 'chalicelib.websocket.ws', "
+            "'chalicelib.pusher.pusher_auth', 'pusher', "
             "'requests']; print(sorted(m for m in heavy if m in sys.modules)); "
-            "app.ws.on_connect; print('chalicelib.push' in sys.modules, type(app.ws).__name__)")
+            "app.ws.on_connect; "
+            "print('chalicelib.websocket.push' in sys.modules, type(app.ws).__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr

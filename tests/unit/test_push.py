@@ -1,4 +1,5 @@
-"""Delivery (chalicelib.push) against a real management API on 127.0.0.1 and a moto registry."""
+"""Delivery (chalicelib.websocket.push) against a real management API on 127.0.0.1 and a moto
+registry."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,10 @@ import socket
 import pytest
 from moto import mock_aws
 
-from chalicelib import connections, push, settings
+from chalicelib import settings
+from chalicelib.websocket import connections, push
 from chalicelib.errors import ConfigError, PayloadTooLarge
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 

@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import pytest
 
-from chalicelib import channels, pusher_auth, webhooks
-from chalicelib.principal import Principal
+from chalicelib import channels
+from chalicelib.pusher import pusher_auth, webhooks
+from chalicelib.auth.principal import Principal
 
 FORM = "application/x-www-form-urlencoded"
 KEY, SECRET = "app-key", "app-secret"

@@ -1,5 +1,5 @@
-"""Pusher's HTTP API (chalicelib.pusher_http) through Chalice's test client: requests signed by
-the real Python ``pusher`` library, a moto registry and a real management API on 127.0.0.1
+"""Pusher's HTTP API (chalicelib.pusher.pusher_http) through Chalice's test client: requests signed
+by the real Python ``pusher`` library, a moto registry and a real management API on 127.0.0.1
 that records what each connection receives. Closing connections (terminate_connections) is
 tested against the local gateway in tests/integration/test_pusher_http_gateway.py and end to
 end with ``chalice local`` in tests/e2e/test_pusher_http_e2e.py."""
@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chalicelib import connections, pusher_http, pusher_protocol
-from chalicelib.principal import Principal
+from chalicelib.pusher import pusher_http, pusher_protocol
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.conftest import PUSHER_ENV
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 

@@ -1,6 +1,6 @@
-"""The PostToConnection sender (chalicelib.sender, chalicelib.signing) against real HTTP servers
-on 127.0.0.1: signatures checked with botocore's own signer, credential refresh through
-botocore's credential chain, bounded timeouts, stale keep-alive connections."""
+"""The PostToConnection sender (chalicelib.websocket.sender, chalicelib.websocket.signing) against
+real HTTP servers on 127.0.0.1: signatures checked with botocore's own signer, credential refresh
+through botocore's credential chain, bounded timeouts, stale keep-alive connections."""
 from __future__ import annotations
 
 import datetime
@@ -15,7 +15,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from chalicelib import push, sender, settings
+from chalicelib import settings
+from chalicelib.websocket import push, sender
 from tests.support.management_api import ManagementAPI
 from tests.support.websocket import aws_env, management_api  # noqa: F401
 
@@ -102,7 +103,7 @@ def test_each_post_leaves_in_one_write(scheme, tmp_path, monkeypatch):
 
 
 def test_signer_matches_botocore_for_every_path_and_day():
-    from chalicelib.signing import FanoutSigV4Auth, SigningRequest
+    from chalicelib.websocket.signing import FanoutSigV4Auth, SigningRequest
 
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
                               "token").get_frozen_credentials()
@@ -169,7 +170,7 @@ def test_credentials_are_checked_again_during_a_long_fan_out(monkeypatch):
 
 
 def test_no_credentials_fail_every_post_without_sending(monkeypatch):
-    monkeypatch.setattr("chalicelib.signing.credential_source", lambda: None)
+    monkeypatch.setattr("chalicelib.websocket.signing.credential_source", lambda: None)
     with ManagementAPI(stage="test") as api:
         engine = sender.Sender(api.endpoint_url, REGION)
         assert engine.post_many(["a", "b"], b"x") == {"a": sender.FAILED, "b": sender.FAILED}
@@ -286,7 +287,7 @@ def test_importing_push_does_not_import_botocore():
 
     # Powertools (chalicelib.observability) imports the bare ``botocore`` package (~1 ms) to
     # register its User-Agent initializer; no botocore module beyond it may load
-    code = ("import sys, chalicelib.push; "
+    code = ("import sys, chalicelib.websocket.push; "
             "print(sorted(m for m in sys.modules if m == 'boto3' or m.startswith('botocore.')"
             " or m.startswith('boto3.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -379,8 +380,8 @@ class _Clock:
 
 
 def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers():
-    from chalicelib.sender import (SendRate, THROTTLE_QUIET_SECONDS,
-                                   THROTTLE_RECOVERY_SECONDS)
+    from chalicelib.websocket.sender import (SendRate, THROTTLE_QUIET_SECONDS,
+                                             THROTTLE_RECOVERY_SECONDS)
 
     clock = _Clock()
     rate = SendRate(clock)
@@ -418,7 +419,7 @@ def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers
 
 
 def test_a_throttle_met_while_sending_slowly_keeps_a_useful_floor():
-    from chalicelib.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
+    from chalicelib.websocket.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
 
     clock = _Clock()
     rate = SendRate(clock)

@@ -1,5 +1,5 @@
-"""Sharded fan-out through the push queue (chalicelib.shards; issue 11 item 3): moto SQS and
-DynamoDB in-process, a real management API on 127.0.0.1, the app's real ``push_worker``."""
+"""Sharded fan-out through the push queue (chalicelib.websocket.shards; issue 11 item 3): moto SQS
+and DynamoDB in-process, a real management API on 127.0.0.1, the app's real ``push_worker``."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import json
 import boto3
 import pytest
 
-from chalicelib import connections, push, settings, shards, worker
-from chalicelib.principal import Principal
+from chalicelib import settings
+from chalicelib.websocket import connections, push, shards, worker
+from chalicelib.auth.principal import Principal
 from devtools.local_sqs import SqsPoller
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401

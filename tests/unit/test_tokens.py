@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chalicelib import jwks, tokens
+from chalicelib.auth import jwks, tokens
 from chalicelib.errors import TokenError
 from chalicelib.settings import jwt_settings
 from tests.support.jwks_server import JwksServer, b64url, forge, public_jwk, private_key

@@ -1,6 +1,6 @@
 """User ids: one name per (issuer, sub), in Pusher's charset, within every key-size limit.
 
-The mapping itself (chalicelib.principal), its settings (``JWT_ISSUERS`` ``user_id_prefix``),
+The mapping itself (chalicelib.auth.principal), its settings (``JWT_ISSUERS`` ``user_id_prefix``),
 and what a user sees through every door when two issuers share a ``sub``: Pusher channel
 auth, presence members, user sign-in, ``POST /notifications``, the registry and ``GET /me`` —
 with real tokens from two dev issuers on 127.0.0.1.
@@ -12,10 +12,11 @@ import json
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from chalicelib import connections, settings
+from chalicelib import settings
+from chalicelib.websocket import connections
 from chalicelib.errors import ConfigError
-from chalicelib.principal import (MAX_USER_ID_LENGTH, Principal, UserIdUnrepresentable,
-                                  make_user_id, split_user_id)
+from chalicelib.auth.principal import (MAX_USER_ID_LENGTH, Principal, UserIdUnrepresentable,
+                                       make_user_id, split_user_id)
 from devtools.dev_issuer import DevIssuer
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401

@@ -1,12 +1,13 @@
 """Webhooks out (issue 10 D, first slice): ``channel_occupied`` and ``channel_vacated`` from the
 registry's channel occupancy bookkeeping, dispatched to the app's own handlers
-(chalicelib/webhooks.py), against a moto registry."""
+(chalicelib/pusher/webhooks.py), against a moto registry."""
 from __future__ import annotations
 
 import pytest
 
-from chalicelib import connections, webhooks, webhooks_out
-from chalicelib.principal import Principal
+from chalicelib.pusher import webhooks, webhooks_out
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401
 
 ALICE = Principal(sub="alice", issuer="https://issuer.example")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib import connections, settings
-from chalicelib.principal import Principal
+from chalicelib import settings
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from chalicelib import connections, settings
-from chalicelib.principal import Principal
+from chalicelib import settings
+from chalicelib.websocket import connections
+from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import (TABLE, aws_env, management_api, registry,  # noqa: F401
                                      one_rate_window, serial_registry)

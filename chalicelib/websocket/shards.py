@@ -1,8 +1,8 @@
 """Sharded fan-out through the push queue: large audiences are split into shards of connection
 ids, one SQS message each, delivered by parallel ``push_worker`` invocations.
 
-Producer (:func:`enqueue`, called by :func:`chalicelib.push.deliver` when an audience is over
-``PUSH_SHARD_THRESHOLD``): the frame is encoded once; connection ids are cut into shards of at
+Producer (:func:`enqueue`, called by :func:`chalicelib.websocket.push.deliver` when an audience is
+over ``PUSH_SHARD_THRESHOLD``): the frame is encoded once; connection ids are cut into shards of at
 most ``PUSH_SHARD_SIZE`` ids and at most :data:`MAX_MESSAGE_BYTES` per message (SQS's message
 size limit, 256 KiB: AWS docs, "Amazon SQS message quotas"), so a large frame makes smaller
 shards. Shards go out with ``SendMessageBatch`` (10 entries and 256 KiB per call at most; the
@@ -17,7 +17,7 @@ A shard message is self-contained::
 (``frame`` when the payload is UTF-8 text and escaping it in JSON costs less than base64 would,
 else ``frame_b64``). The management endpoint is the worker's own (settings or lookup).
 
-Consumer (:func:`handle`, from :mod:`chalicelib.worker`). Delivery guarantee:
+Consumer (:func:`handle`, from :mod:`chalicelib.websocket.worker`). Delivery guarantee:
 
 * in normal operation every live connection of the audience gets the frame exactly once (each
   id is in exactly one shard, each shard is processed once);
@@ -48,7 +48,8 @@ import re
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from chalicelib import aws, connections, push
+from chalicelib import aws
+from chalicelib.websocket import connections, push
 from chalicelib.errors import AppError
 from chalicelib.logtext import for_log
 from chalicelib.settings import push_queue_name, websocket_settings
@@ -179,7 +180,7 @@ def enqueue(connection_ids: Sequence[str], data: bytes,
 
     Args:
         connection_ids: the audience (duplicates and empty ids are dropped).
-        data: the encoded frame (:func:`chalicelib.push.encode_frame`).
+        data: the encoded frame (:func:`chalicelib.websocket.push.encode_frame`).
         fanout_id: defaults to a new random id.
     Returns:
         the delivery summary with nothing delivered yet, plus ``"queued"`` (connections

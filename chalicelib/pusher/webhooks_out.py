@@ -1,14 +1,14 @@
 """Webhooks out (issue 10, section D): events of our own WebSocket API, in the shape Pusher
 sends its webhooks (Pusher docs, "Server API" -> "Webhooks": ``{"time_ms", "events": [{"name",
-"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.webhooks` — the
-same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhooks``.
+"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.pusher.webhooks` —
+the same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhooks``.
 
 * ``channel_occupied`` (a channel's first live subscription) and ``channel_vacated`` (its last
   one gone), from the registry's channel occupancy bookkeeping
-  (:data:`chalicelib.connections.OCCUPANCY_LISTENERS`, which this module joins when imported;
-  ``app.py`` imports it);
+  (:data:`chalicelib.websocket.connections.OCCUPANCY_LISTENERS`, which this module joins when
+  imported; ``app.py`` imports it);
 * ``member_added``/``member_removed`` (:func:`member_added`, :func:`member_removed`), called by
-  :mod:`chalicelib.pusher_socket` where presence members come and go (subscribe, unsubscribe,
+  :mod:`chalicelib.pusher.pusher_socket` where presence members come and go (subscribe, unsubscribe,
   ``$disconnect``, GoneException cleanup, TTL deletes from the registry stream);
 * ``client_event`` (:func:`client_event`), called by both dialects once a client event is
   relayed;
@@ -17,7 +17,7 @@ same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhoo
 Handlers run inside the invocation where the event happened; one that raises is logged and never
 fails it, and :func:`emit` never raises. When ``PUSHER_WEBHOOKS`` names external targets, the
 events are also POSTed to them, signed with ``X-Pusher-Key``/``X-Pusher-Signature``, through
-the push queue (:mod:`chalicelib.webhook_sender`): the socket operation never waits on them.
+the push queue (:mod:`chalicelib.pusher.webhook_sender`): the socket operation never waits on them.
 """
 from __future__ import annotations
 
@@ -26,20 +26,22 @@ import logging
 import time
 from typing import Any, Dict, List, Optional
 
-from chalicelib import connections, webhook_sender, webhooks
+from chalicelib.pusher import webhook_sender, webhooks
+from chalicelib.websocket import connections
 
 log = logging.getLogger("realtime.webhooks_out")
 
 
 def emit(events: List[Dict[str, Any]], *, time_ms: Optional[int] = None) -> webhooks.DispatchResult:
-    """Dispatch events to the app's handlers (:data:`chalicelib.webhooks.HANDLERS`), and queue
-    them for the external targets that want them (:func:`chalicelib.webhook_sender.submit`).
+    """Dispatch events to the app's handlers (:data:`chalicelib.pusher.webhooks.HANDLERS`), and
+    queue them for the external targets that want them
+    (:func:`chalicelib.pusher.webhook_sender.submit`).
 
     Args:
         events: Pusher webhook events (``{"name", "channel", ...}``).
         time_ms: the webhook's time, milliseconds since the epoch (defaults to now).
     Returns:
-        the :class:`chalicelib.webhooks.DispatchResult` (all zero but ``received`` when the
+        the :class:`chalicelib.pusher.webhooks.DispatchResult` (all zero but ``received`` when the
         dispatch itself failed). Never raises: the socket operation that raised the event
         must not fail because of a webhook.
     """
@@ -79,11 +81,11 @@ def client_event(channel_name: str, event_name: str, data: Any, connection_id: s
         data: the event's data; sent as Pusher does, a string (a non-string value as its
             compact JSON text).
         connection_id: the sender's connection id; the event carries its Pusher
-            ``socket_id`` (:func:`chalicelib.pusher_protocol.socket_id_for`), for native
+            ``socket_id`` (:func:`chalicelib.pusher.pusher_protocol.socket_id_for`), for native
             connections too.
         user_id: the sender's member user id; given only on presence channels.
     """
-    from chalicelib import pusher_protocol
+    from chalicelib.pusher import pusher_protocol
 
     try:
         socket_id = pusher_protocol.socket_id_for(connection_id)

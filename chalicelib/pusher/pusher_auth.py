@@ -14,7 +14,7 @@ Routes (see README, "Pusher Channels"):
   ``/**/<callback>(<json>);`` as ``application/javascript``.
 * ``POST /pusher/user-auth`` — ``socket_id``; answers ``{"auth", "user_data"}``.
 * ``POST /pusher/webhooks`` — ``X-Pusher-Key``/``X-Pusher-Signature`` over the raw body, at most
-  5 minutes old; events go to :mod:`chalicelib.webhooks`.
+  5 minutes old; events go to :mod:`chalicelib.pusher.webhooks`.
 
 Every JSON body (auth requests, signed webhooks) is read with :func:`chalicelib.jsonutil.loads`,
 the service's one strict reader; what it refuses is a 400 naming the reason.
@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from chalicelib import channels, jsonutil, observability, webhooks as webhook_events
+from chalicelib import channels, jsonutil, observability
+from chalicelib.pusher import webhooks as webhook_events
 from chalicelib.errors import (AppError, BadRequest, ConfigError, Forbidden, PayloadTooLarge,
                                Unauthorized, json_response, log_error)
-from chalicelib.identity import authenticate_request
-from chalicelib.principal import Principal
+from chalicelib.auth.identity import authenticate_request
+from chalicelib.auth.principal import Principal
 from chalicelib.settings import PusherSettings, app_settings, pusher_settings
 
 log = logging.getLogger("realtime.pusher")
@@ -320,7 +321,7 @@ def user_info(principal: Principal, claim_names: Tuple[str, ...]) -> Dict[str, A
     :data:`MAX_USER_INFO_BYTES` of compact UTF-8 JSON: a claim that would overflow is left out
     (and logged by name), the others stay.
 
-    Only claims the principal carries are available (chalicelib.principal.SELECTED_CLAIMS).
+    Only claims the principal carries are available (chalicelib.auth.principal.SELECTED_CLAIMS).
     """
     info: Dict[str, Any] = {}
     for name in claim_names:
@@ -341,7 +342,7 @@ def user_info(principal: Principal, claim_names: Tuple[str, ...]) -> Dict[str, A
 def presence_member(principal: Principal, config: PusherSettings) -> Dict[str, Any]:
     """The presence member signed into ``channel_data``:
     ``{"user_id": <the principal's user id>, "user_info": {...}}`` (user ids: see
-    :mod:`chalicelib.principal`)."""
+    :mod:`chalicelib.auth.principal`)."""
     return {"user_id": principal.user_id,
             "user_info": user_info(principal, config.presence_user_info_claims)}
 
@@ -396,7 +397,7 @@ def sign_user(principal: Principal, socket_id: str,
 
     The user id always fits Pusher's user id rule (charset ``A-Z a-z 0-9 _ - = @ , . ;``, at
     most 200 characters: pusher library ``validate_user_id``), since
-    :func:`chalicelib.principal.make_user_id` escapes every other character and stays within
+    :func:`chalicelib.auth.principal.make_user_id` escapes every other character and stays within
     141 characters; the check below only guards against a principal built by hand.
 
     Raises:

@@ -23,8 +23,8 @@ with Pusher's statuses: 400 bad request, 401 a failed signature check (the messa
 part), 404 another app id, 413 a body or an event too large, 503 the registry or a setting
 unavailable; never a 5xx for anything a caller sends.
 
-Delivery goes through the one push engine (:mod:`chalicelib.push`), so both dialects (native
-and Pusher protocol 7) receive the events. Sources: Pusher docs, "HTTP API reference"; the
+Delivery goes through the one push engine (:mod:`chalicelib.websocket.push`), so both dialects
+(native and Pusher protocol 7) receive the events. Sources: Pusher docs, "HTTP API reference"; the
 ``pusher`` library (``pusher/http.py``: how requests are signed); soketi
 ``src/http-handler.ts`` as reference behaviour.
 """
@@ -38,7 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from chalicelib import channels, jsonutil, pusher_auth
+from chalicelib import channels, jsonutil
+from chalicelib.pusher import pusher_auth
 from chalicelib.errors import (AppError, BadRequest, NotFound, json_response,
                                log_error)
 from chalicelib.settings import pusher_settings
@@ -257,7 +258,7 @@ def validate_channel(name: Any) -> str:
         BadRequest: anything else.
     """
     if isinstance(name, str) and name.startswith(SERVER_TO_USER_PREFIX):
-        from chalicelib.principal import validate_user_id
+        from chalicelib.auth.principal import validate_user_id
 
         validate_user_id(name[len(SERVER_TO_USER_PREFIX):], "channel's user id")
         return name
@@ -297,7 +298,7 @@ def parse_event(body: Any) -> Event:
     checked = tuple(dict.fromkeys(validate_channel(n) for n in names))
     socket_id = body.get("socket_id")
     if socket_id is not None:
-        from chalicelib.pusher_auth import validate_socket_id
+        from chalicelib.pusher.pusher_auth import validate_socket_id
 
         socket_id = validate_socket_id(socket_id)
     return Event(name=name, data=data, channels=checked, socket_id=socket_id,
@@ -365,8 +366,8 @@ def handle(request, where: str, work, *args):
 # --- events -----------------------------------------------------------------------------------
 
 def event_frame(event: Event, channel: Optional[str]) -> Dict[str, Any]:
-    """The frame subscribers receive (:func:`chalicelib.push.encode_for` turns it into each
-    dialect's form): ``{"type": "event", "channel"?, "event", "data"}``, ``data`` the text
+    """The frame subscribers receive (:func:`chalicelib.websocket.push.encode_for` turns it into
+    each dialect's form): ``{"type": "event", "channel"?, "event", "data"}``, ``data`` the text
     the server library sent, relayed as it is (encrypted channels' payloads included)."""
     frame: Dict[str, Any] = {"type": "event"}
     if channel is not None:
@@ -376,11 +377,12 @@ def event_frame(event: Event, channel: Optional[str]) -> Dict[str, Any]:
 
 
 def _excluded(socket_id: Optional[str]) -> Optional[str]:
-    """The connection id of a ``socket_id`` (:func:`chalicelib.pusher_protocol.connection_id_for`);
-    None when there is none, or it is not one of ours (then no connection of ours has it)."""
+    """The connection id of a ``socket_id``
+    (:func:`chalicelib.pusher.pusher_protocol.connection_id_for`); None when there is none, or
+    it is not one of ours (then no connection of ours has it)."""
     if not socket_id:
         return None
-    from chalicelib import pusher_protocol
+    from chalicelib.pusher import pusher_protocol
 
     try:
         return pusher_protocol.connection_id_for(socket_id)
@@ -392,14 +394,14 @@ def check_size(event: Event) -> None:
     """Refuse an event whose frame would not fit a WebSocket message in either dialect.
 
     The rule: ``data`` may be as large as the frame holds — 128 KB (API Gateway's WebSocket
-    message quota, :data:`chalicelib.push.MAX_FRAME_BYTES`) once encoded for the longest of its
-    channels, in both the native and the Pusher form (the Pusher form carries ``data`` as an
+    message quota, :data:`chalicelib.websocket.push.MAX_FRAME_BYTES`) once encoded for the longest
+    of its channels, in both the native and the Pusher form (the Pusher form carries ``data`` as an
     escaped JSON string, so it is the larger). Pusher itself stops at 10 KB.
 
     Raises:
         PayloadTooLarge: (413) naming the limit.
     """
-    from chalicelib import connections, push
+    from chalicelib.websocket import connections, push
 
     longest = max(event.channels, key=len)
     for dialect in connections.DIALECTS:
@@ -409,7 +411,7 @@ def check_size(event: Event) -> None:
 def publish(event: Event) -> None:
     """Deliver an event to every channel it names, leaving out ``socket_id``'s connection.
 
-    A channel goes through :func:`chalicelib.push.publish_to_channel` (both dialects); a
+    A channel goes through :func:`chalicelib.websocket.push.publish_to_channel` (both dialects); a
     ``#server-to-user-<user id>`` channel reaches every connection of that user (native ones
     receive ``{"type": "event", "event", "data"}``, signed-in Pusher ones the event on
     ``#server-to-user-<user id>``, where pusher-js's user facade listens).
@@ -418,7 +420,7 @@ def publish(event: Event) -> None:
         PayloadTooLarge: see :func:`check_size` (checked before anything is sent).
         RegistryUnavailable, ConfigError: (503) the registry or the management endpoint.
     """
-    from chalicelib import connections, push
+    from chalicelib.websocket import connections, push
 
     check_size(event)
     exclude = _excluded(event.socket_id)
@@ -441,7 +443,7 @@ def channel_attributes(channel: str, info: Iterable[str]) -> Dict[str, int]:
     Raises:
         RegistryUnavailable: (503).
     """
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     answer: Dict[str, int] = {}
     for name in info:
@@ -515,11 +517,12 @@ def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> 
         BadRequest: not a user id.
         RegistryUnavailable, ConfigError: (503).
     """
-    from chalicelib.principal import validate_user_id
+    from chalicelib.auth.principal import validate_user_id
 
     authenticate(request, app_id)
     validate_user_id(user_id)
-    from chalicelib import connections, push, pusher_protocol
+    from chalicelib.pusher import pusher_protocol
+    from chalicelib.websocket import connections, push
 
     groups = connections.connections_of_user_by_dialect(user_id)
     pusher_ids = groups.get(connections.PUSHER, [])
@@ -542,7 +545,8 @@ def close_connection(connection_id: str) -> bool:
         ConfigError: (503) no management endpoint.
         ManagementUnavailable: (503) any other management API failure.
     """
-    from chalicelib import aws, push
+    from chalicelib import aws
+    from chalicelib.websocket import push
     from chalicelib.settings import websocket_settings
 
     client = aws.client("apigatewaymanagementapi", websocket_settings().region,
@@ -581,14 +585,14 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
     Query: ``filter_by_prefix`` (channel names starting with it), ``info``:
     ``subscription_count`` and ``user_count`` (the latter only with a ``presence-`` prefix,
     as Pusher). Listed from the registry's channel occupancy items (one Query per shard,
-    :func:`chalicelib.connections.occupied_channels`), each checked with one COUNT Query
+    :func:`chalicelib.websocket.connections.occupied_channels`), each checked with one COUNT Query
     (:data:`COUNT_WORKERS` at a time), so a channel vacated an instant ago is not listed.
 
     Raises:
         BadRequest: an unknown ``info`` attribute; ``user_count`` without a ``presence-``
             prefix; a prefix outside the channel charset.
     """
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     query, _ = authenticate(request, app_id)
     info = _query_info(query)
@@ -621,7 +625,7 @@ def channel_info(request, app_id: str, channel_name: str) -> Dict[str, Any]:
     """``GET /apps/{app_id}/channels/{channel_name}``: ``{"occupied": bool,
     "subscription_count"?: n, "user_count"?: n}``, the counts when asked for in ``info``
     (``user_count``: presence channels only, else 400, as Pusher)."""
-    from chalicelib import connections
+    from chalicelib.websocket import connections
 
     query, _ = authenticate(request, app_id)
     channel = channels.validate_channel_name(channel_name)
@@ -640,8 +644,8 @@ def channel_info(request, app_id: str, channel_name: str) -> Dict[str, Any]:
 def channel_users(request, app_id: str, channel_name: str) -> Dict[str, Any]:
     """``GET /apps/{app_id}/channels/{channel_name}/users``: ``{"users": [{"id": user id},
     ...]}`` of a presence channel (400 for any other kind, as Pusher): the distinct user ids
-    of its live subscribers (:func:`chalicelib.connections.channel_user_ids`)."""
-    from chalicelib import connections
+    of its live subscribers (:func:`chalicelib.websocket.connections.channel_user_ids`)."""
+    from chalicelib.websocket import connections
 
     authenticate(request, app_id)
     channel = channels.validate_channel_name(channel_name)

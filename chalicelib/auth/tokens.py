@@ -1,5 +1,5 @@
 """Compact JWS verification: parsing, header rules, signature, claim checks. No I/O here:
-keys come from :mod:`chalicelib.jwks` (which fetches, caches and parses key sets).
+keys come from :mod:`chalicelib.auth.jwks` (which fetches, caches and parses key sets).
 
 The rules, in the order they are applied (each failure is its own
 :class:`chalicelib.errors.TokenError` subclass, with a message for the log that never contains
@@ -19,7 +19,7 @@ the token):
 5. the payload's unverified ``iss`` picks a configured issuer exactly (no prefix, suffix or
    normalisation), before any key is fetched -> ``InvalidIssuer``;
 6. the key with that ``kid`` in the issuer's key set (``UnknownKeyId``, ``KeyRejected``,
-   ``KeySetUnavailable``: see :mod:`chalicelib.jwks`) verifies the signature over
+   ``KeySetUnavailable``: see :mod:`chalicelib.auth.jwks`) verifies the signature over
    ``header.payload`` -> ``InvalidSignature``;
 7. claims (RFC 7519 §4.1), times with ``JWT_LEEWAY_SECONDS``: ``exp`` required and numeric
    (``now >= exp + leeway`` -> ``TokenExpired``; skipped only when
@@ -38,7 +38,8 @@ from typing import Any, Dict, Optional
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 
-from chalicelib import jsonutil, jwks
+from chalicelib import jsonutil
+from chalicelib.auth import jwks
 from chalicelib.errors import (
     AlgorithmNotAllowed, InvalidAudience, InvalidClaim, InvalidIssuer, InvalidSignature,
     MalformedToken, MissingKeyId, TokenExpired, TokenNotYetValid, TokenTooLarge,

@@ -15,7 +15,7 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
 * ``GoneException`` (410): the connection is closed; its registry items (connection and
   subscriptions) are deleted and it counts as ``gone``;
 * throttling (429, ``LimitExceededException``, ``TooManyRequestsException``) slows the
-  sender down (:class:`chalicelib.sender.SendRate`: additive increase, multiplicative
+  sender down (:class:`chalicelib.websocket.sender.SendRate`: additive increase, multiplicative
   decrease) and the post is sent again after a full-jitter back-off, without using up an
   attempt for ``PUSH_THROTTLE_WAIT_SECONDS`` from the start of the fan-out;
 * 5xx answers and network errors (and throttling after that) are retried with full-jitter
@@ -24,13 +24,13 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
   ``retryable``;
 * other errors (403, 400 for an unknown connection id, ...) count as ``failed`` at once;
 * fan-out keeps at most ``PUSH_MAX_WORKERS`` posts in flight, one keep-alive connection each,
-  all driven by the calling thread (:mod:`chalicelib.sender`: botocore's SigV4 signer over
+  all driven by the calling thread (:mod:`chalicelib.websocket.sender`: botocore's SigV4 signer over
   ``http.client``, ~0.1 ms of CPU per post instead of ~1 ms through a boto3 client).
 
 Every function returns a summary ``{"delivered": int, "gone": int, "failed": int,
 "retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later);
 :func:`deliver` adds ``"queued"`` and ``"shards"`` when it sharded a large audience through the
-push queue (:mod:`chalicelib.shards`, over ``PUSH_SHARD_THRESHOLD`` connections).
+push queue (:mod:`chalicelib.websocket.shards`, over ``PUSH_SHARD_THRESHOLD`` connections).
 
 The management endpoint is ``WEBSOCKET_ENDPOINT_URL`` if set (local gateways: Chalice and this
 module ignore ``AWS_ENDPOINT_URL``), else taken from the WebSocket event being handled, else
@@ -50,10 +50,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from chalicelib import aws, channels, connections, jsonutil, observability
+from chalicelib import aws, channels, jsonutil, observability
+from chalicelib.websocket import connections
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
-from chalicelib.principal import validate_user_id
-from chalicelib.sender import (  # noqa: F401 (back-off rules re-exported)
+from chalicelib.auth.principal import validate_user_id
+from chalicelib.websocket.sender import (  # noqa: F401 (back-off rules re-exported)
     BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, DELIVERED, FAILED, GONE, RETRYABLE,
     THROTTLING_CODES, Sender, backoff_seconds)
 from chalicelib.settings import websocket_settings
@@ -279,8 +280,8 @@ _senders_lock = threading.Lock()
 
 
 def management_client(endpoint: str) -> Sender:
-    """The cached :class:`~chalicelib.sender.Sender` for ``endpoint`` (one per endpoint, region
-    and ``PUSH_MAX_WORKERS``): keep-alive connections and signing keys survive between
+    """The cached :class:`~chalicelib.websocket.sender.Sender` for ``endpoint`` (one per endpoint,
+    region and ``PUSH_MAX_WORKERS``): keep-alive connections and signing keys survive between
     invocations of a warm function.
 
     It keeps up to ``PUSH_MAX_WORKERS`` posts in flight; connect timeout 2 s, read timeout
@@ -311,7 +312,7 @@ def reset_clients() -> None:
         _senders.clear()
     for sender in senders:
         sender.close()
-    signing = sys.modules.get("chalicelib.signing")
+    signing = sys.modules.get("chalicelib.websocket.signing")
     if signing is not None:
         signing.reset()
 
@@ -427,15 +428,15 @@ def encode_for(dialect: str, frame: Any) -> bytes:
         dialect: ``connections.NATIVE`` (the frame as it is, :func:`encode_frame`) or
             ``connections.PUSHER``: a native event frame ``{"type": "event", "event",
             "channel"?, "data", "user_id"?}`` becomes Pusher's ``{"event", "channel"?,
-            "data": <JSON string>, "user_id"?}`` (:func:`chalicelib.pusher_protocol.event_frame`);
-            text and bytes go as they are.
+            "data": <JSON string>, "user_id"?}``
+            (:func:`chalicelib.pusher.pusher_protocol.event_frame`); text and bytes go as they are.
         frame: see :func:`encode_frame`.
     Raises:
         PayloadTooLarge: the encoded frame is over 128 KB.
     """
     if dialect == connections.PUSHER and isinstance(frame, Mapping) \
             and frame.get("type") == "event":
-        from chalicelib import pusher_protocol
+        from chalicelib.pusher import pusher_protocol
 
         frame = pusher_protocol.event_frame(frame.get("event"), frame.get("data"),
                                             frame.get("channel"), frame.get("user_id"))
@@ -452,7 +453,8 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
     logged; the other groups are still sent.
 
     Args:
-        groups: ``{dialect: connection ids}`` (:func:`chalicelib.connections.subscribers_by_dialect`).
+        groups: ``{dialect: connection ids}``
+            (:func:`chalicelib.websocket.connections.subscribers_by_dialect`).
         frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
     Returns:
         the delivery summary of all groups.
@@ -597,7 +599,7 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
     Returns:
         a :class:`Notification`; channel names are checked with
         :func:`chalicelib.channels.validate_channel_name`, user ids with
-        :func:`chalicelib.principal.validate_user_id`.
+        :func:`chalicelib.auth.principal.validate_user_id`.
     Raises:
         BadRequest: not an object, not exactly one target, a bad target value or event name.
     """
@@ -614,7 +616,7 @@ def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notific
                 and not is_encrypted_payload(body.get("data")):
             raise BadRequest("private-encrypted channels take only data a Pusher server "
                              "library encrypted: {\"nonce\", \"ciphertext\"} (base64)")
-    elif target == "user_id":  # a user id (chalicelib.principal), within DynamoDB key limits
+    elif target == "user_id":  # a user id (chalicelib.auth.principal), within DynamoDB key limits
         address = validate_user_id(address)
     elif not isinstance(address, str) or not address or len(address) > 1024:
         raise BadRequest(f'"{target}" must be a non-empty string of at most 1024 characters')
@@ -627,8 +629,8 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
     """Deliver a :class:`Notification` to its connection, user or channel.
 
     An audience of more than ``PUSH_SHARD_THRESHOLD`` connections is not posted to here: it
-    is sharded onto the push queue (:func:`chalicelib.shards.enqueue`) and delivered by the
-    ``push_worker`` invocations.
+    is sharded onto the push queue (:func:`chalicelib.websocket.shards.enqueue`) and delivered by
+    the ``push_worker`` invocations.
 
     Returns:
         the delivery summary; when sharded, nothing is delivered yet and the summary also
@@ -636,7 +638,7 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
     Raises:
         PayloadTooLarge: the frame is over 128 KB (nothing is sent).
         RegistryUnavailable, ConfigError: as :func:`send_to_user` / :func:`publish_to_channel`.
-        chalicelib.shards.QueueUnavailable: the shards could not be queued (503).
+        chalicelib.websocket.shards.QueueUnavailable: the shards could not be queued (503).
     """
     frame = notification.frame()
     if notification.target == "connection_id":
@@ -658,7 +660,7 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
         groups = connections.subscribers_by_dialect(notification.address)
         frames = {}
     if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
-        from chalicelib import shards
+        from chalicelib.websocket import shards
 
         # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)
         total: Dict[str, int] = {}

@@ -1,6 +1,6 @@
 """API Gateway Lambda authorizers: the REST TOKEN authorizer and the WebSocket REQUEST authorizer.
 
-Both verify the caller's JWT through :mod:`chalicelib.identity` and answer an IAM policy with
+Both verify the caller's JWT through :mod:`chalicelib.auth.identity` and answer an IAM policy with
 the principal's flat claims as ``context`` (API Gateway passes only string, number and boolean
 context values: AWS docs, "Output from an API Gateway Lambda authorizer").
 
@@ -15,7 +15,7 @@ clear 503 at every route, but an authorizer can only make API Gateway answer 401
 * ``jwt_auth`` (REST), on a :class:`~chalicelib.errors.ConfigError` only, allows the request
   with principal id :data:`CONFIG_ERROR_PRINCIPAL` and a context holding nothing but
   ``{"config_error": <message naming the variable>}`` — no ``sub``, no claims. The route's
-  :func:`chalicelib.identity.principal_from_request` sees the marker and raises that
+  :func:`chalicelib.auth.identity.principal_from_request` sees the marker and raises that
   ``ConfigError`` (503 ``not_configured``), so no route can treat such a request as
   authenticated. Every route behind ``jwt_auth`` must get its caller through
   ``principal_from_request``. A request without a token never reaches the authorizer (API
@@ -29,7 +29,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from chalicelib import identity, jwks, observability, pusher_protocol
+from chalicelib import observability
+from chalicelib.auth import identity, jwks
+from chalicelib.pusher import pusher_protocol
 from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
@@ -147,7 +149,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         or on each API of AUTHORIZED_APIS}, "context": flat claims}``; for a Pusher-dialect
         connect (``protocol`` in the query string, ``PUSHER_DIALECT`` on) the same policy with
         principal ``pusher-anonymous`` and context ``{"dialect": "pusher"}``
-        (:func:`chalicelib.pusher_socket.authorizer_answer`).
+        (:func:`chalicelib.pusher.pusher_socket.authorizer_answer`).
     Raises:
         Exception: ``'Unauthorized'`` for any failure (API Gateway answers 401).
     """
@@ -158,7 +160,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         # anonymous: rights come from signed subscriptions. The pure check first: the room
         # (and the registry it imports) loads only for a Pusher connect
         if pusher_protocol.requests_pusher(query):
-            from chalicelib import pusher_socket
+            from chalicelib.pusher import pusher_socket
 
             if pusher_socket.requested(event):
                 return pusher_socket.authorizer_answer(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from chalicelib import tokens
+from chalicelib.auth import tokens
 from chalicelib.errors import ConfigError, NoToken
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from chalicelib.settings import jwt_settings
 
 #: query string parameter names that may carry the token, in order of preference
@@ -100,7 +100,7 @@ def principal_from_request(request) -> Principal:
     Raises:
         chalicelib.errors.ConfigError: (503) the context carries ``jwt_auth``'s
             :data:`CONFIG_ERROR_CONTEXT_KEY` marker (the JWT settings are broken; see
-            :mod:`chalicelib.authorizer`), whatever else it holds; or, without ``jwt_auth``,
+            :mod:`chalicelib.auth.authorizer`), whatever else it holds; or, without ``jwt_auth``,
             the settings are broken.
         chalicelib.errors.Unauthorized: no usable context nor valid token.
     """

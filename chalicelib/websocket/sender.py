@@ -1,13 +1,13 @@
 """The PostToConnection sender: many posts of one frame at low CPU cost per post.
 
-Used by :mod:`chalicelib.push`. One call of :meth:`Sender.post_many` posts one payload to many
-connection ids. Standard library only at import time; botocore (the signer,
-:mod:`chalicelib.signing`) is imported at the first post.
+Used by :mod:`chalicelib.websocket.push`. One call of :meth:`Sender.post_many` posts one payload to
+many connection ids. Standard library only at import time; botocore (the signer,
+:mod:`chalicelib.websocket.signing`) is imported at the first post.
 
 How (figures in README.md, "Push", measured by ``make bench``):
 
-* **signing** — botocore's ``SigV4Auth`` (see :mod:`chalicelib.signing`); credentials from
-  botocore's credential chain, read again through ``get_frozen_credentials()`` at the start of
+* **signing** — botocore's ``SigV4Auth`` (see :mod:`chalicelib.websocket.signing`); credentials
+  from botocore's credential chain, read again through ``get_frozen_credentials()`` at the start of
   every fan-out and at most :data:`CREDENTIALS_CHECK_SECONDS` apart within one, so refreshable
   credentials (a Lambda role's, ``AWS_CREDENTIAL_EXPIRATION``) are renewed the way botocore
   renews them.
@@ -378,7 +378,7 @@ class Sender:
     # -- signing
 
     def _frozen_credentials(self):
-        from chalicelib.signing import credential_source
+        from chalicelib.websocket.signing import credential_source
 
         source = self._credentials if self._credentials is not None else credential_source()
         if source is None:
@@ -417,7 +417,7 @@ class Sender:
             log.warning("%s: no AWS credentials found; %d posts failed", OPERATION,
                         len(connection_ids))
             return {cid: FAILED for cid in connection_ids}
-        from chalicelib.signing import FanoutSigV4Auth, SigningRequest
+        from chalicelib.websocket.signing import FanoutSigV4Auth, SigningRequest
 
         signer = FanoutSigV4Auth(credentials, self.region, self._keys)
         checked = time.monotonic()

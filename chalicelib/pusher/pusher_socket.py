@@ -1,14 +1,15 @@
 """The Pusher Channels protocol 7 dialect of the WebSocket API: pusher-js (and every Pusher
 client) connects to API Gateway as it would to Pusher or soketi.
 
-Framing and signature checks are in :mod:`chalicelib.pusher_protocol` (pure); this module holds
-the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this dialect.
+Framing and signature checks are in :mod:`chalicelib.pusher.pusher_protocol` (pure); this module
+holds the handlers :mod:`chalicelib.websocket.ws` dispatches to when a connection speaks this
+dialect.
 
 * ``$connect`` (:func:`on_connect`): chosen when the query string carries ``protocol``
   (pusher-js sends ``protocol=7``) and ``PUSHER_DIALECT`` is on. ``ws_authorizer`` lets such a
   connect in anonymously with the context ``{"dialect": "pusher"}`` (:func:`authorizer_answer`);
   rights come from signed subscriptions. The version and app key are checked
-  (:func:`chalicelib.pusher_protocol.handshake_error`), the connection is registered with its
+  (:func:`chalicelib.pusher.pusher_protocol.handshake_error`), the connection is registered with its
   dialect and no user, and the first frame is handed to :func:`hello`.
 * First frame: API Gateway answers ``410 Gone`` to PostToConnection until ``$connect`` has
   returned (AWS re:Post, "410 Gone" on PostToConnection during ``$connect``), so ``$connect``
@@ -30,9 +31,10 @@ the handlers :mod:`chalicelib.ws` dispatches to when a connection speaks this di
   (``#server-to-user-<id>``), cache channels (last event 30 minutes, ``pusher:cache_miss``),
   encrypted channels (relayed as the server library encrypted them).
 
-The registry keeps ``dialect = "pusher"`` on the connection's items, and :mod:`chalicelib.push`
-encodes every event for the receiving connection's dialect, so ``POST /notifications`` and
-queue pushes reach Pusher clients as ``{"event", "channel", "data": <JSON string>}``.
+The registry keeps ``dialect = "pusher"`` on the connection's items, and
+:mod:`chalicelib.websocket.push` encodes every event for the receiving connection's dialect, so
+``POST /notifications`` and queue pushes reach Pusher clients as
+``{"event", "channel", "data": <JSON string>}``.
 """
 from __future__ import annotations
 
@@ -41,7 +43,9 @@ import logging
 import time
 from typing import Any, Dict, Mapping, Optional
 
-from chalicelib import channels, connections, pusher_protocol as protocol
+from chalicelib import channels
+from chalicelib.pusher import pusher_protocol as protocol
+from chalicelib.websocket import connections
 from chalicelib.errors import AppError, BadRequest
 from chalicelib.logtext import for_log
 from chalicelib.settings import pusher_settings, pusher_socket_settings, websocket_settings
@@ -108,7 +112,7 @@ def authorizer_answer(event: Mapping[str, Any], resources) -> Dict[str, Any]:
 
     Args:
         event: the REQUEST authorizer event.
-        resources: the policy's resources (:func:`chalicelib.authorizer.policy_resources`).
+        resources: the policy's resources (:func:`chalicelib.auth.authorizer.policy_resources`).
     Returns:
         ``{"principalId": "pusher-anonymous", "policyDocument": Allow execute-api:Invoke,
         "context": {"dialect": "pusher"}}``.
@@ -216,7 +220,7 @@ def invoke_hello(connection_id: str, frame: str, context: Mapping[str, Any], *,
         connection_id: the new connection.
         frame: the text to post.
         context: the ``$connect`` request context (its ``domainName``, ``stage``, ``apiId``
-            name the management endpoint, as :func:`chalicelib.push.management_endpoint`
+            name the management endpoint, as :func:`chalicelib.websocket.push.management_endpoint`
             reads them).
         close: close the socket once the frame is delivered.
     Raises:
@@ -257,7 +261,7 @@ def hello(event: Mapping[str, Any], *, sleep=time.sleep,
         10 ms ten times, then doubling to 160 ms) until :data:`HELLO_DEADLINE_SECONDS`; then
         the client is gone (or ``$connect`` failed) and the frame is dropped. Never raises.
     """
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     started = clock()
     attempts = 0
@@ -380,7 +384,7 @@ class _Answer:
 
 
 def _send(connection_id: str, text: str, event: Any) -> None:
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     try:
         push.send_to_connection(connection_id, text, event=event)
@@ -549,7 +553,7 @@ def _pusher_subscribers(channel: str, *, exclude: Optional[str]) -> list:
 
 def _post(ids: list, text: str, channel: str, event: Any) -> None:
     """Send a ``pusher_internal:*`` frame to ``ids``; failures are logged, never raised."""
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     try:
         push.send_by_dialect({DIALECT: ids}, text, event=event)
@@ -564,9 +568,9 @@ def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -
 
 
 def _webhooks_out():
-    """:mod:`chalicelib.webhooks_out`, imported at first use (the authorizer, which loads this
-    room for a Pusher ``$connect``, never needs it)."""
-    from chalicelib import webhooks_out
+    """:mod:`chalicelib.pusher.webhooks_out`, imported at first use (the authorizer, which loads
+    this room for a Pusher ``$connect``, never needs it)."""
+    from chalicelib.pusher import webhooks_out
 
     return webhooks_out
 
@@ -595,9 +599,9 @@ def _unsubscribe(connection_id: str, data: Any, channel: Optional[str],
 
 
 def _presence_cleanup(connection_id: str, items) -> None:
-    """:data:`chalicelib.connections.REMOVAL_HOOKS`: a removed connection (``$disconnect``,
-    GoneException cleanup) leaves its presence channels; ``member_removed`` goes out when it
-    was the member's last connection."""
+    """:data:`chalicelib.websocket.connections.REMOVAL_HOOKS`: a removed connection
+    (``$disconnect``, GoneException cleanup) leaves its presence channels; ``member_removed`` goes
+    out when it was the member's last connection."""
     prefix = connections.CHANNEL_SK_PREFIX
     for item in items:
         sk = item.get("sk", {}).get("S", "")
@@ -619,7 +623,7 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
     ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), never echoed to the
     sender; on presence channels it carries the sender's member ``user_id`` (Pusher docs,
     "Client events"). Pusher answers nothing on success."""
-    from chalicelib import push
+    from chalicelib.websocket import push
 
     connection = connections.get_connection(connection_id)
     if connection is None or connection.dialect != DIALECT:
@@ -665,7 +669,7 @@ def _signin(connection_id: str, data: Any, channel: Optional[str], event: Any) -
         raise protocol.ProtocolError(f"user_data is not valid JSON: {err.reason}") from None
     user_id = user.get("id") if isinstance(user, dict) else None
     try:
-        from chalicelib.principal import validate_user_id
+        from chalicelib.auth.principal import validate_user_id
 
         user_id = validate_user_id(user_id, "user_data.id")
     except BadRequest as err:

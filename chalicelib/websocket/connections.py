@@ -15,7 +15,7 @@ that :func:`create_table`, the CloudFormation template and README.md follow):
 * every subscriber of a channel is one Query on ``audience-index`` with
   ``audience = channel#<name>``.
 
-``<user_id>`` is the principal's user id (:mod:`chalicelib.principal`: at most 141 ASCII
+``<user_id>`` is the principal's user id (:mod:`chalicelib.auth.principal`: at most 141 ASCII
 characters, so every key stays far within DynamoDB's 2048-byte partition and 1024-byte sort key
 limits). The connection item also holds ``user_id``, ``connected_at`` and ``expires_at`` (epoch
 seconds), ``source_ip``, ``user_agent``, ``principal`` (the principal's flat authorizer
@@ -41,7 +41,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from chalicelib import aws
 from chalicelib.errors import AppError, Unauthorized
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from chalicelib.settings import websocket_settings
 
 log = logging.getLogger("realtime.connections")
@@ -65,8 +65,8 @@ CHANNELS_ATTRIBUTE = "subscribed_channels"
 #: a rate window item expires this long after its second, seconds
 RATE_ITEM_TTL_SECONDS = 60
 USER_AUDIENCE_PREFIX = "user#"
-#: what a connection speaks (:mod:`chalicelib.ws` frames, or Pusher protocol 7 through
-#: :mod:`chalicelib.pusher_socket`); stored as ``dialect`` on its items only when not native
+#: what a connection speaks (:mod:`chalicelib.websocket.ws` frames, or Pusher protocol 7 through
+#: :mod:`chalicelib.pusher.pusher_socket`); stored as ``dialect`` on its items only when not native
 NATIVE = "native"
 PUSHER = "pusher"
 DIALECTS = (NATIVE, PUSHER)
@@ -375,7 +375,7 @@ def remove_connection(connection_id: str) -> int:
     for key in keys:
         if key["sk"]["S"].startswith(CHANNEL_SK_PREFIX):
             _occupancy_changed(key["sk"]["S"][len(CHANNEL_SK_PREFIX):], False, connection_id)
-    for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.pusher_socket)
+    for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.pusher.pusher_socket)
         try:
             hook(connection_id, items)
         except Exception:  # a hook never fails the removal (TTL is the backstop)
@@ -882,7 +882,7 @@ def cache_get(channel_name: str, *, now: Optional[float] = None) -> Optional[Tup
         raise RegistryUnavailable(f"cache item of {channel_name} is unreadable") from None
 
 
-# --- fan-out progress (chalicelib.shards) -----------------------------------------------------
+# --- fan-out progress (chalicelib.websocket.shards) -------------------------------------------
 
 #: a shard's progress marker: table key (``fanout#<fan-out id>#<shard index>``, ``progress``);
 #: attribute ``reached`` (string set of the connection ids the shard has settled); not in the
@@ -935,7 +935,7 @@ def add_shard_progress(fanout_id: str, index: int, connection_ids: Iterable[str]
           ExpressionAttributeValues={":ids": {"SS": ids}, ":expires": _n(expires_at)})
 
 
-# --- channel queries (Pusher's HTTP API: chalicelib.pusher_http) ------------------------------
+# --- channel queries (Pusher's HTTP API: chalicelib.pusher.pusher_http) -----------------------
 #
 # Channel occupancy items let GET /apps/{id}/channels list occupied channels without a Scan:
 # one item per channel with at least one subscription, table key (``#occupancy#<channel>``,
@@ -1016,7 +1016,7 @@ def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
 
 
 #: ``listener(channel_name, occupied)`` called when a channel becomes occupied (True) or
-#: vacated (False) (:mod:`chalicelib.webhooks_out` adds itself); a listener that raises is
+#: vacated (False) (:mod:`chalicelib.pusher.webhooks_out` adds itself); a listener that raises is
 #: logged, never fails the subscription
 OCCUPANCY_LISTENERS: List[Any] = []
 

@@ -17,11 +17,11 @@ finishes, user is told" pattern).
 * An unexpected failure on one record is reported for that record alone (SQS retries it, then
   moves it to the dead-letter queue); it never fails the whole batch.
 * A channel or user with more than ``PUSH_SHARD_THRESHOLD`` connections is sharded back onto
-  the queue (:mod:`chalicelib.shards`); shard messages (``{"shard": {...}}``) are delivered
-  by :func:`chalicelib.shards.handle`: a redelivered shard skips the connections it already
-  reached, a poison shard is reported as failed so the dead-letter queue takes it.
+  the queue (:mod:`chalicelib.websocket.shards`); shard messages (``{"shard": {...}}``) are
+  delivered by :func:`chalicelib.websocket.shards.handle`: a redelivered shard skips the connections
+  it already reached, a poison shard is reported as failed so the dead-letter queue takes it.
 * Webhook jobs (``{"webhook": {...}}``, issue 10 D) are POSTed to their external target by
-  :mod:`chalicelib.webhook_sender`, the jobs of one batch in parallel; a failed POST is
+  :mod:`chalicelib.pusher.webhook_sender`, the jobs of one batch in parallel; a failed POST is
   reported as a batch item failure after a back-off (``ChangeMessageVisibility``).
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List
 
-from chalicelib import jsonutil, observability, push
+from chalicelib import jsonutil, observability
+from chalicelib.websocket import push
 from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.logtext import for_log
 
@@ -48,12 +49,13 @@ def handle_record(record: Dict[str, Any]) -> bool:
     message_id = for_log(record.get("messageId", "-"))
     try:
         body = jsonutil.loads(record.get("body") or "")
-        if isinstance(body, dict) and "shard" in body:  # chalicelib.shards.SHARD_KEY
-            from chalicelib import shards  # lazy: the cold start of every function pays less
+        if isinstance(body, dict) and "shard" in body:  # chalicelib.websocket.shards.SHARD_KEY
+            # lazy: the cold start of every function pays less
+            from chalicelib.websocket import shards
 
             return shards.handle(body[shards.SHARD_KEY], record)
-        if isinstance(body, dict) and "webhook" in body:  # chalicelib.webhook_sender.JOB_KEY
-            from chalicelib import webhook_sender
+        if isinstance(body, dict) and "webhook" in body:  # chalicelib.pusher.webhook_sender.JOB_KEY
+            from chalicelib.pusher import webhook_sender
 
             return webhook_sender.handle(body[webhook_sender.JOB_KEY], record)
         notification = push.parse_notification(body)
@@ -124,7 +126,7 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
 
 
 def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
-    """The webhook jobs of a batch, POSTed in parallel (:func:`chalicelib.webhook_sender.
+    """The webhook jobs of a batch, POSTed in parallel (:func:`chalicelib.pusher.webhook_sender.
     handle_many`): ``{record index: done}``. Records that are not well-formed webhook jobs are
     left to :func:`handle_record`."""
     jobs: Dict[int, Any] = {}
@@ -139,7 +141,7 @@ def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
                 jobs[index] = parsed["webhook"]
     if len(jobs) < 2:
         return {}
-    from chalicelib import webhook_sender
+    from chalicelib.pusher import webhook_sender
 
     indexes = list(jobs)
     try:

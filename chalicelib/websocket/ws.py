@@ -1,8 +1,8 @@
 """WebSocket handlers (``$connect``, ``$default``, ``$disconnect``) and ``POST /notifications``.
 
 Frame protocol (text frames, JSON objects; every reply is sent with PostToConnection through
-:mod:`chalicelib.push`, because a ``$default`` route's return value only reaches the client when
-route responses are configured):
+:mod:`chalicelib.websocket.push`, because a ``$default`` route's return value only reaches the
+client when route responses are configured):
 
 * ``{"action": "ping"}`` -> ``{"type": "pong"}``;
 * ``{"action": "subscribe", "channel": C}`` -> ``{"type": "subscribed", "channel": C}``;
@@ -37,12 +37,14 @@ import logging
 import time
 from typing import Any, Dict, Mapping
 
-from chalicelib import channels, connections, jsonutil, observability, push, pusher_socket
+from chalicelib import channels, jsonutil, observability
+from chalicelib.pusher import pusher_socket
+from chalicelib.websocket import connections, push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
-from chalicelib.identity import authenticate_request, header, principal_from_request
+from chalicelib.auth.identity import authenticate_request, header, principal_from_request
 from chalicelib.logtext import for_log
-from chalicelib.principal import Principal
+from chalicelib.auth.principal import Principal
 from chalicelib.settings import websocket_settings
 
 log = logging.getLogger("realtime.ws")
@@ -89,7 +91,7 @@ def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _speaks_pusher(raw: Mapping[str, Any], connecting: bool = False) -> bool:
-    """Dispatch by dialect (:mod:`chalicelib.pusher_socket`): the authorizer context marks a
+    """Dispatch by dialect (:mod:`chalicelib.pusher.pusher_socket`): the authorizer context marks a
     Pusher connection on every event; without ``ws_authorizer`` a ``$connect`` is Pusher when
     its query asks for it (and the stage serves it), a frame when it has ``event`` and no
     ``action`` (its handler then checks the registry's dialect)."""
@@ -362,7 +364,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
         raise channels.ClientEventRateLimited(
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
-    from chalicelib import webhooks_out  # issue 10 D: client_event to the app's handlers
+    from chalicelib.pusher import webhooks_out  # issue 10 D: client_event to the app's handlers
 
     webhooks_out.client_event(channel, event_name, outgoing["data"], connection_id,
                               outgoing.get("user_id"))
@@ -400,15 +402,15 @@ def notify(request: Any, app: Any = None):
         a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
         "retryable"}``; 202 with ``"queued"`` and ``"shards"`` added when the audience was
         over ``PUSH_SHARD_THRESHOLD`` and went to the push queue in shards
-        (:mod:`chalicelib.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
+        (:mod:`chalicelib.websocket.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
         403 (scope missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a
         frame over 128 KB), 503 (registry, push queue or settings unavailable). Every answer
-        carries the stage's CORS headers (:func:`chalicelib.pusher_auth.cors_headers`), so a
+        carries the stage's CORS headers (:func:`chalicelib.pusher.pusher_auth.cors_headers`), so a
         browser page may read it.
     """
     from chalice import Response
 
-    from chalicelib.pusher_auth import cors_headers
+    from chalicelib.pusher.pusher_auth import cors_headers
 
     headers = cors_headers()
     try:
