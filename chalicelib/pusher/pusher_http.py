@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from chalicelib import channels, jsonutil
-from chalicelib.pusher import pusher_auth
+from chalicelib.pusher import pusher_auth, pusher_protocol
 from chalicelib.errors import (AppError, BadRequest, NotFound, json_response,
                                log_error)
 from chalicelib.settings import pusher_settings
@@ -61,7 +61,7 @@ MAX_BATCH_EVENTS = 10
 MAX_EVENT_NAME_LENGTH = 200
 #: the channel the ``pusher`` libraries' ``send_to_user`` triggers on (pusher-js's user facade
 #: listens to it once signed in)
-SERVER_TO_USER_PREFIX = "#server-to-user-"
+SERVER_TO_USER_PREFIX = pusher_protocol.USER_CHANNEL_PREFIX
 #: ``info`` attributes of events and channel queries (Pusher docs, "HTTP API reference")
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 SIGNATURE_PARAMETER = "auth_signature"
@@ -382,8 +382,6 @@ def _excluded(socket_id: Optional[str]) -> Optional[str]:
     it is not one of ours (then no connection of ours has it)."""
     if not socket_id:
         return None
-    from chalicelib.pusher import pusher_protocol
-
     try:
         return pusher_protocol.connection_id_for(socket_id)
     except ValueError:
@@ -497,7 +495,7 @@ def trigger_batch(request, app_id: str) -> Dict[str, Any]:
 #: what a signed-in Pusher connection is told before its user's connections are terminated
 #: (``pusher:error`` 4009, "Connection is unauthorized", Pusher docs, "Pusher Channels
 #: Protocol"; the code and text soketi sends)
-TERMINATED_CODE = 4009
+TERMINATED_CODE = pusher_protocol.UNAUTHORIZED_CONNECTION
 TERMINATED_MESSAGE = "You got disconnected by the app."
 
 
@@ -521,7 +519,6 @@ def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> 
 
     authenticate(request, app_id)
     validate_user_id(user_id)
-    from chalicelib.pusher import pusher_protocol
     from chalicelib.websocket import connections, push
 
     groups = connections.connections_of_user_by_dialect(user_id)

@@ -54,6 +54,11 @@ OVER_CAPACITY = 4100
 RECONNECT_NOW = 4200
 CLIENT_EVENT_REJECTED = 4301
 
+#: the channel of a signed-in user's events: ``#server-to-user-<user id>`` (the ``pusher``
+#: libraries' ``send_to_user`` triggers on it; pusher-js's user facade subscribes to it after
+#: ``pusher:signin``: pusher-js src/core/user.ts)
+USER_CHANNEL_PREFIX = "#server-to-user-"
+
 #: flag byte that starts the first number of a socket id: the connection id was canonical
 #: base64 (API Gateway's form) and the number holds its decoded bytes; else its UTF-8 bytes
 _FLAG_BASE64 = 1

@@ -446,7 +446,7 @@ def presence_member(channel_data: Any) -> tuple:
 
 
 #: the channel pusher-js subscribes to after ``pusher:signin``: ``#server-to-user-<user id>``
-USER_CHANNEL_PREFIX = "#server-to-user-"
+USER_CHANNEL_PREFIX = protocol.USER_CHANNEL_PREFIX
 
 
 def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):

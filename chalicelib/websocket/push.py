@@ -495,7 +495,9 @@ def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
     Pusher's user channel, whose events pusher-js hands to ``pusher.user.bind`` (pusher-js
     src/core/user.ts; Pusher docs, "User authentication": send_to_user)."""
     if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
-        return {connections.PUSHER: {**frame, "channel": f"#server-to-user-{user_id}"}}
+        from chalicelib.pusher.pusher_protocol import USER_CHANNEL_PREFIX
+
+        return {connections.PUSHER: {**frame, "channel": USER_CHANNEL_PREFIX + user_id}}
     return {}
 
 
