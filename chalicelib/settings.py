@@ -185,14 +185,24 @@ class JwtSettings:
     prefetch: bool = False
 
 
-def _issuers_from_json(raw: str) -> "dict[str, IssuerConfig]":
-    name = "JWT_ISSUERS"
+def _json_list(name: str, raw: str, *, non_empty: bool = False) -> list:
+    """The JSON list of setting ``name`` (strict: :func:`chalicelib.jsonutil.loads`).
+
+    Raises:
+        ConfigError: not JSON, not a list, or (``non_empty``) an empty list.
+    """
     try:
         entries = jsonutil.loads(raw)
     except jsonutil.JSONRejected:
         raise ConfigError(f"{name} must be a JSON list") from None
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{name} must be a non-empty JSON list")
+    if not isinstance(entries, list) or (non_empty and not entries):
+        raise ConfigError(f"{name} must be a {'non-empty ' if non_empty else ''}JSON list")
+    return entries
+
+
+def _issuers_from_json(raw: str) -> "dict[str, IssuerConfig]":
+    name = "JWT_ISSUERS"
+    entries = _json_list(name, raw, non_empty=True)
     issuers = {}
     for index, entry in enumerate(entries):
         where = f"{name}[{index}]"
@@ -646,12 +656,7 @@ def webhook_targets() -> Tuple[WebhookTarget, ...]:
     raw = _raw(name)
     if raw is None:
         return ()
-    try:
-        entries = jsonutil.loads(raw)
-    except jsonutil.JSONRejected:
-        raise ConfigError(f"{name} must be a JSON list") from None
-    if not isinstance(entries, list):
-        raise ConfigError(f"{name} must be a JSON list")
+    entries = _json_list(name, raw)
     if len(entries) > MAX_WEBHOOK_TARGETS:
         raise ConfigError(f"{name} may list at most {MAX_WEBHOOK_TARGETS} targets")
     stage = app_settings().stage
