@@ -139,7 +139,7 @@ def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
                 continue
             if isinstance(parsed, dict) and "webhook" in parsed:
                 jobs[index] = parsed["webhook"]
-    if len(jobs) < 2:
+    if not jobs:
         return {}
     from chalicelib.pusher import webhook_sender
 
