@@ -153,6 +153,15 @@ def subscribe_presence(ws, socket_id, channel, user_id, info=None):
         "channel": channel, "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
 
 
+def registered_member(connection_id, room, user_id):
+    """A Pusher connection registered as a member of ``room`` straight in the registry, with
+    no socket behind it: what API Gateway leaves when a client vanishes without $disconnect."""
+    connection = connections.register(connection_id, None, dialect="pusher")
+    connections.subscribe(connection, room, member_user_id=user_id)
+    connections.presence_join(room, user_id, {}, connection)
+    return connection
+
+
 def subscribe_private(ws, socket_id, channel):
     auth = pusher_protocol.channel_signature(SECRET, socket_id, channel)
     ws.send(json.dumps({"event": "pusher:subscribe",
@@ -220,9 +229,7 @@ def test_gone_connections_leave_presence(gateway):
     with connect(url(gateway)) as alice:
         subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
         recv(alice)
-        ghost = connections.register("ghost-conn=", None, dialect="pusher")
-        connections.subscribe(ghost, room, member_user_id="ghost")
-        connections.presence_join(room, "ghost", {}, ghost)
+        registered_member("ghost-conn=", room, "ghost")
         push.deliver(push.parse_notification({"channel": room, "event": "tick", "data": 1}))
         frames = [recv(alice), recv(alice)]
         assert {f["event"] for f in frames} == {"tick", "pusher_internal:member_removed"}
@@ -322,9 +329,7 @@ def test_ttl_deletes_from_the_stream_become_member_removed(gateway):
     with connect(url(gateway)) as alice:
         subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
         recv(alice)
-        stale = connections.register("stale-conn=", None, dialect="pusher")
-        connections.subscribe(stale, room, member_user_id="zed")
-        connections.presence_join(room, "zed", {}, stale)
+        registered_member("stale-conn=", room, "zed")
         item = {"connection_id": {"S": "stale-conn="}, "sk": {"S": f"channel#{room}"},
                 "member_user_id": {"S": "zed"}, "channel": {"S": room}}
         user_delete = dict(ttl_remove(item), userIdentity=None)  # a delete by someone: skipped
@@ -407,15 +412,11 @@ def test_gone_and_ttl_member_removals_reach_the_apps_webhook_handlers(gateway, h
     with connect(url(gateway)) as alice:
         subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
         recv(alice)
-        ghost = connections.register("ghost-conn=", None, dialect="pusher")
-        connections.subscribe(ghost, room, member_user_id="ghost")
-        connections.presence_join(room, "ghost", {}, ghost)
+        registered_member("ghost-conn=", room, "ghost")
         push.deliver(push.parse_notification({"channel": room, "event": "tick", "data": 1}))
         assert hook_events(hooks, "member_removed") == [
             {"name": "member_removed", "channel": room, "user_id": "ghost"}]
-        stale = connections.register("stale-conn=", None, dialect="pusher")
-        connections.subscribe(stale, room, member_user_id="zed")
-        connections.presence_join(room, "zed", {}, stale)
+        registered_member("stale-conn=", room, "zed")
         item = {"connection_id": {"S": "stale-conn="}, "sk": {"S": f"channel#{room}"},
                 "member_user_id": {"S": "zed"}, "channel": {"S": room}}
         handler = app_module.app.handler_map["registry_stream"]
