@@ -268,6 +268,143 @@ def test_a_keep_alive_connection_closed_by_the_server_is_replaced_without_losing
     assert served == ["/test/@connections/first", "/test/@connections/second"]
 
 
+class _ScriptedServer:
+    """An HTTP server on 127.0.0.1 that answers each request with the next scripted answer:
+    a list of byte pieces, each sent after its delay (seconds); ``CLOSE`` as a piece closes
+    the connection. Records the request paths, the connections accepted and when each
+    answer's last piece left (monotonic seconds). Stops with the ``with`` block."""
+
+    CLOSE = object()
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.paths, self.finished = [], {}
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self._stop = threading.Event()
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}/test"
+
+    def __enter__(self):
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(5)
+        data = b""
+        with conn:
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                path = head.split(b" ")[1].decode().rsplit("/", 1)[1]
+                with self._lock:
+                    self.paths.append(path)
+                    pieces = self.answers.pop(0)
+                for delay, piece in pieces:
+                    time.sleep(delay)
+                    if piece is self.CLOSE:
+                        return
+                    conn.sendall(piece)
+                self.finished[path] = time.monotonic()
+
+
+_GONE = (b"HTTP/1.1 410 Gone\r\nContent-Type: application/json\r\nContent-Length: 40\r\n"
+         b"x-amzn-ErrorType: GoneException\r\n\r\n" + b'{"message":"GoneException","x":"' +
+         b"." * 6 + b'"}')
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+
+
+def test_an_answer_arriving_in_pieces_does_not_hold_up_the_others():
+    """The first answer's head arrives at once, its rest 0.5 s later; the other answers come
+    meanwhile and are read as they arrive (a blocking read of the slow answer would make them
+    wait for it)."""
+    slow = [(0, _GONE[:30]), (0.5, _GONE[30:70]), (0.05, _GONE[70:])]
+    with _ScriptedServer([slow] + [[(0.1, _GONE)]] * 3) as server:
+        engine = sender.Sender(server.endpoint, REGION, max_connections=4,
+                               credentials=Credentials("a", "b"))
+        gone_at = {}
+        outcomes = engine.post_many(["slow", "a", "b", "c"], b"x", max_attempts=1,
+                                    on_gone=lambda cid: gone_at.setdefault(cid, time.monotonic()))
+        engine.close()
+    assert outcomes == {cid: sender.GONE for cid in ("slow", "a", "b", "c")}
+    assert server.paths[0] == "slow"
+    assert max(gone_at[cid] for cid in "abc") < server.finished["slow"] <= gone_at["slow"]
+
+
+def test_error_answers_with_bodies_leave_the_connection_usable():
+    """On one keep-alive connection: a chunked 400 with a JSON body, a 410 with a body, a
+    throttled 429, then 200s. Each body is skipped exactly, so every next answer is read
+    right, and the connection is never replaced."""
+    chunked = (b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n"
+               b"x-amzn-ErrorType: BadRequestException:http://internal.amazon.com/\r\n\r\n"
+               b"1a\r\n{\"message\":\"Invalid connec\r\n"
+               b"8\r\ntionId\"}\r\n0\r\n\r\n")
+    throttled = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\n"
+                 b"x-amzn-ErrorType: LimitExceededException\r\n\r\n{}")
+    answers = [[(0, chunked)], [(0, _GONE)], [(0, throttled)], [(0, _OK)], [(0, _OK)]]
+    with _ScriptedServer(answers) as server:
+        engine = sender.Sender(server.endpoint, REGION, max_connections=1,
+                               credentials=Credentials("a", "b"))
+        outcomes = engine.post_many(["bad", "gone", "busy", "ok"], b"x", max_attempts=1,
+                                    sleep=lambda s: None)
+        engine.close()
+    assert outcomes == {"bad": sender.FAILED, "gone": sender.GONE,
+                        "busy": sender.DELIVERED, "ok": sender.DELIVERED}
+    assert server.paths == ["bad", "gone", "busy", "ok", "busy"]  # the 429 sent again
+    assert server.accepted == 1
+
+
+def test_a_connection_close_answer_is_honoured_and_the_next_post_opens_a_new_one():
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    with _ScriptedServer([[(0, closing), (0, _ScriptedServer.CLOSE)], [(0, _OK)]]) as server:
+        engine = sender.Sender(server.endpoint, REGION, max_connections=1,
+                               credentials=Credentials("a", "b"))
+        outcomes = engine.post_many(["one", "two"], b"x", max_attempts=1)
+        engine.close()
+    assert outcomes == {"one": sender.DELIVERED, "two": sender.DELIVERED}
+    assert server.paths == ["one", "two"] and server.accepted == 2
+
+
+@pytest.mark.parametrize("answer", [
+    [(0, b"hello\r\n\r\n")],  # not HTTP
+    [(0, b"HTTP/1.1 200 OK\r\nContent-Le"), (0.05, _ScriptedServer.CLOSE)],  # cut short
+    [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"), (0.05, _ScriptedServer.CLOSE)],
+], ids=["not-http", "closed-in-the-head", "closed-in-the-body"])
+def test_a_broken_answer_is_a_retryable_failure_and_is_retried(answer):
+    with _ScriptedServer([answer, answer]) as server:
+        engine = sender.Sender(server.endpoint, REGION, max_connections=1,
+                               credentials=Credentials("a", "b"))
+        outcomes = engine.post_many(["x"], b"x", max_attempts=2, sleep=lambda s: None)
+        engine.close()
+    assert outcomes == {"x": sender.RETRYABLE}
+    assert server.paths == ["x", "x"]  # two attempts, each counted
+
+
 @pytest.mark.parametrize("status, error_type, outcome", [
     (200, "", sender.DELIVERED), (204, "", sender.DELIVERED),
     (410, "GoneException", sender.GONE), (400, "GoneException:http://internal", sender.GONE),
