@@ -17,8 +17,9 @@ bracket (:func:`chalicelib.observability.observed`: correlation fields, the EMF 
 handler as it was before — measured alternately with it, the cost within 5 %; the cold import
 still ≤ 1.15× (and, for information, ``import app`` plus every room, which the functions other
 than the authorizers load by their first call, and Powertools' own import); the Lambda zip of
-``make package`` ≤ 8.5 MiB. EMF lines go to /dev/null while timing (Lambda writes them to
-its log pipe). Run: ``make bench`` or ``python -m bench verify``.
+``make package`` ≤ ``infra.package.MAX_ZIP_BYTES`` (9 MiB: issue 12's 8.5 MiB plus httptools,
+issue 11). EMF lines go to /dev/null while timing (Lambda writes them to its log pipe). Run:
+``make bench`` or ``python -m bench verify``.
 """
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ COLD_RUNS = 11
 
 
 def _per_call_us(func, seconds: float = 1.0) -> float:
-    """Median over 5 rounds of µs per call, each round ~seconds/5."""
+    """µs per call at the fastest of 5 rounds, each round ~seconds/5: as ``timeit`` advises, a
+    slower round measures the machine's other work, not the code. ``verify_node.js`` takes
+    its figure the same way, so the ratios compare like with like (the median of either side
+    moved the RS256 ratio by ±0.1 between runs on this VM)."""
     func()
     number = max(1, int(timeit.timeit(func, number=50) and 50))
     per = timeit.timeit(func, number=number) / number
     number = max(50, int(seconds / 5 / per))
-    return statistics.median(timeit.repeat(func, number=number, repeat=5)) / number * 1e6
+    return min(timeit.repeat(func, number=number, repeat=5)) / number * 1e6
 
 
 def _app_env(issuer) -> dict:
@@ -273,8 +277,11 @@ def main() -> None:
         checks.append((f"ws_authorizer {alg} with / without logs+metrics", cost, "<= 1.05",
                        cost <= 1.05))
     if zip_bytes is not None:
-        checks.append(("Lambda zip MiB (issue 12 budget)", zip_bytes / 1024 / 1024, "<= 8.50",
-                       zip_bytes <= 8.5 * 1024 * 1024))
+        from infra import package
+
+        budget = package.MAX_ZIP_BYTES / 1024 / 1024
+        checks.append(("Lambda zip MiB (issues 12, 11 budget)", zip_bytes / 1024 / 1024,
+                       f"<= {budget:.2f}", zip_bytes <= package.MAX_ZIP_BYTES))
     print(f"{'ratio':<46}{'value':>8}  {'target':>8}")
     for label, value, target, ok in checks:
         print(f"{label:<46}{value:>8.2f}  {target:>8}  {'ok' if ok else 'MISSED'}")

@@ -227,7 +227,8 @@ def test_lambda_zip_holds_runtime_dependencies_only_and_stays_small(packaged):
     report = package.check_zip(zip_path, reference)
     print("\n" + report.describe())
     assert report.forbidden == []
-    assert report.zip_bytes <= package.MAX_ZIP_BYTES == 8.5 * 1024 * 1024  # issue 12's budget
+    # issue 12's 8.5 MiB + httptools' 0.47 MiB (issue 11: the push sender's answer parser)
+    assert report.zip_bytes <= package.MAX_ZIP_BYTES == 9 * 1024 * 1024
     assert report.ok
 
 
@@ -270,7 +271,7 @@ def test_make_package_reports_size_and_lint(packaged, monkeypatch, capsys):
     assert package.main(["--stage", STAGE]) == 0
     out = capsys.readouterr().out
     assert calls == [(STAGE, "cloudformation")]
-    assert "Lambda zip:" in out and "ratio:" in out and "8.50 MiB: within" in out
+    assert "Lambda zip:" in out and "ratio:" in out and "9.00 MiB: within" in out
     assert "cfn-lint:        passed" in out
 
 
