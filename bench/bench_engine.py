@@ -194,7 +194,7 @@ def main() -> None:
     print(f"|{'-' * 66}|{'-' * 13}|{'-' * 16}|")
     rows = (("plain boto3 client, one post after the other (reference)", "plain"),
             ("previous engine: boto3 client on a thread pool of 32", "engine32"),
-            ("push.send_to_connections (botocore SigV4, http.client + httptools)", "ours"))
+            ("push.send_to_connections (botocore SigV4, httptools answers)", "ours"))
     for label, key in rows:
         print(f"| {label:<64} | {cpu[key]['us']:>11.0f} | "
               f"{cpu['plain']['us'] / cpu[key]['us']:>13.1f}x |")

@@ -28,8 +28,7 @@ process.stdin.on("end", () => {
       }
       best.push(Number(now - start) / 1e3 / n);
     }
-    best.sort((a, b) => a - b);
-    out[alg] = best[Math.floor(best.length / 2)];
+    out[alg] = Math.min(...best); // the fastest round, as bench_verify.py takes its own
   }
   process.stdout.write(JSON.stringify(out));
 });
