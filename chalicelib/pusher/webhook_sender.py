@@ -40,7 +40,8 @@ are POSTed in parallel.
   failure so SQS delivers it again, after a back-off set with ``ChangeMessageVisibility``:
   :func:`retry_delay` of its ``ApproximateReceiveCount`` (10 s, 20 s, 40 s, 80 s, capped at
   :data:`RETRY_CAP_SECONDS`, with jitter), so a down endpoint is not hammered
-  (``WebhooksRetried``). After the queue's ``maxReceiveCount`` receives (5: about 2.5 minutes
+  (``WebhooksRetried``); longer when a 429 or 503 asks for it with ``Retry-After`` (seconds
+  or an HTTP date, RFC 9110 section 10.2.3), up to :data:`RETRY_CAP_SECONDS`. After the queue's ``maxReceiveCount`` receives (5: about 2.5 minutes
   of retries, within the 5 minutes Pusher retries for and ``validate_webhook`` accepts a
   ``time_ms``) SQS moves it to the dead-letter queue.
 * any other answer (3xx, 4xx): the target looked at the webhook and refused it; the same
@@ -57,6 +58,8 @@ overtake nothing). Logs name a target by scheme and host only (:func:`origin`).
 from __future__ import annotations
 
 import contextvars
+import datetime
+import email.utils
 import hashlib
 import http.client
 import json
@@ -386,12 +389,35 @@ def _tls_context():
         return _tls[0]
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
+def retry_after_seconds(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """The wait a ``Retry-After`` header asks for, seconds (RFC 9110 section 10.2.3: a number
+    of seconds, or an HTTP date), or None when absent or unreadable. A date in the past is 0.
+
+    Args:
+        value: the header's value.
+        now: the current Unix time, seconds (tests).
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT (RFC 9110 section 5.6.7)
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def post(url: str, body: bytes, headers: Mapping[str, str]) -> Tuple[int, Optional[float]]:
     """POST ``body`` to ``url``, within :data:`CONNECT_TIMEOUT` to connect and
     :data:`TOTAL_TIMEOUT` in all; redirects are not followed, the answer's body is not read.
 
     Returns:
-        the HTTP status.
+        ``(status, retry_after)``: the HTTP status and, for a 429 or 503, the seconds its
+        ``Retry-After`` asks to wait (:func:`retry_after_seconds`), else None.
     Raises:
         DeliveryFailed: no answer (timeout, connection or TLS error).
     """
@@ -424,7 +450,10 @@ def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
             raise DeliveryFailed("timed out")
         conn.sock.settimeout(max(0.05, deadline - time.monotonic()))
         conn.request("POST", path, body=body, headers=dict(headers))
-        return conn.getresponse().status
+        response = conn.getresponse()
+        wait = retry_after_seconds(response.getheader("Retry-After")) \
+            if response.status in (429, 503) else None
+        return response.status, wait
     except DeliveryFailed:
         raise
     except Exception as exc:  # OSError, HTTPException, SSL errors, a socket closed under a read
@@ -454,10 +483,14 @@ def _receive_count(record: Mapping[str, Any]) -> int:
         return 1
 
 
-def _back_off(record: Mapping[str, Any], label: str) -> None:
-    """Hide the record for :func:`retry_delay` seconds (``ChangeMessageVisibility``); on
-    failure SQS delivers it again after the queue's visibility timeout."""
+def _back_off(record: Mapping[str, Any], label: str, asked: Optional[float] = None) -> None:
+    """Hide the record for :func:`retry_delay` seconds, or for the ``asked`` seconds of a
+    ``Retry-After`` when longer (up to :data:`RETRY_CAP_SECONDS`: Pusher's receivers accept a
+    webhook's ``time_ms`` for 5 minutes), with ``ChangeMessageVisibility``; on failure SQS
+    delivers it again after the queue's visibility timeout."""
     delay = retry_delay(_receive_count(record))
+    if asked is not None:
+        delay = max(delay, min(RETRY_CAP_SECONDS, math.ceil(asked)))
     arn = record.get("eventSourceARN")
     parts = arn.split(":") if isinstance(arn, str) else []
     name, region = (parts[5], parts[3]) if len(parts) == 6 and parts[5] else \
@@ -512,7 +545,7 @@ def deliver(job: Any, record: Mapping[str, Any]) -> str:
                     "X-Pusher-Signature": sign(pusher_config.secret, body.decode("utf-8"))})
     started = time.monotonic()
     try:
-        status = post(target.url, body, headers)
+        status, asked = post(target.url, body, headers)
     except DeliveryFailed as err:
         log.warning("%s (%d events) will be retried: %s after %.1f s", label, len(events), err,
                     time.monotonic() - started)
@@ -522,8 +555,9 @@ def deliver(job: Any, record: Mapping[str, Any]) -> str:
     if outcome == DELIVERED:
         log.info("%s delivered: %d events, status %d", label, len(events), status)
     elif outcome == RETRY:
-        log.warning("%s (%d events) will be retried: answered %d", label, len(events), status)
-        _back_off(record, label)
+        log.warning("%s (%d events) will be retried: answered %d%s", label, len(events), status,
+                    "" if asked is None else f", Retry-After {asked:.0f} s")
+        _back_off(record, label, asked)
     else:
         log.error("%s dropped: refused with %d (%d events; only 408, 429 and 5xx are retried)",
                   label, status, len(events))

@@ -6,6 +6,7 @@ Use in-process::
 
     with WebhookReceiver(key="app-key", secret="app-secret") as receiver:
         receiver.script = [500]          # answer 500 once, then the default (200)
+        receiver.answer_headers = {"Retry-After": "4"}  # sent with every answer
         receiver.mode = "hang"           # accept, read, never answer (until stopped)
         receiver.url("/hooks?token=x")   # http://127.0.0.1:<port>/hooks?token=x
         receiver.accepted                # validated webhooks answered 2xx: [{"time_ms", "events"}]
@@ -60,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
                 receiver.accepted.append(validated)
         answer = b'{"ok":true}'
         self.send_response(status)
+        for name, value in receiver.answer_headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
@@ -74,6 +77,7 @@ class WebhookReceiver:
             status line one byte every :attr:`trickle_seconds`, never finishes).
         script: statuses answered in order before :attr:`default_status`.
         default_status: 200.
+        answer_headers: headers added to every answer (``{}``).
         requests: every POST received.
         accepted: the validated bodies answered 2xx.
     """
@@ -85,6 +89,7 @@ class WebhookReceiver:
         self.mode = "answer"
         self.script: List[int] = []
         self.default_status = 200
+        self.answer_headers: Dict[str, str] = {}
         self.trickle_seconds = 0.3
         self.requests: List[Dict[str, Any]] = []
         self.accepted: List[Dict[str, Any]] = []

@@ -4,6 +4,7 @@ real HTTP receiver on 127.0.0.1 that checks them with the ``pusher`` library's `
 """
 from __future__ import annotations
 
+import email.utils
 import json
 import socket
 import time
@@ -224,6 +225,51 @@ def test_transient_answers_are_retried(hooks, queue, client, status):
     (record,) = queue.records()
     assert failures(work(client, record)) == [record["messageId"]]
     assert hooks.accepted == []
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured(hooks, queue, client, monkeypatch, auth_log, status):
+    """A 429 or 503 with ``Retry-After: 4`` hides the job 4 s, not the 1 s back-off."""
+    monkeypatch.setattr(webhook_sender, "RETRY_BASE_SECONDS", 1)
+    hooks.script, hooks.answer_headers = [status], {"Retry-After": "4"}
+    webhooks_out.member_added("presence-room", "alice")
+    (record,) = queue.records(visibility=0)
+    started = time.monotonic()
+    assert failures(work(client, record)) == [record["messageId"]]
+    assert "Retry-After 4 s" in auth_log.text and "next attempt in 4 s" in auth_log.text
+    assert queue.records(visibility=0, wait=2) == []  # the 1 s back-off would have ended
+    again = queue.records(visibility=0, wait=5)
+    assert [r["messageId"] for r in again] == [record["messageId"]]
+    assert time.monotonic() - started >= 3.5
+    hooks.answer_headers = {}
+    assert work(client, again[0]) == {"batchItemFailures": []}
+    assert len(hooks.accepted) == 1
+
+
+def test_a_long_retry_after_is_capped(hooks, queue, client, monkeypatch, auth_log):
+    """Pusher's receivers accept a webhook's time_ms for 5 minutes: a Retry-After of an hour
+    is cut to RETRY_CAP_SECONDS (here 2 s), so the job still arrives in time."""
+    monkeypatch.setattr(webhook_sender, "RETRY_BASE_SECONDS", 1)
+    monkeypatch.setattr(webhook_sender, "RETRY_CAP_SECONDS", 2)
+    hooks.script, hooks.answer_headers = [429], {"Retry-After": "3600"}
+    webhooks_out.member_added("presence-room", "alice")
+    (record,) = queue.records(visibility=0)
+    assert failures(work(client, record)) == [record["messageId"]]
+    assert "next attempt in 2 s" in auth_log.text
+    assert [r["messageId"] for r in queue.records(visibility=0, wait=4)] == \
+        [record["messageId"]]
+
+
+def test_retry_after_values_follow_rfc_9110():
+    now = 1_700_000_000.0
+    assert webhook_sender.retry_after_seconds("120", now) == 120
+    assert webhook_sender.retry_after_seconds(" 0 ", now) == 0
+    date = email.utils.formatdate(now + 30, usegmt=True)  # "Tue, 14 Nov 2023 22:13:50 GMT"
+    assert webhook_sender.retry_after_seconds(date, now) == pytest.approx(30)
+    assert webhook_sender.retry_after_seconds(email.utils.formatdate(now - 60, usegmt=True),
+                                              now) == 0
+    for bad in (None, "", "soon", "-5", "1.5", "Tue, 99 Nov 2023 99:99:99 GMT"):
+        assert webhook_sender.retry_after_seconds(bad, now) is None, bad
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 410, 301])
