@@ -8,7 +8,10 @@ pinned to core 0 with ``taskset``; the servers run on core 1:
    ``time.process_time``) divided by the posts; median of :data:`REPEAT` runs after a warm-up.
    Compared in the same run: a plain boto3 client posting one after the other, the previous
    engine (one boto3 client on a thread pool of 32), and ``push.send_to_connections``.
-   Target: <= 150 µs per post.
+   Target: <= 150 µs per post. Then the plain client and ours again over TLS, as on AWS (the
+   management API serves a self-signed certificate for 127.0.0.1, trusted through
+   ``AWS_CA_BUNDLE``, which botocore and the sender both read): encryption and the TLS
+   records' handling, for information.
 2. **One core, 10,000 subscribers** — the management API answers each post after 20 ms; the
    registry Query is answered after 20 ms with 10,000 subscribers by :mod:`bench.registry_server`
    (core 1; moto would need ~9 s for it); wall time of
@@ -27,12 +30,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
-from tests.support import children
+from tests.support import children, tls
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_POSTS = 2000
@@ -46,7 +50,7 @@ FRAME = {"type": "event", "channel": "presence-bench", "event": "tick", "data": 
 BENCH_CORE, SERVER_CORE = "0", "1"
 
 
-def _env(endpoint: str, dynamodb: str = "") -> Dict[str, str]:
+def _env(endpoint: str, dynamodb: str = "", ca_bundle: str = "") -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AWS_") and k not in ("PUSH_MAX_WORKERS", "PUSH_MAX_ATTEMPTS")}
     env.update({
@@ -57,6 +61,8 @@ def _env(endpoint: str, dynamodb: str = "") -> Dict[str, str]:
     })
     if dynamodb:
         env["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb
+    if ca_bundle:
+        env["AWS_CA_BUNDLE"] = ca_bundle
     return env
 
 
@@ -153,16 +159,19 @@ def _stop(process: subprocess.Popen) -> None:
     children.stop(process, timeout=5)
 
 
-def _management_api(latency: float):
-    return children.start(["-m", "bench.management_server", "--latency", str(latency)],
-                          cpu=SERVER_CORE, expect="http://127.0.0.1:")
+def _management_api(latency: float, tls_files=None):
+    extra = ["--cert", tls_files[0], "--key", tls_files[1]] if tls_files else []
+    return children.start(["-m", "bench.management_server", "--latency", str(latency), *extra],
+                          cpu=SERVER_CORE,
+                          expect="https://127.0.0.1:" if tls_files else "http://127.0.0.1:")
 
 
-def _worker(kind: str, engine: str, endpoint: str, dynamodb: str = "") -> dict:
+def _worker(kind: str, engine: str, endpoint: str, dynamodb: str = "",
+            ca_bundle: str = "") -> dict:
     out = subprocess.run(["taskset", "-c", BENCH_CORE, sys.executable, "-m", "bench.bench_engine",
                           "--worker", kind, engine, endpoint], cwd=ROOT,
-                         env=_env(endpoint, dynamodb), capture_output=True, text=True,
-                         timeout=600)
+                         env=_env(endpoint, dynamodb, ca_bundle), capture_output=True,
+                         text=True, timeout=600)
     if out.returncode:
         raise RuntimeError(f"worker {kind} {engine} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -188,20 +197,36 @@ def main() -> None:
                for engine in ("plain", "engine32", "ours")}
     finally:
         _stop(server)
+    with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
+        tls_files = tls.loopback_certificate(Path(tmp))
+        server, endpoint = _management_api(0.0, tls_files)
+        try:
+            cpu.update({f"{engine}-tls": _worker("cpu", engine, endpoint,
+                                                 ca_bundle=tls_files[0])
+                        for engine in ("plain", "ours")})
+        finally:
+            _stop(server)
     print(f"\n1. CPU per PostToConnection: {CPU_POSTS} posts of one frame, management API "
           f"answering at once; process CPU, all threads; median of {REPEAT}")
     print(f"| {'engine':<64} | {'µs CPU/post':>11} | {'vs plain boto3':>14} |")
     print(f"|{'-' * 66}|{'-' * 13}|{'-' * 16}|")
     rows = (("plain boto3 client, one post after the other (reference)", "plain"),
             ("previous engine: boto3 client on a thread pool of 32", "engine32"),
-            ("push.send_to_connections (botocore SigV4, httptools answers)", "ours"))
+            ("push.send_to_connections (botocore SigV4, httptools answers)", "ours"),
+            ("over TLS, as on AWS: plain boto3 client (reference)", "plain-tls"),
+            ("over TLS, as on AWS: push.send_to_connections", "ours-tls"))
     for label, key in rows:
+        reference = cpu["plain-tls" if key.endswith("-tls") else "plain"]["us"]
         print(f"| {label:<64} | {cpu[key]['us']:>11.0f} | "
-              f"{cpu['plain']['us'] / cpu[key]['us']:>13.1f}x |")
+              f"{reference / cpu[key]['us']:>13.1f}x |")
     verdict = "meets" if cpu["ours"]["us"] <= CPU_TARGET_US else "MISSES"
     print(f"ours: {cpu['ours']['us']:.0f} µs per post (runs "
           f"{', '.join(f'{s:.0f}' for s in cpu['ours']['samples'])}), {verdict} the "
           f"<= {CPU_TARGET_US:.0f} µs target")
+    print(f"over TLS (for information): ours {cpu['ours-tls']['us']:.0f} µs per post (runs "
+          f"{', '.join(f'{s:.0f}' for s in cpu['ours-tls']['samples'])}): TLS adds "
+          f"{cpu['ours-tls']['us'] - cpu['ours']['us']:.0f} µs to ours, "
+          f"{cpu['plain-tls']['us'] - cpu['plain']['us']:.0f} µs to the plain boto3 client")
 
     # 2. one core, 10,000 subscribers
     server, endpoint = _management_api(LATENCY)

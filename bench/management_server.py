@@ -11,6 +11,7 @@ Run as a separate process (the benchmark pins it to another core)::
 
     python -m bench.management_server --latency 0.02   # prints the endpoint URL; stops when
                                                       # stdin closes
+    python -m bench.management_server --cert c.pem --key k.pem   # the same over TLS (https://)
 """
 from __future__ import annotations
 
@@ -67,12 +68,13 @@ class ManagementProtocol(asyncio.Protocol):
                                            n=ManagementProtocol.answered).encode())
 
 
-async def _serve(latency: float, stage: str) -> None:
+async def _serve(latency: float, stage: str, tls=None) -> None:
     ManagementProtocol.latency = latency
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(ManagementProtocol, "127.0.0.1", 0, backlog=1024)
+    server = await loop.create_server(ManagementProtocol, "127.0.0.1", 0, backlog=1024,
+                                      ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    print(f"http://127.0.0.1:{port}/{stage}", flush=True)
+    print(f"{'https' if tls else 'http'}://127.0.0.1:{port}/{stage}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
     server.close()
 
@@ -81,8 +83,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
     parser.add_argument("--stage", default="bench")
+    parser.add_argument("--cert", help="PEM certificate: serve https (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.latency, args.stage))
+    tls = None
+    if args.cert:
+        import ssl
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS 1.2 and 1.3, as API Gateway
+        tls.load_cert_chain(args.cert, args.key)
+    asyncio.run(_serve(args.latency, args.stage, tls))
     return 0
 
 

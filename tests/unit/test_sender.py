@@ -17,6 +17,7 @@ from botocore.credentials import Credentials
 
 from chalicelib import settings
 from chalicelib.websocket import push, sender
+from tests.support import tls
 from tests.support.management_api import ManagementAPI
 from tests.support.websocket import aws_env, management_api  # noqa: F401
 
@@ -79,7 +80,7 @@ def test_each_post_leaves_in_one_write(scheme, tmp_path, monkeypatch):
     ~10-15 µs of CPU per post on the loopback benchmark, a sixth of the budget."""
     context = None
     if scheme == "https":
-        context, ca_bundle = _tls_server_context(tmp_path)
+        context, ca_bundle = tls.server_context(tmp_path)
         monkeypatch.setenv("AWS_CA_BUNDLE", ca_bundle)
     frame = b'{"type":"event","event":"tick","data":{"n":1}}'
     ids = ["one=", "two/2", "three"]
@@ -440,42 +441,12 @@ def test_settings_default_keeps_256_posts_in_flight(aws_env):
     assert settings.websocket_settings().push_max_workers == 256
 
 
-def _tls_server_context(tmp_path):
-    """A server-side TLS context (TLS 1.3 allowed, Python's default: it sends session tickets
-    after the handshake) for a self-signed certificate of 127.0.0.1; returns (context, CA path)."""
-    import ipaddress
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    return context, str(tmp_path / "cert.pem")
-
-
 def test_https_keep_alive_connections_survive_between_fan_outs(tmp_path, monkeypatch):
     """Over TLS, as on AWS (trust store: botocore's AWS_CA_BUNDLE): every post of a fan-out is
     in flight at once, each on its own connection, and the next fan-out reuses them. A TLS 1.3
     session ticket arriving after the handshake made a connection readable before its answer,
     and the blocking read then serialized the fan-out (19 connections for 40 posts here)."""
-    context, ca_bundle = _tls_server_context(tmp_path)
+    context, ca_bundle = tls.server_context(tmp_path)
     monkeypatch.setenv("AWS_CA_BUNDLE", ca_bundle)
     ids = [f"tls-{n}" for n in range(40)]
     with ManagementAPI(stage="tls", latency=0.5, tls=context) as api:
@@ -493,7 +464,7 @@ def test_https_keep_alive_connections_survive_between_fan_outs(tmp_path, monkeyp
 
 
 def test_https_certificates_are_verified_against_the_trust_store(tmp_path, monkeypatch):
-    context, _ = _tls_server_context(tmp_path)
+    context, _ = tls.server_context(tmp_path)
     monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
     with ManagementAPI(stage="tls", tls=context) as api:
         engine = sender.Sender(api.endpoint_url, REGION, max_connections=2,

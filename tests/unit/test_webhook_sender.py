@@ -316,9 +316,9 @@ def test_an_unreachable_target_is_retried(queue, client, monkeypatch):
 def test_https_targets_are_verified_and_reached(queue, client, monkeypatch, tmp_path):
     import ssl
 
-    from tests.unit.test_sender import _tls_server_context
+    from tests.support import tls
 
-    context, ca_file = _tls_server_context(tmp_path)
+    context, ca_file = tls.server_context(tmp_path)
     with WebhookReceiver(tls=context) as tls_receiver:
         configure(monkeypatch, {"url": tls_receiver.url(PATH), "event_types": ["cache_miss"]})
         webhooks_out.cache_miss("cache-x")
