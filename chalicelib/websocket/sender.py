@@ -349,6 +349,7 @@ class _Link:
                 of the answer (an idle keep-alive connection it had dropped).
             ConnectionError: it closed the connection in the middle of the answer.
             httptools.HttpParserError: the answer is not HTTP/1.1.
+            httptools.HttpParserUpgrade: the answer switches protocols (101).
             OSError: the read failed or timed out.
         """
         sock = self.conn.sock
@@ -371,7 +372,13 @@ class _Link:
             self.error_type = value.decode("latin-1")
 
     def on_message_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # an interim answer (100 Continue, 103 Early Hints: RFC 9110 section 15.2; http.client
+            # skips 100 as well): the final answer follows on the same connection
+            self.error_type = ""
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
 
@@ -512,7 +519,8 @@ class Sender:
 
         from chalicelib.websocket.signing import FanoutSigV4Auth, SigningRequest
 
-        errors = _NETWORK_ERRORS + (httptools.HttpParserError,)
+        # not HTTP, or an upgrade (101) nobody asked for: the connection is unusable
+        errors = _NETWORK_ERRORS + (httptools.HttpParserError, httptools.HttpParserUpgrade)
         writer = _RequestWriter()
         signer = FanoutSigV4Auth(credentials, self.region, self._keys)
         checked = time.monotonic()

@@ -391,11 +391,28 @@ def test_a_connection_close_answer_is_honoured_and_the_next_post_opens_a_new_one
     assert server.paths == ["one", "two"] and server.accepted == 2
 
 
+def test_interim_answers_are_skipped_for_the_final_one():
+    """1xx answers other than 101 are interim (RFC 9110 section 15.2): the post's outcome is
+    the final answer's (http.client's getresponse skipped 100 Continue, not 103)."""
+    interim = [(0, b"HTTP/1.1 100 Continue\r\n\r\n"),
+               (0.05, b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"),
+               (0.05, _GONE)]
+    with _ScriptedServer([interim, [(0, _OK)]]) as server:
+        engine = sender.Sender(server.endpoint, REGION, max_connections=1,
+                               credentials=Credentials("a", "b"))
+        outcomes = engine.post_many(["first", "second"], b"x", max_attempts=1)
+        engine.close()
+    assert outcomes == {"first": sender.GONE, "second": sender.DELIVERED}
+    assert server.accepted == 1
+
+
 @pytest.mark.parametrize("answer", [
     [(0, b"hello\r\n\r\n")],  # not HTTP
     [(0, b"HTTP/1.1 200 OK\r\nContent-Le"), (0.05, _ScriptedServer.CLOSE)],  # cut short
     [(0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"), (0.05, _ScriptedServer.CLOSE)],
-], ids=["not-http", "closed-in-the-head", "closed-in-the-body"])
+    [(0, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+         b"Connection: Upgrade\r\n\r\n")],  # an upgrade nobody asked for
+], ids=["not-http", "closed-in-the-head", "closed-in-the-body", "upgrade"])
 def test_a_broken_answer_is_a_retryable_failure_and_is_retried(answer):
     with _ScriptedServer([answer, answer]) as server:
         engine = sender.Sender(server.endpoint, REGION, max_connections=1,
