@@ -15,20 +15,8 @@ const Pusher = require('pusher-js');
 let Echo = null;
 
 const env = process.env;
-const TIMEOUT_MS = Number(env.SCENARIO_TIMEOUT_MS || 20000);
-const echoes = [];
-
-function emit(step, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ step }, fields || {})) + '\n');
-}
-
-function finish(code) {
-  for (const echo of echoes) echo.disconnect();
-  setTimeout(() => process.exit(code), 200);
-}
-
-const watchdog = setTimeout(() => { emit('timeout'); finish(2); }, TIMEOUT_MS);
-watchdog.unref();
+const { emit, finish, clients: echoes } = require('../support/scenario.js')
+  .scenario({ timeoutMs: 20000 });
 
 // Echo as a Laravel app configures it for a self-hosted Pusher-protocol server.
 function connect(token) {

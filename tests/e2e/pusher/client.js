@@ -11,22 +11,9 @@ const Pusher = require('pusher-js');
 const PusherBatchAuthorizer = require('pusher-js-auth');
 
 const env = process.env;
-const TIMEOUT_MS = Number(env.SCENARIO_TIMEOUT_MS || 20000);
-
-function emit(step, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ step }, fields || {})) + '\n');
-}
-
-function finish(code) {
-  for (const client of clients) client.disconnect();
-  // let the disconnects reach soketi (member_removed / channel_vacated webhooks)
-  setTimeout(() => process.exit(code), 200);
-}
-
-const watchdog = setTimeout(() => { emit('timeout'); finish(2); }, TIMEOUT_MS);
-watchdog.unref();
-
-const clients = [];
+// finish() lets the disconnects reach soketi (member_removed / channel_vacated webhooks)
+const { emit, finish, clients } = require('../../support/scenario.js')
+  .scenario({ timeoutMs: 20000, graceMs: 200 });
 
 function connect(token, extra) {
   const headers = { Authorization: 'Bearer ' + token };

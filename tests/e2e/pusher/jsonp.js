@@ -8,8 +8,9 @@ const fs = require('fs');
 const { JSDOM, VirtualConsole } = require('jsdom');
 
 const env = process.env;
-const TIMEOUT_MS = Number(env.SCENARIO_TIMEOUT_MS || 20000);
-const emit = (step, fields) => process.stdout.write(JSON.stringify(Object.assign({ step }, fields || {})) + '\n');
+let window = null;
+const { emit, finish, clients } = require('../../support/scenario.js')
+  .scenario({ timeoutMs: 20000, onFinish: () => window.close() });
 
 const virtualConsole = new VirtualConsole();
 virtualConsole.on('jsdomError', (error) => emit('jsdom_error', { message: String(error.message || error) }));
@@ -20,19 +21,13 @@ const dom = new JSDOM('<!doctype html><html><head></head><body></body></html>', 
   resources: 'usable',
   virtualConsole,
 });
-const window = dom.window;
-let pusher = null;
-const finish = (code) => {
-  if (pusher) pusher.disconnect();
-  setTimeout(() => { window.close(); process.exit(code); }, 200);
-};
-setTimeout(() => { emit('timeout'); finish(2); }, TIMEOUT_MS).unref();
+window = dom.window;
 
 window.eval(fs.readFileSync(require.resolve('pusher-js/dist/web/pusher.js'), 'utf8'));
 const Pusher = window.Pusher;
 emit('loaded', { version: Pusher.VERSION, websocket: typeof window.WebSocket });
 
-pusher = new Pusher(env.PUSHER_KEY, {
+const pusher = new Pusher(env.PUSHER_KEY, {
   cluster: 'mt1',
   wsHost: '127.0.0.1',
   wsPort: Number(env.WS_PORT),
@@ -45,6 +40,7 @@ pusher = new Pusher(env.PUSHER_KEY, {
     params: { token: env.TOKEN_ALICE },
   },
 });
+clients.push(pusher);
 const channel = pusher.subscribe('private-user-alice');
 channel.bind('pusher:subscription_succeeded', () => {
   const scripts = Array.from(window.document.querySelectorAll('script')).map((s) => s.src.split('?')[0]);

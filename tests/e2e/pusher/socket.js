@@ -11,20 +11,8 @@
 const Pusher = require('pusher-js');
 
 const env = process.env;
-const TIMEOUT_MS = Number(env.SCENARIO_TIMEOUT_MS || 20000);
-const clients = [];
-
-function emit(step, fields) {
-  process.stdout.write(JSON.stringify(Object.assign({ step }, fields || {})) + '\n');
-}
-
-function finish(code) {
-  for (const client of clients) client.disconnect();
-  setTimeout(() => process.exit(code), 200);
-}
-
-const watchdog = setTimeout(() => { emit('timeout'); finish(2); }, TIMEOUT_MS);
-watchdog.unref();
+const { emit, finish, clients } = require('../../support/scenario.js')
+  .scenario({ timeoutMs: 20000 });
 
 function connect(key, extra) {
   const headers = { Authorization: 'Bearer ' + (env.TOKEN_ALICE || '') };
