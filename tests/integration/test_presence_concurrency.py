@@ -86,12 +86,14 @@ def test_simultaneous_new_members_never_pass_the_cap(socket_layer, monkeypatch):
     assert sorted(connections.subscribers_of_channel(room)) == sorted(admitted)
 
 
-@pytest.mark.parametrize("joiners", [2, 4])
-def test_each_of_simultaneous_joiners_learns_of_each_other_exactly_once(socket_layer, joiners):
+@pytest.mark.parametrize("names", [["u0", "u1"], ["u0", "u1", "u2", "u3"],
+                                   ["u0", "u1", "u0", "u1", "u2"]],
+                         ids=["two", "four", "two-connections-per-user"])
+def test_each_of_simultaneous_joiners_learns_of_each_other_exactly_once(socket_layer, names):
     for round_ in range(3):
-        room = f"presence-race-{joiners}-{round_}"
-        ids = [register(f"race{round_}-{n}=") for n in range(joiners)]
-        users = {cid: f"u{n}" for n, cid in enumerate(ids)}
+        room = f"presence-race-{len(names)}-{round_}"
+        ids = [register(f"race{len(names)}-{round_}-{n}=") for n in range(len(names))]
+        users = dict(zip(ids, names))
         join_together([subscribe_frame(cid, room, users[cid]) for cid in ids])
         for cid in ids:
             frames = socket_layer.frames(cid)
@@ -102,8 +104,9 @@ def test_each_of_simultaneous_joiners_learns_of_each_other_exactly_once(socket_l
             added = [data_of(f)["user_id"] for f in frames[1:]
                      if f["event"] == "pusher_internal:member_added"]
             assert len(added) == len(set(added)), frames
+            assert users[cid] not in added  # never told of its own user
             for other in ids:
-                if other == cid:
+                if users[other] == users[cid]:
                     continue
                 heard = users[other] in added
                 assert (users[other] in listed) != heard, (
@@ -230,3 +233,22 @@ def test_member_added_waits_for_the_earlier_connections_answer(socket_layer):
     assert connections.presence_leave(room, "uc", "queue-c=") is True
     assert connections.presence_hold(room, "ud", fourth.hold_for) == []
     assert connections.presence_count(room) == 3
+
+
+def test_leaves_and_joins_at_once_keep_the_count_exact(socket_layer, monkeypatch):
+    monkeypatch.setenv("PUSHER_PRESENCE_MAX_MEMBERS", "3")
+    settings.reset()
+    room = "presence-churn"
+    staying = [register(f"churn-{n}=") for n in range(3)]
+    for n, cid in enumerate(staying):
+        pusher_socket.on_message(subscribe_frame(cid, room, f"old{n}"))
+    leave = {"requestContext": {"connectionId": staying[0]},
+             "body": json.dumps({"event": "pusher:unsubscribe", "data": {"channel": room}})}
+    joiners = [register(f"churn-new-{n}=") for n in range(4)]
+    join_together([leave] + [subscribe_frame(cid, room, f"new{n}")
+                             for n, cid in enumerate(joiners)])
+    admitted = [cid for cid in joiners if socket_layer.frames(cid)[0]["event"]
+                == "pusher_internal:subscription_succeeded"]
+    members = connections.presence_members(room)
+    assert len(admitted) <= 1 and "old0" not in members
+    assert len(members) == 2 + len(admitted) == connections.presence_count(room)
