@@ -815,15 +815,23 @@ def presence_members(channel_name: str) -> Dict[str, Any]:
 
 
 def presence_count(channel_name: str) -> int:
-    """The roster's member count of a presence channel (one consistent GetItem; 0 without a
-    roster): what the cap is checked against.
+    """The roster's member count of a presence channel (one consistent Query of the roster;
+    0 without one): what the cap is checked against.
 
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    item = _call("get_item", TableName=_table(), Key=_roster_key(channel_name),
-                 ConsistentRead=True).get("Item") or {}
-    return max(0, int(item.get("members", {}).get("N", "0")))
+    return max(0, _number(_roster(channel_name), "members"))
+
+
+def _roster(channel_name: str) -> Dict[str, Any]:
+    """A channel's roster item, ``{}`` when absent (one consistent Query of that key: the
+    functions' role allows Query, not GetItem)."""
+    items = _call("query", TableName=_table(), ConsistentRead=True,
+                  KeyConditionExpression="connection_id = :c AND sk = :s",
+                  ExpressionAttributeValues={":c": _presence_pk(channel_name),
+                                             ":s": _s(ROSTER_SK)}).get("Items", [])
+    return items[0] if items else {}
 
 
 def _backoff(attempt: int) -> None:
@@ -924,7 +932,10 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
 
     So a either lists B (B joined before a) or gets B's ``member_added`` (B joined after a,
     and a joined before B's query), never both, never neither; a member that left meanwhile is
-    in neither, and its ``member_removed`` follows. Self-correction: when the Query's count of
+    in neither, and its ``member_removed`` follows. B posts at once only to the connections
+    whose answer is marked (``ans#``); the others get theirs queued (:func:`presence_hold`)
+    and take it after their answer (:func:`presence_answered`), so no ``member_added``
+    overtakes a ``subscription_succeeded``. Self-correction: when the Query's count of
     members differs from the roster's (a missed decrement, items of an older version), the
     roster is set to it by one conditional UpdateItem (only while no join or leave came in
     between: ``seq`` and ``members`` unchanged).
@@ -1057,7 +1068,7 @@ def _correct_count(channel_name: str, seq: int, believed: int, real: int) -> boo
 
 def presence_recount(channel_name: str) -> int:
     """Count a channel's member items and correct the roster's ``members`` to it when it
-    differs: read the roster (consistent GetItem), count (consistent ``Select=COUNT`` Query),
+    differs: read the roster (consistent Query of its key), count (consistent ``Select=COUNT`` Query),
     write on condition that ``seq`` and ``members`` are unchanged (no join or leave in
     between), else again. Idempotent, never below 0: the registry stream calls it for every
     member item TTL deleted, however often the record comes.
@@ -1068,8 +1079,7 @@ def presence_recount(channel_name: str) -> int:
         RegistryUnavailable: DynamoDB failed, or joins and leaves kept changing the roster.
     """
     for attempt in range(PRESENCE_ATTEMPTS):
-        roster = _call("get_item", TableName=_table(), Key=_roster_key(channel_name),
-                       ConsistentRead=True).get("Item")
+        roster = _roster(channel_name)
         kwargs: Dict[str, Any] = dict(
             TableName=_table(), ConsistentRead=True, Select="COUNT",
             KeyConditionExpression="connection_id = :c AND begins_with(sk, :m)",
