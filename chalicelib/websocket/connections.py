@@ -731,9 +731,14 @@ ROSTER_SK = "roster"
 SEQ_PREFIX = "seq#"
 ANSWERED_PREFIX = "ans#"
 PENDING_PREFIX = "pend#"
-#: attempts of a join or leave whose transaction lost a race, and the cap of the full-jitter
-#: back-off between them, seconds (AWS Architecture Blog, "Exponential Backoff And Jitter")
+#: a join, leave or recount whose write lost a race is re-read and retried: at least
+#: :data:`PRESENCE_ATTEMPTS` times, and for up to :data:`PRESENCE_DEADLINE_SECONDS` (joins of
+#: one channel are serialized: 40 simultaneous joiners wait for each other), with full-jitter
+#: back-off between attempts growing from :data:`PRESENCE_BACKOFF_BASE` to
+#: :data:`PRESENCE_BACKOFF_CAP` seconds (AWS Architecture Blog, "Exponential Backoff And
+#: Jitter"); then RegistryUnavailable (a 503 ``subscription_error``: retry)
 PRESENCE_ATTEMPTS = 25
+PRESENCE_DEADLINE_SECONDS = 8.0
 PRESENCE_BACKOFF_BASE = 0.005
 PRESENCE_BACKOFF_CAP = 0.2
 
@@ -834,11 +839,20 @@ def _roster(channel_name: str) -> Dict[str, Any]:
     return items[0] if items else {}
 
 
-def _backoff(attempt: int) -> None:
+def _attempts() -> Iterable[int]:
+    """Attempt numbers 0, 1, ... of a race-prone write, sleeping a full-jitter back-off before
+    each retry, while fewer than :data:`PRESENCE_ATTEMPTS` were made or
+    :data:`PRESENCE_DEADLINE_SECONDS` have not passed."""
     import random
 
-    time.sleep(random.uniform(0, min(PRESENCE_BACKOFF_CAP,
-                                     PRESENCE_BACKOFF_BASE * (2 ** attempt))))
+    started = time.monotonic()
+    attempt = 0
+    while attempt < PRESENCE_ATTEMPTS \
+            or time.monotonic() - started < PRESENCE_DEADLINE_SECONDS:
+        yield attempt
+        attempt += 1
+        time.sleep(random.uniform(0, min(PRESENCE_BACKOFF_CAP,
+                                         PRESENCE_BACKOFF_BASE * (2 ** min(attempt, 16)))))
 
 
 def _transact(items: List[Dict[str, Any]]) -> Optional[List[str]]:
@@ -915,7 +929,7 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
     Transactions"), so only one of several simultaneous joins can move ``seq`` from s: the
     joins of a channel are serialized, each connection gets a unique number together with its
     member write, and ``members`` never passes the cap (a refused transaction is re-read and
-    retried, at most :data:`PRESENCE_ATTEMPTS` times with full-jitter back-off; then
+    retried with full-jitter back-off, see :data:`PRESENCE_DEADLINE_SECONDS`; then
     RegistryUnavailable). A new member is refused (:class:`PresenceFull`) only when a fresh
     read shows the channel full, after one recount of the member items
     (:func:`presence_recount`), so a count left too high (a lost decrement) never locks a
@@ -957,7 +971,7 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
     info = _s(json.dumps(user_info, separators=(",", ":")))
     table = _table()
     recounted = False
-    for attempt in range(PRESENCE_ATTEMPTS):
+    for _ in _attempts():
         roster, member = _read_join_state(channel_name, user_id)
         if cid in member.get("connections", {}).get("SS", []):
             seq = _number(member, SEQ_PREFIX + cid)  # 0: joined through an older version
@@ -1012,7 +1026,6 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
             break
         if not _retryable(reasons):
             raise RegistryUnavailable(f"presence join refused: {', '.join(reasons)}")
-        _backoff(attempt)
     else:
         raise RegistryUnavailable(f"presence join of {channel_name} kept racing")
     items = _member_items(channel_name)
@@ -1078,7 +1091,7 @@ def presence_recount(channel_name: str) -> int:
     Raises:
         RegistryUnavailable: DynamoDB failed, or joins and leaves kept changing the roster.
     """
-    for attempt in range(PRESENCE_ATTEMPTS):
+    for _ in _attempts():
         roster = _roster(channel_name)
         kwargs: Dict[str, Any] = dict(
             TableName=_table(), ConsistentRead=True, Select="COUNT",
@@ -1099,7 +1112,6 @@ def presence_recount(channel_name: str) -> int:
         if believed == real or _correct_count(channel_name, _number(roster, "seq"),
                                               believed, real):
             return real
-        _backoff(attempt)
     raise RegistryUnavailable(f"presence recount of {channel_name} kept racing")
 
 
@@ -1197,7 +1209,7 @@ def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
     key = _member_key(channel_name, user_id)
     names = {"#conns": "connections", "#seq": SEQ_PREFIX + connection_id,
              "#ans": ANSWERED_PREFIX + connection_id, "#pend": PENDING_PREFIX + connection_id}
-    for attempt in range(PRESENCE_ATTEMPTS):
+    for _ in _attempts():
         answer = _conditional(
             "update_item", TableName=_table(), Key=key,
             UpdateExpression="DELETE #conns :c REMOVE #seq, #ans, #pend",
@@ -1228,7 +1240,6 @@ def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
             # the roster counts no member (lost or never had it): the item goes alone
             if "refused" not in _conditional("delete_item", **last):
                 return True
-        _backoff(attempt)
     raise RegistryUnavailable(f"presence leave of {channel_name} kept racing")
 
 
