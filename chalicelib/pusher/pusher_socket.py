@@ -26,7 +26,8 @@ dialect.
   ``status``; ``pusher:unsubscribe``; anything else gets a ``pusher:error`` (never silence).
 * Presence (signed ``channel_data``; member list in ``subscription_succeeded``;
   ``member_added``/``member_removed`` on a user's first/last connection, also on
-  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``), client
+  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``; the cap and
+  the member events exact under simultaneous joins: ``connections.presence_enter``), client
   events (the trust issue's rules and rate limit, 4301), ``pusher:signin``
   (``#server-to-user-<id>``), cache channels (last event 30 minutes, ``pusher:cache_miss``),
   encrypted channels (relayed as the server library encrypted them).
@@ -743,14 +744,14 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
                     and sk.startswith(connections.MEMBER_SK_PREFIX):
                 channel = pk[len(connections.PRESENCE_PK_PREFIX):]
                 user_id = sk[len(connections.MEMBER_SK_PREFIX):]
-                # the member item went without the leave's transaction: the roster's count
-                # is set to the member items left (idempotent: a record seen twice counts once)
-                connections.presence_recount(channel)
                 if old.get("connections", {}).get("SS"):
                     _webhooks_out().member_removed(channel, user_id)
                     _broadcast(channel, protocol.encode(
                         "pusher_internal:member_removed", {"user_id": user_id}, channel),
                         exclude=None, event=None)
+                # the member item went without the leave's transaction: the roster's count
+                # is set to the member items left (idempotent: a record seen twice counts once)
+                connections.presence_recount(channel)
                 handled += 1
         except Exception:
             log.exception("registry stream record %s not handled",
