@@ -6,7 +6,7 @@ Parts (each its own process group, its log lines prefixed with its name):
 part       what                                                     default port(s)
 ========== ======================================================= ===========================
 issuer     ``devtools.dev_issuer serve``: OIDC discovery + JWKS     9999
-dynamodb   moto server: DynamoDB (registry table created) + SQS     4567
+dynamodb   moto server (devtools.moto_registry): DynamoDB + SQS     4567
 soketi     Pusher-protocol server (``devtools/soketi``), webhooks    6001 (metrics 9601)
            to ``/pusher/webhooks``
 http       ``chalice local --stage dev --no-autoreload``            8000
@@ -404,8 +404,9 @@ class Stack:
                  env, ROOT, self.out,
                  lambda: _http_answers(f"{self.issuer_url}/.well-known/openid-configuration",
                                        lambda s, _: s == 200)),
-            self._quiet(Part("dynamodb", [py, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                          str(p.dynamodb)], env, ROOT, self.out,
+            self._quiet(Part("dynamodb", [py, "-m", "devtools.moto_registry", "-H",
+                                          "127.0.0.1", "-p", str(p.dynamodb)], env, ROOT,
+                             self.out,
                              lambda: _http_answers(f"{self.dynamodb_url}/moto-api/")),
                         # moto logs every request (SQS long polls: one a second) as "POST / 200"
                         r'"(GET|POST) /\S* HTTP/1\.1" 2\d\d'),

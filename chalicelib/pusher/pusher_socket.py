@@ -26,7 +26,8 @@ dialect.
   ``status``; ``pusher:unsubscribe``; anything else gets a ``pusher:error`` (never silence).
 * Presence (signed ``channel_data``; member list in ``subscription_succeeded``;
   ``member_added``/``member_removed`` on a user's first/last connection, also on
-  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``), client
+  ``$disconnect`` and GoneException cleanup through ``connections.REMOVAL_HOOKS``; the cap and
+  the member events exact under simultaneous joins: ``connections.presence_enter``), client
   events (the trust issue's rules and rate limit, 4301), ``pusher:signin``
   (``#server-to-user-<id>``), cache channels (last event 30 minutes, ``pusher:cache_miss``),
   encrypted channels (relayed as the server library encrypted them).
@@ -480,10 +481,10 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
     if connection is None or connection.dialect != DIALECT:
         raise protocol.ProtocolError("Connection not registered; reconnect",
                                      protocol.UNAUTHORIZED_CONNECTION)
-    first = False
+    entry = None
     try:
         if member is not None:
-            first = connections.presence_join(
+            entry = connections.presence_enter(
                 name, member[0], member[1], connection,
                 max_members=pusher_socket_settings().presence_max_members)
         try:
@@ -502,27 +503,40 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
                                   "ServiceUnavailable") from None
     if member is None:
         return _with_cache(name, protocol.subscription_succeeded(name))
-    # The list is read after this connection's subscription is written, and a joiner reads
-    # the subscribers for its member_added after its member is written, so of two
-    # simultaneous joiners each either lists the other or gets its member_added (never
-    # neither; both is possible, and pusher-js then fires pusher:member_added for a listed
-    # member: README).
-    members = connections.presence_members(name)
+    # Exact under simultaneous joins (connections.presence_enter): the list holds the members
+    # that joined before this connection, member_added goes to the connections that joined
+    # before this member, so of two joiners each learns of the other exactly once.
+    members = entry.members
     succeeded = _with_cache(name, protocol.subscription_succeeded(name, {"presence": {
         "ids": list(members), "hash": members, "count": len(members)}}))
-    if not first:
-        return succeeded
-    # the audience is read now, before the answer goes out, so the window in which a new
-    # subscriber both lists this member and hears of it stays as short as the two reads
-    others = _pusher_subscribers(name, exclude=connection_id)
 
-    def announce() -> None:
+    def answered() -> None:
+        """Once the answer is posted: mark it (later members then post their member_added
+        here directly), take the member_added queued meanwhile, and announce a new member
+        (to the earlier connections already answered; the others get it queued)."""
+        try:
+            late = connections.presence_answered(name, member[0], connection_id)
+        except Exception:
+            log.exception("presence answer on %s not marked", for_log(name))
+            late = {}
+        for other, info in late.items():
+            _post([connection_id], protocol.encode(
+                "pusher_internal:member_added", {"user_id": other, "user_info": info}, name),
+                name, event)
+        if not entry.first:
+            return
         _webhooks_out().member_added(name, member[0])
-        _post(others, protocol.encode("pusher_internal:member_added",
-                                      {"user_id": member[0], "user_info": member[1]}, name),
+        try:
+            now = connections.presence_hold(name, member[0], entry.hold_for)
+        except Exception:
+            log.exception("member_added on %s not queued", for_log(name))
+            now = [other for _, other in entry.hold_for]
+        _post(list(entry.announce_to) + now,
+              protocol.encode("pusher_internal:member_added",
+                              {"user_id": member[0], "user_info": member[1]}, name),
               name, event)
 
-    return _Answer(succeeded, announce)
+    return _Answer(succeeded, answered)
 
 
 def _with_cache(name: str, succeeded: str):
@@ -705,7 +719,9 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
 
     * a presence subscription item (``member_user_id``): the connection leaves the member;
       ``member_removed`` when it was the member's last connection;
-    * a member item still holding connections: ``member_removed``.
+    * a member item: the roster's member count is recounted
+      (:func:`chalicelib.websocket.connections.presence_recount`: never below 0, and a record
+      delivered twice counts once); ``member_removed`` when it still held connections.
 
     Other records are skipped. Returns ``{"batchItemFailures": []}`` (a record that fails is
     logged, never retried: the stream must not stall on it). Never raises.
@@ -725,14 +741,17 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
                 _member_left(sk[len(connections.CHANNEL_SK_PREFIX):], member, pk, None)
                 handled += 1
             elif pk.startswith(connections.PRESENCE_PK_PREFIX) \
-                    and sk.startswith(connections.MEMBER_SK_PREFIX) \
-                    and old.get("connections", {}).get("SS"):
+                    and sk.startswith(connections.MEMBER_SK_PREFIX):
                 channel = pk[len(connections.PRESENCE_PK_PREFIX):]
                 user_id = sk[len(connections.MEMBER_SK_PREFIX):]
-                _webhooks_out().member_removed(channel, user_id)
-                _broadcast(channel, protocol.encode(
-                    "pusher_internal:member_removed", {"user_id": user_id}, channel),
-                    exclude=None, event=None)
+                if old.get("connections", {}).get("SS"):
+                    _webhooks_out().member_removed(channel, user_id)
+                    _broadcast(channel, protocol.encode(
+                        "pusher_internal:member_removed", {"user_id": user_id}, channel),
+                        exclude=None, event=None)
+                # the member item went without the leave's transaction: the roster's count
+                # is set to the member items left (idempotent: a record seen twice counts once)
+                connections.presence_recount(channel)
                 handled += 1
         except Exception:
             log.exception("registry stream record %s not handled",

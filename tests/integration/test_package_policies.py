@@ -41,6 +41,11 @@ LAMBDA_CALLS = {"invoke": "lambda:InvokeFunction"}
 SQS_CALLS = {"send_message_batch": "sqs:SendMessage", "send_message": "sqs:SendMessage",
              "get_queue_url": "sqs:GetQueueUrl",
              "change_message_visibility": "sqs:ChangeMessageVisibility"}
+#: DynamoDB transactions have no IAM action of their own: each item is authorized by its own
+#: action (DynamoDB Developer Guide, "Using IAM with DynamoDB transactions"); the presence
+#: joins and leaves write Put, Update and Delete items
+TRANSACT_CALLS = {"transact_write_items": {"dynamodb:PutItem", "dynamodb:UpdateItem",
+                                           "dynamodb:DeleteItem"}}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
 NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}
@@ -96,6 +101,8 @@ def calls_in_chalicelib() -> dict:
                     needed.add(APIGATEWAY_READS[name][0])
                 elif name in SQS_CALLS:
                     needed.add(SQS_CALLS[name])
+                elif name in TRANSACT_CALLS:
+                    needed |= TRANSACT_CALLS[name]
                 elif name in MANAGEMENT_METHODS:
                     needed.add("execute-api:" + MANAGEMENT_METHODS[name])
                 elif name in dynamodb:
