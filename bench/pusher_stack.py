@@ -172,6 +172,8 @@ class CountedStack:
         url = f"http://127.0.0.1:{self.stack.ports.management}/_local/counters"
         with urllib.request.urlopen(url, timeout=10) as response:
             gateway = json.loads(response.read())
+        self._running = sum(gateway.get("running", {}).values()) + \
+            sum(gateway.get("pending", {}).values())
         self._read_recording()
         return Counts({"dynamodb": Counter(self._dynamodb),
                        "invocations": Counter(gateway["invocations"]),
@@ -185,20 +187,23 @@ class CountedStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with urllib.request.urlopen(url, timeout=10) as response:
-                if not json.loads(response.read()).get("running"):
-                    break
+                gateway = json.loads(response.read())
+            if not gateway.get("running") and not gateway.get("pending"):
+                break
             time.sleep(0.005)
         return self.counts()
 
     def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> Counts:
-        """The totals once nothing has changed for ``quiet`` seconds (work still running in
-        the background, a ``$disconnect`` or an asynchronous invoke, is counted too)."""
+        """The totals once nothing has changed for ``quiet`` seconds and no invocation is
+        running (work still running in the background, a ``$disconnect`` or an asynchronous
+        invoke, is counted too: under load a ``$disconnect`` of an earlier phase could start
+        after a quiet spell and land in the next measurement)."""
         deadline = time.monotonic() + timeout
         last = self.counts()
         while time.monotonic() < deadline:
             time.sleep(quiet)
             now = self.counts()
-            if now == last:
+            if now == last and not self._running:
                 return now
             last = now
         return last

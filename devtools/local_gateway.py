@@ -341,13 +341,20 @@ class LocalWebSocketGateway:
             its effect reaches the client (the frame, the close), so a client that saw it
             reads a count that includes it. ``"running"``: the invocations not yet returned,
             by function name (a handler may still work after its client saw an answer).
+            ``"pending"``: ``{"$disconnect": n}`` while n closed sockets wait for their TCP
+            close before their ``$disconnect`` runs (a client that closed its socket may see
+            its ``$disconnect`` start later), else ``{}``.
         """
         with self._counts_lock:
             counts = dict(self._counts)
-        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}, "running": {}}
+        result: Dict[str, Dict[str, int]] = {"invocations": {}, "management": {}, "running": {},
+                                             "pending": {}}
         for (group, name), value in sorted(counts.items()):
             if value:
                 result[group][name] = value
+        pending = len(self._pending_disconnects)
+        if pending:
+            result["pending"]["$disconnect"] = pending
         return result
 
     # -- lifecycle -----------------------------------------------------------------------

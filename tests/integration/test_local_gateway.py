@@ -490,6 +490,7 @@ def test_counters_report_invocations_and_management_calls(gateway):
         "management": {"GetConnection 200": 1, "Invoke 404": 1, "PostToConnection 200": 1,
                        "PostToConnection 410": 1},
         "running": {},  # every invocation has returned
+        "pending": {},  # and no closed socket waits for its $disconnect
     }
 
 
