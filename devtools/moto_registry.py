@@ -7,9 +7,11 @@ moto runs ``TransactWriteItems`` by deep-copying the tables it touches and, when
 fails, putting that copy back, which erases every write other requests made to those tables
 in the meantime (on DynamoDB a transaction changes its own items only). The presence joins'
 transactions lose such races by design (``chalicelib.websocket.connections.presence_enter``),
-so here a ``TransactWriteItems`` runs alone: it waits for the requests in progress and holds
-new ones back until it is done (a readers-writer lock; every other request runs in parallel
-as before). Dev-only: not part of the Lambda zip.
+so here a ``TransactWriteItems`` runs alone among the DynamoDB requests: it waits for those in
+progress and holds new ones back until it is done (a readers-writer lock; the other DynamoDB
+requests run in parallel as before). Requests to other services (the SQS push queue's long
+polls, which hold a request open for a second) take no lock: a transaction waiting for a long
+poll made every presence join a second slower. Dev-only: not part of the Lambda zip.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import sys
 import threading
 from typing import Any, Callable, Iterable
 
-#: the ``X-Amz-Target`` of the requests that run alone
+#: the ``X-Amz-Target`` of the requests that run alone, and the prefix of the DynamoDB ones
+#: that share the lock (every DynamoDB API call carries one: DynamoDB's JSON protocol)
 EXCLUSIVE_TARGETS = frozenset({"DynamoDB_20120810.TransactWriteItems"})
+DYNAMODB_TARGET_PREFIX = "DynamoDB_20120810."
 
 
 class ReadersWriterLock:
@@ -61,13 +65,17 @@ class ReadersWriterLock:
 
 
 def atomic_transactions(app: Callable, lock: ReadersWriterLock = None) -> Callable:
-    """Wrap a moto WSGI application so that :data:`EXCLUSIVE_TARGETS` requests run alone.
+    """Wrap a moto WSGI application so that :data:`EXCLUSIVE_TARGETS` requests run alone
+    among the DynamoDB requests; other services' requests pass untouched.
 
     moto builds each answer inside the call, so the lock covers the whole request."""
     lock = lock or ReadersWriterLock()
 
     def wrapped(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        exclusive = environ.get("HTTP_X_AMZ_TARGET", "") in EXCLUSIVE_TARGETS
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if not target.startswith(DYNAMODB_TARGET_PREFIX):
+            return app(environ, start_response)
+        exclusive = target in EXCLUSIVE_TARGETS
         if exclusive:
             lock.acquire_exclusive()
         else:

@@ -5,6 +5,7 @@ items only."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import boto3
@@ -71,6 +72,34 @@ def test_a_failing_transaction_erases_no_other_write():
     one transaction failed inside moto ("dictionary changed size during iteration") on this
     machine; with it, none."""
     assert _writes_lost(wrap=True) == 0
+
+
+def test_other_services_never_wait_for_a_transaction():
+    """An SQS long poll (the push queue's, a second long) holds no lock: a transaction does not
+    wait for it."""
+    server = _serve(wrap=True)
+    try:
+        endpoint = f"http://127.0.0.1:{server.port}"
+        options = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="a",
+                       aws_secret_access_key="b")
+        sqs, dynamodb = boto3.client("sqs", **options), boto3.client("dynamodb", **options)
+        queue = sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        table = f"t-{uuid.uuid4().hex[:8]}"
+        dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "pk",
+                                                     "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        poll = threading.Thread(target=lambda: sqs.receive_message(QueueUrl=queue,
+                                                                   WaitTimeSeconds=2))
+        poll.start()
+        time.sleep(0.3)  # the long poll is in progress
+        started = time.monotonic()
+        dynamodb.transact_write_items(TransactItems=[{"Put": {
+            "TableName": table, "Item": {"pk": {"S": "x"}}}}])
+        assert time.monotonic() - started < 1.0  # not after the poll's 2 s
+        poll.join(5)
+    finally:
+        server.shutdown()
 
 
 def test_the_lock_lets_readers_share_and_a_writer_wait_for_them():
