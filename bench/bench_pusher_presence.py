@@ -165,7 +165,7 @@ def report(result: Dict[str, object], members: int) -> List[str]:
          f"{jp50:.0f} / {jp99:.0f} ms", f"~40-80 ms + the member_added fan-out (~20-40 ms for "
                                         f"{members - 1} posts in flight at once)"),
         ("DynamoDB requests per join", f"{per['join']} for every k: {_ops(joins[-1]['counts'])}",
-         "same: O(1); read volume O(N) (3 Queries return every member)"),
+         "same: O(1); read volume O(N) (one Query returns every member)"),
         ("invocations per join", f"{jt.total('invocations') / members:g}", "1 ($default)"),
         ("PostToConnection per join", f"k ({jt.posts} in all)" if join_posts_ok
          else f"{jt.posts / members:.2f} on average (NOT k: check the run)",

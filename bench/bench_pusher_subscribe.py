@@ -111,8 +111,8 @@ EXPECTED = {
     "public": "~25-45 ms p50: API Gateway -> warm $default ~5-10 ms, 4 DynamoDB requests in "
               "sequence ~3-6 ms each, PostToConnection ~10-20 ms",
     "private": "same as public + an HMAC check (µs)",
-    "presence": "~40-70 ms p50: 8 DynamoDB requests in sequence (3 Queries of the member "
-                "list / subscribers) + the post",
+    "presence": "~40-70 ms p50: 8 DynamoDB requests in sequence (the roster and member read, "
+                "one transaction, one Query of the member list) + the post",
 }
 
 
