@@ -16,6 +16,7 @@ import pytest
 from chalicelib import settings
 from chalicelib.pusher import pusher_protocol, pusher_socket
 from chalicelib.websocket import connections
+from tests.support.events import ttl_remove
 from tests.support.websocket import aws_env, management_api, serial_registry  # noqa: F401
 
 SECRET = "app-secret"
@@ -144,14 +145,6 @@ def test_a_count_too_low_is_corrected_by_the_next_join(socket_layer):
                       ExpressionAttributeValues={":n": {"N": "0"}})
     pusher_socket.on_message(subscribe_frame(register("low-2="), room, "m2"))
     assert connections.presence_count(room) == 3
-
-
-def ttl_remove(item):
-    """A REMOVE record as DynamoDB Streams reports a TTL delete (OLD_IMAGE view)."""
-    return {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb",
-            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
-            "dynamodb": {"Keys": {k: item[k] for k in ("connection_id", "sk")},
-                         "OldImage": item, "StreamViewType": "OLD_IMAGE"}}
 
 
 def test_a_ttl_delete_of_a_member_through_the_stream_lowers_the_count(socket_layer):

@@ -15,6 +15,7 @@ from websockets.sync.client import connect
 from chalicelib import settings
 from chalicelib.pusher import pusher_protocol
 from chalicelib.websocket import connections, push
+from tests.support.events import ttl_remove
 from tests.support.websocket import (  # noqa: F401
     app_gateway, aws_env, one_rate_window, serial_registry)
 
@@ -312,14 +313,6 @@ def test_encrypted_channels_relay_what_a_server_library_encrypted(gateway):
     with pytest.raises(Exception) as refused:
         push.parse_notification({"channel": channel, "event": "e", "data": {"plain": 1}})
     assert "encrypted" in str(refused.value.public_message)
-
-
-def ttl_remove(item):
-    """A REMOVE record as DynamoDB Streams reports a TTL delete (OLD_IMAGE view)."""
-    return {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb",
-            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
-            "dynamodb": {"Keys": {k: item[k] for k in ("connection_id", "sk")},
-                         "OldImage": item, "StreamViewType": "OLD_IMAGE"}}
 
 
 def test_ttl_deletes_from_the_stream_become_member_removed(gateway):

@@ -8,6 +8,9 @@ with ``routeKey``, ``eventType`` (``CONNECT``/``MESSAGE``/``DISCONNECT``), ``con
 ``principalId``). ``$connect`` carries ``headers``/``multiValueHeaders`` and
 ``queryStringParameters``; ``$default`` carries ``body`` and ``isBase64Encoded``.
 
+``ttl_remove`` builds a DynamoDB Streams record of a TTL delete (Developer Guide, "DynamoDB
+Streams and Time to Live": ``userIdentity`` ``dynamodb.amazonaws.com``).
+
 Every builder returns a fresh ``dict``; invoke with Chalice's test client,
 ``client.lambda_.invoke("ws_connect", event)``, or hand it to a local gateway.
 """
@@ -163,3 +166,12 @@ def sqs_record(body: Any, *, message_id: Optional[str] = None,
 def sqs_event(records: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
     """An SQS event with the given records (see :func:`sqs_record`)."""
     return {"Records": list(records)}
+
+
+def ttl_remove(item: Mapping[str, Any]) -> Dict[str, Any]:
+    """A REMOVE record as DynamoDB Streams reports a TTL delete of ``item`` (its attributes in
+    DynamoDB JSON; OLD_IMAGE view), for ``registry_stream``."""
+    return {"eventID": "1", "eventName": "REMOVE", "eventSource": "aws:dynamodb",
+            "userIdentity": {"type": "Service", "principalId": "dynamodb.amazonaws.com"},
+            "dynamodb": {"Keys": {k: item[k] for k in ("connection_id", "sk")},
+                         "OldImage": dict(item), "StreamViewType": "OLD_IMAGE"}}
