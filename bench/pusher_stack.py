@@ -172,6 +172,7 @@ class CountedStack:
         url = f"http://127.0.0.1:{self.stack.ports.management}/_local/counters"
         with urllib.request.urlopen(url, timeout=10) as response:
             gateway = json.loads(response.read())
+        # invocations running and sockets waiting for their $disconnect, at this reading
         self._running = sum(gateway.get("running", {}).values()) + \
             sum(gateway.get("pending", {}).values())
         self._read_recording()
@@ -180,18 +181,16 @@ class CountedStack:
                        "management": Counter(gateway["management"])})
 
     def idle_counts(self, timeout: float = 10.0) -> Counts:
-        """The totals once no invocation of the app is running (a handler may still work
-        after its client saw the answer: a presence join posts its ``member_added`` fan-out
-        after the joiner's ``subscription_succeeded``)."""
-        url = f"http://127.0.0.1:{self.stack.ports.management}/_local/counters"
+        """The totals once no invocation of the app is running and no closed socket waits for
+        its ``$disconnect`` (a handler may still work after its client saw the answer: a
+        presence join posts its ``member_added`` fan-out after the joiner's
+        ``subscription_succeeded``)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                gateway = json.loads(response.read())
-            if not gateway.get("running") and not gateway.get("pending"):
-                break
+        now = self.counts()
+        while self._running and time.monotonic() < deadline:
             time.sleep(0.005)
-        return self.counts()
+            now = self.counts()
+        return now
 
     def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> Counts:
         """The totals once nothing has changed for ``quiet`` seconds and no invocation is

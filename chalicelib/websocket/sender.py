@@ -434,7 +434,6 @@ class Sender:
         self._ssl_context: Optional[ssl.SSLContext] = None
         self._keys: Dict[Tuple[str, str, str, str], bytes] = {}
         self._idle: List[_Link] = []
-        self._open = 0
         self._lock = threading.Lock()
         #: the pace of this sender's posts, kept across fan-outs (:class:`SendRate`)
         self.rate = SendRate()
