@@ -403,6 +403,27 @@ def _batch_delete(keys: List[Dict[str, Any]]) -> None:
             raise RegistryUnavailable(f"{len(requests)} deletes left unprocessed")
 
 
+def _batch_get(keys: List[Dict[str, Any]], **options: Any) -> List[Dict[str, Any]]:
+    """The items of ``keys`` (at most 100: one BatchGetItem, ``options`` such as
+    ``ConsistentRead`` or ``ProjectionExpression`` added to the request); unprocessed keys are
+    asked again with back-off, 8 calls at most.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed, or keys stayed unprocessed.
+    """
+    table = _table()
+    items: List[Dict[str, Any]] = []
+    request = {table: {"Keys": keys, **options}}
+    for attempt in range(8):
+        response = _call("batch_get_item", RequestItems=request)
+        items.extend(response.get("Responses", {}).get(table, []))
+        request = response.get("UnprocessedKeys") or {}
+        if not request.get(table):
+            return items
+        time.sleep(min(1.0, 0.05 * (2 ** attempt)))
+    raise RegistryUnavailable("BatchGetItem left keys unprocessed")
+
+
 # --- subscriptions ----------------------------------------------------------------------------
 
 def subscribe(connection: Connection, channel_name: str, *,
@@ -891,19 +912,9 @@ def _read_join_state(channel_name: str, user_id: str) -> Tuple[Dict[str, Any],
                                                                 Dict[str, Any]]:
     """The roster and the user's member item (``{}`` when absent): one BatchGetItem,
     strongly consistent."""
-    table = _table()
-    keys = [_roster_key(channel_name), _member_key(channel_name, user_id)]
-    found: Dict[str, Dict[str, Any]] = {}
-    request = {table: {"Keys": keys, "ConsistentRead": True}}
-    for attempt in range(8):
-        response = _call("batch_get_item", RequestItems=request)
-        for item in response.get("Responses", {}).get(table, []):
-            found[item["sk"]["S"]] = item
-        request = response.get("UnprocessedKeys") or {}
-        if not request.get(table):
-            return found.get(ROSTER_SK, {}), found.get(MEMBER_SK_PREFIX + user_id, {})
-        time.sleep(min(1.0, 0.05 * (2 ** attempt)))
-    raise RegistryUnavailable("BatchGetItem left keys unprocessed")
+    found = {item["sk"]["S"]: item for item in _batch_get(
+        [_roster_key(channel_name), _member_key(channel_name, user_id)], ConsistentRead=True)}
+    return found.get(ROSTER_SK, {}), found.get(MEMBER_SK_PREFIX + user_id, {})
 
 
 def _number(item: Dict[str, Any], name: str) -> int:
@@ -1542,26 +1553,15 @@ def channel_user_ids(channel_name: str, *, now: Optional[float] = None) -> List[
         RegistryUnavailable: DynamoDB failed.
     """
     ids = subscribers_of_channel(channel_name, now=now)
-    table = _table()
     users = set()
     for start in range(0, len(ids), 100):
         keys = [{"connection_id": _s(cid), "sk": _s(CHANNEL_SK_PREFIX + channel_name)}
                 for cid in ids[start:start + 100]]
-        request = {table: {"Keys": keys,
-                           "ProjectionExpression": "user_id, member_user_id"}}
-        for attempt in range(8):
-            response = _call("batch_get_item", RequestItems=request)
-            for item in response.get("Responses", {}).get(table, []):
-                user_id = (item.get("member_user_id", {}).get("S")
-                           or item.get("user_id", {}).get("S"))
-                if user_id:
-                    users.add(user_id)
-            request = response.get("UnprocessedKeys") or {}
-            if not request.get(table):
-                break
-            time.sleep(min(1.0, 0.05 * (2 ** attempt)))
-        else:
-            raise RegistryUnavailable("BatchGetItem left keys unprocessed")
+        for item in _batch_get(keys, ProjectionExpression="user_id, member_user_id"):
+            user_id = (item.get("member_user_id", {}).get("S")
+                       or item.get("user_id", {}).get("S"))
+            if user_id:
+                users.add(user_id)
     return sorted(users)
 
 
