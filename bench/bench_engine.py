@@ -131,12 +131,13 @@ def _worker_cpu(engine: str, endpoint: str) -> dict:
 
 
 def _worker_fanout(engine: str, endpoint: str) -> dict:
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import subscriptions
+    from chalicelib.websocket import push
 
     def run():
         if engine == "ours":
             return push.publish_to_channel(CHANNEL, FRAME)["delivered"]
-        return boto3_engine(connections.subscribers_of_channel(CHANNEL), endpoint, 128)
+        return boto3_engine(subscriptions.subscribers_of_channel(CHANNEL), endpoint, 128)
 
     runs = []
     for label in ("first", "second"):
@@ -145,7 +146,7 @@ def _worker_fanout(engine: str, endpoint: str) -> dict:
         runs.append({"run": label, "wall": time.perf_counter() - wall,
                      "cpu": time.process_time() - cpu, "delivered": delivered})
     cpu, wall = time.process_time(), time.perf_counter()
-    assert len(connections.subscribers_of_channel(CHANNEL)) == FAN_OUT
+    assert len(subscriptions.subscribers_of_channel(CHANNEL)) == FAN_OUT
     query = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
     from chalicelib.settings import websocket_settings
 

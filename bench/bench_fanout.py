@@ -49,14 +49,15 @@ def _environment(endpoint: str, dynamodb: str) -> None:
 
 def _reset(workers: int = 0) -> None:
     from chalicelib import settings
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import table
+    from chalicelib.websocket import push
 
     if workers:
         os.environ["PUSH_MAX_WORKERS"] = str(workers)
     else:
         os.environ.pop("PUSH_MAX_WORKERS", None)
     settings.reset()
-    connections.reset_clients()
+    table.reset_clients()
     push.reset_clients()
 
 
@@ -64,12 +65,12 @@ def seeds_sequential_loop(channel: str, endpoint: str) -> Dict[str, int]:
     """The seeds' pattern: one default client, one post after the other."""
     import boto3
 
-    from chalicelib.websocket import connections
+    from chalicelib.registry import connections, subscriptions
 
     client = boto3.client("apigatewaymanagementapi", endpoint_url=endpoint)
     summary = {"delivered": 0, "gone": 0, "failed": 0}
     data = b'{"type":"event","channel":"presence-bench","event":"tick","data":{"n":1}}'
-    for connection_id in connections.subscribers_of_channel(channel):
+    for connection_id in subscriptions.subscribers_of_channel(channel):
         try:
             client.post_to_connection(ConnectionId=connection_id, Data=data)
             summary["delivered"] += 1
@@ -133,15 +134,15 @@ def main() -> None:
 
 def _run(endpoint: str) -> None:
     from chalicelib import settings
-    from chalicelib.websocket import connections
+    from chalicelib.registry import connections, subscriptions, table
     from chalicelib.auth.principal import Principal
 
     _reset()
-    connections.create_table()
+    table.create_table()
     principal = Principal(sub="bench-user", issuer="http://127.0.0.1")
     for index in range(SUBSCRIBERS):
         connection = connections.register(f"bench-{index:04d}=", principal)
-        connections.subscribe(connection, CHANNEL)
+        subscriptions.subscribe(connection, CHANNEL)
     default_workers = settings.websocket_settings().push_max_workers
 
     rows: List[Tuple[str, int, float, Dict[str, int]]] = []
@@ -156,7 +157,7 @@ def _run(endpoint: str) -> None:
         rows.append((f"publish_to_channel{' (default)' if workers == default_workers else ''}",
                      workers, seconds, summary))
     _reset()
-    query_seconds = min(_timed(lambda: {"n": len(connections.subscribers_of_channel(CHANNEL))})[0]
+    query_seconds = min(_timed(lambda: {"n": len(subscriptions.subscribers_of_channel(CHANNEL))})[0]
                         for _ in range(REPEAT))
     seconds, summary = _timed(lambda: seeds_sequential_loop(CHANNEL, endpoint))
     rows.append(("seeds' sequential loop", 1, seconds, summary))

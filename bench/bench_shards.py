@@ -72,10 +72,11 @@ def _env(sqs: str, dynamodb: str, endpoint: str) -> Dict[str, str]:
 # --- workers (pinned to core 0) ---------------------------------------------------------------
 
 def _worker_produce() -> dict:
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import subscriptions
+    from chalicelib.websocket import push
 
     cpu, wall = time.process_time(), time.perf_counter()
-    ids = connections.subscribers_of_channel(CHANNEL)
+    ids = subscriptions.subscribers_of_channel(CHANNEL)
     query = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
              "ids": len(ids)}
     import boto3

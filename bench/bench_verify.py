@@ -183,7 +183,7 @@ def _cold_import(env: dict):
     ``import app`` plus every room, and Powertools' logging + metrics after chalice."""
     rooms = ", ".join(f"chalicelib.{m}" for m in (
         "auth.authorizer", "http", "pusher.pusher_auth", "websocket.ws", "websocket.worker",
-        "websocket.push", "websocket.connections"))
+        "websocket.push", "registry.connections", "registry.presence"))
     programs = {"app": "import app",
                 "base": "import chalice, jwt, pusher",
                 "app_rooms": f"import app, {rooms}",

@@ -459,13 +459,13 @@ class Stack:
         """Create the registry table (``chalicelib.websocket.connections.TABLE_SCHEMA``) in moto."""
         import boto3
 
-        from chalicelib.websocket import connections
+        from chalicelib.registry import table
 
         client = boto3.session.Session().client(
             "dynamodb", region_name=env["AWS_DEFAULT_REGION"], endpoint_url=self.dynamodb_url,
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        connections.create_table(self.env["CONNECTIONS_TABLE"], client=client)
+        table.create_table(self.env["CONNECTIONS_TABLE"], client=client)
 
     def stop(self) -> None:
         """Stop every part (reverse order) and release the ports and the lock."""

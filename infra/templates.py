@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python infra/templates.py`` as well as ``-m``
     sys.path.insert(0, str(ROOT))
 
-from chalicelib.websocket.connections import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
+from chalicelib.registry.table import TABLE_SCHEMA  # noqa: E402  (no boto3 at import)
 from chalicelib.settings import default_metrics_namespace  # noqa: E402
 
 #: every Lambda function of app.py by its Chalice name (``lambda_functions`` keys in

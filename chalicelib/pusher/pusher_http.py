@@ -399,7 +399,8 @@ def check_size(event: Event) -> None:
     Raises:
         PayloadTooLarge: (413) naming the limit.
     """
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import connections
+    from chalicelib.websocket import push
 
     longest = max(event.channels, key=len)
     for dialect in connections.DIALECTS:
@@ -418,13 +419,14 @@ def publish(event: Event) -> None:
         PayloadTooLarge: see :func:`check_size` (checked before anything is sent).
         RegistryUnavailable, ConfigError: (503) the registry or the management endpoint.
     """
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import connections, subscriptions
+    from chalicelib.websocket import push
 
     check_size(event)
     exclude = _excluded(event.socket_id)
     for channel in event.channels:
         if channel.startswith(SERVER_TO_USER_PREFIX):
-            groups = connections.connections_of_user_by_dialect(
+            groups = subscriptions.connections_of_user_by_dialect(
                 channel[len(SERVER_TO_USER_PREFIX):])
             for dialect, ids in groups.items():
                 frame = event_frame(event, channel if dialect == connections.PUSHER else None)
@@ -441,14 +443,14 @@ def channel_attributes(channel: str, info: Iterable[str]) -> Dict[str, int]:
     Raises:
         RegistryUnavailable: (503).
     """
-    from chalicelib.websocket import connections
+    from chalicelib.registry import listing
 
     answer: Dict[str, int] = {}
     for name in info:
         if name == "subscription_count":
-            answer[name] = connections.count_subscribers(channel)
+            answer[name] = listing.count_subscribers(channel)
         elif name == "user_count" and channels.channel_kind(channel) == channels.PRESENCE:
-            answer[name] = len(connections.channel_user_ids(channel))
+            answer[name] = len(listing.channel_user_ids(channel))
     return answer
 
 
@@ -519,9 +521,10 @@ def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> 
 
     authenticate(request, app_id)
     validate_user_id(user_id)
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import connections, subscriptions
+    from chalicelib.websocket import push
 
-    groups = connections.connections_of_user_by_dialect(user_id)
+    groups = subscriptions.connections_of_user_by_dialect(user_id)
     pusher_ids = groups.get(connections.PUSHER, [])
     if pusher_ids:
         push.send_by_dialect({connections.PUSHER: pusher_ids},
@@ -589,7 +592,7 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
         BadRequest: an unknown ``info`` attribute; ``user_count`` without a ``presence-``
             prefix; a prefix outside the channel charset.
     """
-    from chalicelib.websocket import connections
+    from chalicelib.registry import listing
 
     query, _ = authenticate(request, app_id)
     info = _query_info(query)
@@ -601,10 +604,10 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
                          "give filter_by_prefix=presence-")
     from concurrent.futures import ThreadPoolExecutor
 
-    names = connections.occupied_channels(prefix)
+    names = listing.occupied_channels(prefix)
     with ThreadPoolExecutor(max_workers=max(1, min(COUNT_WORKERS, len(names))),
                             thread_name_prefix="channel-count") as pool:
-        counts = list(pool.map(connections.count_subscribers, names))
+        counts = list(pool.map(listing.count_subscribers, names))
     listed: Dict[str, Any] = {}
     for name, count in zip(names, counts):
         if count == 0:
@@ -622,19 +625,19 @@ def channel_info(request, app_id: str, channel_name: str) -> Dict[str, Any]:
     """``GET /apps/{app_id}/channels/{channel_name}``: ``{"occupied": bool,
     "subscription_count"?: n, "user_count"?: n}``, the counts when asked for in ``info``
     (``user_count``: presence channels only, else 400, as Pusher)."""
-    from chalicelib.websocket import connections
+    from chalicelib.registry import listing
 
     query, _ = authenticate(request, app_id)
     channel = channels.validate_channel_name(channel_name)
     info = _query_info(query)
     if "user_count" in info and channels.channel_kind(channel) != channels.PRESENCE:
         raise BadRequest("user_count may only be requested for presence channels")
-    count = connections.count_subscribers(channel)
+    count = listing.count_subscribers(channel)
     answer: Dict[str, Any] = {"occupied": count > 0}
     if "subscription_count" in info:
         answer["subscription_count"] = count
     if "user_count" in info:
-        answer["user_count"] = len(connections.channel_user_ids(channel)) if count else 0
+        answer["user_count"] = len(listing.channel_user_ids(channel)) if count else 0
     return answer
 
 
@@ -642,10 +645,10 @@ def channel_users(request, app_id: str, channel_name: str) -> Dict[str, Any]:
     """``GET /apps/{app_id}/channels/{channel_name}/users``: ``{"users": [{"id": user id},
     ...]}`` of a presence channel (400 for any other kind, as Pusher): the distinct user ids
     of its live subscribers (:func:`chalicelib.websocket.connections.channel_user_ids`)."""
-    from chalicelib.websocket import connections
+    from chalicelib.registry import listing
 
     authenticate(request, app_id)
     channel = channels.validate_channel_name(channel_name)
     if channels.channel_kind(channel) != channels.PRESENCE:
         raise BadRequest("users may only be listed for presence channels")
-    return {"users": [{"id": user_id} for user_id in connections.channel_user_ids(channel)]}
+    return {"users": [{"id": user_id} for user_id in listing.channel_user_ids(channel)]}

@@ -46,7 +46,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from chalicelib import channels
 from chalicelib.pusher import pusher_protocol as protocol
-from chalicelib.websocket import connections
+from chalicelib.registry import cache, connections, presence, rates, subscriptions, table
 from chalicelib.errors import AppError, BadRequest
 from chalicelib.logtext import for_log
 from chalicelib.settings import pusher_settings, pusher_socket_settings, websocket_settings
@@ -163,7 +163,7 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
                     connected_at=(connected_at / 1000.0
                                   if isinstance(connected_at, (int, float)) else None))
                 registered = True
-            except connections.RegistryUnavailable as err:
+            except table.RegistryUnavailable as err:
                 log.error("$connect (pusher) %s: %s", connection_id, err)
                 refusal = protocol.ProtocolError("Over capacity; reconnect later",
                                                  protocol.OVER_CAPACITY)
@@ -484,21 +484,21 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
     entry = None
     try:
         if member is not None:
-            entry = connections.presence_enter(
+            entry = presence.presence_enter(
                 name, member[0], member[1], connection,
                 max_members=pusher_socket_settings().presence_max_members)
         try:
-            connections.subscribe(connection, name,
+            subscriptions.subscribe(connection, name,
                                   member_user_id=member[0] if member else None)
         except AppError:
             if member is not None:
-                connections.presence_leave(name, member[0], connection_id)
+                presence.presence_leave(name, member[0], connection_id)
             raise
-    except connections.PresenceFull as err:
+    except presence.PresenceFull as err:
         raise SubscriptionRefused(4100, err.public_message, "LimitReached") from None
-    except connections.SubscriptionLimit as err:
+    except subscriptions.SubscriptionLimit as err:
         raise SubscriptionRefused(400, err.public_message, "LimitReached") from None
-    except connections.RegistryUnavailable:
+    except table.RegistryUnavailable:
         raise SubscriptionRefused(503, "Connection registry unavailable; retry",
                                   "ServiceUnavailable") from None
     if member is None:
@@ -515,7 +515,7 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
         here directly), take the member_added queued meanwhile, and announce a new member
         (to the earlier connections already answered; the others get it queued)."""
         try:
-            late = connections.presence_answered(name, member[0], connection_id)
+            late = presence.presence_answered(name, member[0], connection_id)
         except Exception:
             log.exception("presence answer on %s not marked", for_log(name))
             late = {}
@@ -527,7 +527,7 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
             return
         _webhooks_out().member_added(name, member[0])
         try:
-            now = connections.presence_hold(name, member[0], entry.hold_for)
+            now = presence.presence_hold(name, member[0], entry.hold_for)
         except Exception:
             log.exception("member_added on %s not queued", for_log(name))
             now = [other for _, other in entry.hold_for]
@@ -545,8 +545,8 @@ def _with_cache(name: str, succeeded: str):
     if not channels.is_cache_channel(name):
         return succeeded
     try:
-        cached = connections.cache_get(name)
-    except connections.RegistryUnavailable:
+        cached = cache.cache_get(name)
+    except table.RegistryUnavailable:
         cached = None
     if cached is None:
         _webhooks_out().cache_miss(name)
@@ -558,7 +558,7 @@ def _pusher_subscribers(channel: str, *, exclude: Optional[str]) -> list:
     """The channel's Pusher subscribers but ``exclude`` (native connections have no member
     events); ``[]`` when the registry fails (logged)."""
     try:
-        return [cid for cid in connections.subscribers_by_dialect(channel).get(DIALECT, [])
+        return [cid for cid in subscriptions.subscribers_by_dialect(channel).get(DIALECT, [])
                 if cid != exclude]
     except Exception:
         log.exception("member event on %s: subscribers not read", for_log(channel))
@@ -590,7 +590,7 @@ def _webhooks_out():
 
 
 def _member_left(channel: str, user_id: str, connection_id: str, event: Any) -> None:
-    if connections.presence_leave(channel, user_id, connection_id):
+    if presence.presence_leave(channel, user_id, connection_id):
         _webhooks_out().member_removed(channel, user_id)
         _broadcast(channel, protocol.encode("pusher_internal:member_removed",
                                             {"user_id": user_id}, channel),
@@ -605,7 +605,7 @@ def _unsubscribe(connection_id: str, data: Any, channel: Optional[str],
         name = channels.validate_channel_name(name)
     except BadRequest as err:
         raise protocol.ProtocolError(f"pusher:unsubscribe: {err.public_message}") from None
-    old = connections.unsubscribe_item(connection_id, name)
+    old = subscriptions.unsubscribe_item(connection_id, name)
     member = old.get("member_user_id", {}).get("S")
     if member:
         _member_left(name, member, connection_id, event)
@@ -616,7 +616,7 @@ def _presence_cleanup(connection_id: str, items) -> None:
     """:data:`chalicelib.websocket.connections.REMOVAL_HOOKS`: a removed connection
     (``$disconnect``, GoneException cleanup) leaves its presence channels; ``member_removed`` goes
     out when it was the member's last connection."""
-    prefix = connections.CHANNEL_SK_PREFIX
+    prefix = table.CHANNEL_SK_PREFIX
     for item in items:
         sk = item.get("sk", {}).get("S", "")
         member = item.get("member_user_id", {}).get("S")
@@ -647,12 +647,12 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
     outgoing: Dict[str, Any] = {"type": "event", "channel": target, "event": name,
                                 "data": data}
     if channels.channel_kind(target) == channels.PRESENCE:
-        user_id = connections.member_of(connection_id, target)
+        user_id = subscriptions.member_of(connection_id, target)
         if user_id:
             outgoing["user_id"] = user_id
     push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
     limit = websocket_settings().client_event_rate_limit
-    if not connections.allow_client_event(connection_id, limit):
+    if not rates.allow_client_event(connection_id, limit):
         raise protocol.ProtocolError(
             f"Client event rejected: at most {limit} client events per second",
             protocol.CLIENT_EVENT_REJECTED)
@@ -737,13 +737,13 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
             pk = old.get("connection_id", {}).get("S", "")
             sk = old.get("sk", {}).get("S", "")
             member = old.get("member_user_id", {}).get("S")
-            if member and sk.startswith(connections.CHANNEL_SK_PREFIX):
-                _member_left(sk[len(connections.CHANNEL_SK_PREFIX):], member, pk, None)
+            if member and sk.startswith(table.CHANNEL_SK_PREFIX):
+                _member_left(sk[len(table.CHANNEL_SK_PREFIX):], member, pk, None)
                 handled += 1
-            elif pk.startswith(connections.PRESENCE_PK_PREFIX) \
-                    and sk.startswith(connections.MEMBER_SK_PREFIX):
-                channel = pk[len(connections.PRESENCE_PK_PREFIX):]
-                user_id = sk[len(connections.MEMBER_SK_PREFIX):]
+            elif pk.startswith(presence.PRESENCE_PK_PREFIX) \
+                    and sk.startswith(presence.MEMBER_SK_PREFIX):
+                channel = pk[len(presence.PRESENCE_PK_PREFIX):]
+                user_id = sk[len(presence.MEMBER_SK_PREFIX):]
                 if old.get("connections", {}).get("SS"):
                     _webhooks_out().member_removed(channel, user_id)
                     _broadcast(channel, protocol.encode(
@@ -751,7 +751,7 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
                         exclude=None, event=None)
                 # the member item went without the leave's transaction: the roster's count
                 # is set to the member items left (idempotent: a record seen twice counts once)
-                connections.presence_recount(channel)
+                presence.presence_recount(channel)
                 handled += 1
         except Exception:
             log.exception("registry stream record %s not handled",

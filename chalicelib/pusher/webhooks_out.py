@@ -27,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from chalicelib.pusher import webhook_sender, webhooks
-from chalicelib.websocket import connections
+from chalicelib.registry import occupancy
 
 log = logging.getLogger("realtime.webhooks_out")
 
@@ -113,5 +113,5 @@ def on_occupancy(channel_name: str, occupied: bool) -> None:
            "channel": channel_name}])
 
 
-if on_occupancy not in connections.OCCUPANCY_LISTENERS:
-    connections.OCCUPANCY_LISTENERS.append(on_occupancy)
+if on_occupancy not in occupancy.OCCUPANCY_LISTENERS:
+    occupancy.OCCUPANCY_LISTENERS.append(on_occupancy)

@@ -51,7 +51,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from chalicelib import aws, channels, jsonutil, observability
-from chalicelib.websocket import connections
+from chalicelib.registry import cache, connections, subscriptions
 from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
 from chalicelib.auth.principal import validate_user_id
 from chalicelib.websocket.sender import (  # noqa: F401 (back-off rules re-exported)
@@ -486,7 +486,7 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
         ConfigError: no management endpoint is configured.
     """
     encode_frame(frame)
-    return send_by_dialect(connections.connections_of_user_by_dialect(user_id), frame,
+    return send_by_dialect(subscriptions.connections_of_user_by_dialect(user_id), frame,
                            event=event, frames=_user_frames(user_id, frame))
 
 
@@ -506,7 +506,7 @@ def _remember_cache(channel_name: str, frame: Any) -> None:
     channels")."""
     if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
             and frame.get("type") == "event":
-        connections.cache_put(channel_name, frame.get("event"), frame.get("data"))
+        cache.cache_put(channel_name, frame.get("event"), frame.get("data"))
 
 
 @observability.timed_fanout
@@ -527,7 +527,7 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
     """
     encode_frame(frame)
     _remember_cache(channel_name, frame)
-    groups = connections.subscribers_by_dialect(channel_name)
+    groups = subscriptions.subscribers_by_dialect(channel_name)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event)
 
@@ -655,11 +655,11 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
         return send_by_dialect({dialect: [notification.address]}, frame, event=event)
     encode_frame(frame)
     if notification.target == "user_id":
-        groups = connections.connections_of_user_by_dialect(notification.address)
+        groups = subscriptions.connections_of_user_by_dialect(notification.address)
         frames = _user_frames(notification.address, frame)
     else:
         _remember_cache(notification.address, frame)
-        groups = connections.subscribers_by_dialect(notification.address)
+        groups = subscriptions.subscribers_by_dialect(notification.address)
         frames = {}
     if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
         from chalicelib.websocket import shards

@@ -49,7 +49,8 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from chalicelib import aws
-from chalicelib.websocket import connections, push
+from chalicelib.registry import progress
+from chalicelib.websocket import push
 from chalicelib.errors import AppError
 from chalicelib.logtext import for_log
 from chalicelib.settings import push_queue_name, websocket_settings
@@ -272,7 +273,7 @@ def handle(shard_object: Any, record: Mapping[str, Any]) -> bool:
     targets = shard.ids
     if _receive_count(record) != 1:
         try:
-            reached = connections.shard_progress(shard.fanout_id, shard.index)
+            reached = progress.shard_progress(shard.fanout_id, shard.index)
         except AppError as err:
             log.error("%s will be retried: its progress could not be read (%s)", label, err)
             return False
@@ -288,7 +289,7 @@ def handle(shard_object: Any, record: Mapping[str, Any]) -> bool:
     left = len(outcomes) - len(settled)
     if settled:
         try:
-            connections.add_shard_progress(shard.fanout_id, shard.index, settled,
+            progress.add_shard_progress(shard.fanout_id, shard.index, settled,
                                            expires_at=int(time.time()) + PROGRESS_TTL_SECONDS)
         except AppError as err:
             log.warning("%s: progress not recorded (%s); a redelivery would repeat it", label,

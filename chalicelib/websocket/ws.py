@@ -39,7 +39,8 @@ from typing import Any, Dict, Mapping
 
 from chalicelib import channels, jsonutil, observability
 from chalicelib.pusher import pusher_socket
-from chalicelib.websocket import connections, push
+from chalicelib.registry import connections, rates, subscriptions
+from chalicelib.websocket import push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.auth.identity import authenticate_request, header, principal_from_request
@@ -319,7 +320,7 @@ def _ping(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str,
 def _subscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
     connection = _registered(connection_id)
     grant = _grant(connection.principal, frame.get("channel"))
-    connections.subscribe(connection, grant.channel_name)
+    subscriptions.subscribe(connection, grant.channel_name)
     return {"type": "subscribed", "channel": grant.channel_name}
 
 
@@ -328,7 +329,7 @@ def _unsubscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Di
     if channel is None:
         raise BadRequest('"channel" is required')
     name = channels.validate_channel_name(channel)
-    connections.unsubscribe(connection_id, name)
+    subscriptions.unsubscribe(connection_id, name)
     return {"type": "unsubscribed", "channel": name}
 
 
@@ -360,7 +361,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
         outgoing["user_id"] = connection.user_id
     push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
     limit = websocket_settings().client_event_rate_limit
-    if not connections.allow_client_event(connection_id, limit):
+    if not rates.allow_client_event(connection_id, limit):
         raise channels.ClientEventRateLimited(
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)

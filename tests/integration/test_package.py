@@ -12,7 +12,7 @@ import zipfile
 import json
 import pytest
 
-from chalicelib.websocket.connections import TABLE_SCHEMA, TTL_ATTRIBUTE
+from chalicelib.registry.table import TABLE_SCHEMA, TTL_ATTRIBUTE
 from infra import package, templates
 
 STAGE = "prod"

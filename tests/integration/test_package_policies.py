@@ -12,7 +12,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from chalicelib.websocket.connections import INDEX_NAME
+from chalicelib.registry.table import INDEX_NAME
 from infra import templates
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import pytest
 
 from chalicelib import settings
 from chalicelib.pusher import pusher_protocol, pusher_socket
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, listing, presence, subscriptions, table
 from tests.support.events import ttl_remove
 from tests.support.websocket import aws_env, management_api, serial_registry  # noqa: F401
 
@@ -81,10 +81,10 @@ def test_simultaneous_new_members_never_pass_the_cap(socket_layer, monkeypatch):
     for cid in refused:
         error = data_of(answers[cid])
         assert (error["type"], error["status"]) == ("LimitReached", 4100), error
-    assert len(connections.presence_members(room)) == 5
-    assert connections.presence_count(room) == 5
+    assert len(presence.presence_members(room)) == 5
+    assert presence.presence_count(room) == 5
     # the refused ones are not subscribed either
-    assert sorted(connections.subscribers_of_channel(room)) == sorted(admitted)
+    assert sorted(subscriptions.subscribers_of_channel(room)) == sorted(admitted)
 
 
 @pytest.mark.parametrize("names", [["u0", "u1"], ["u0", "u1", "u2", "u3"],
@@ -99,9 +99,9 @@ def test_each_of_simultaneous_joiners_learns_of_each_other_exactly_once(socket_l
         for cid in ids:
             frames = socket_layer.frames(cid)
             assert frames[0]["event"] == "pusher_internal:subscription_succeeded", frames
-            presence = data_of(frames[0])["presence"]
-            listed = set(presence["ids"])
-            assert users[cid] in listed and presence["count"] == len(listed)
+            present = data_of(frames[0])["presence"]
+            listed = set(present["ids"])
+            assert users[cid] in listed and present["count"] == len(listed)
             added = [data_of(f)["user_id"] for f in frames[1:]
                      if f["event"] == "pusher_internal:member_added"]
             assert len(added) == len(set(added)), frames
@@ -121,9 +121,9 @@ def test_a_missed_decrement_never_locks_the_channel(socket_layer, monkeypatch):
     room = "presence-drift"
     first = register("drift-1=")
     pusher_socket.on_message(subscribe_frame(first, room, "one"))
-    assert connections.presence_count(room) == 1
+    assert presence.presence_count(room) == 1
     # two decrements lost (a leave that died between its writes, a stream record dropped)
-    connections._call("update_item", TableName=connections._table(),
+    table.call("update_item", TableName=table.name(),
                       Key={"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "roster"}},
                       UpdateExpression="SET members = :n",
                       ExpressionAttributeValues={":n": {"N": "3"}})
@@ -132,47 +132,47 @@ def test_a_missed_decrement_never_locks_the_channel(socket_layer, monkeypatch):
     answer = socket_layer.frames(second)[0]
     assert answer["event"] == "pusher_internal:subscription_succeeded", answer
     assert sorted(data_of(answer)["presence"]["ids"]) == ["one", "two"]
-    assert connections.presence_count(room) == 2
+    assert presence.presence_count(room) == 2
 
 
 def test_a_count_too_low_is_corrected_by_the_next_join(socket_layer):
     room = "presence-low"
     for n in range(2):
         pusher_socket.on_message(subscribe_frame(register(f"low-{n}="), room, f"m{n}"))
-    connections._call("update_item", TableName=connections._table(),
+    table.call("update_item", TableName=table.name(),
                       Key={"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "roster"}},
                       UpdateExpression="SET members = :n",
                       ExpressionAttributeValues={":n": {"N": "0"}})
     pusher_socket.on_message(subscribe_frame(register("low-2="), room, "m2"))
-    assert connections.presence_count(room) == 3
+    assert presence.presence_count(room) == 3
 
 
 def test_a_ttl_delete_of_a_member_through_the_stream_lowers_the_count(socket_layer):
     room = "presence-ttl-count"
     for n in range(3):
         pusher_socket.on_message(subscribe_frame(register(f"ttl-{n}="), room, f"t{n}"))
-    assert connections.presence_count(room) == 3
+    assert presence.presence_count(room) == 3
     key = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#t1"}}
-    old = connections._call("delete_item", TableName=connections._table(), Key=key,
+    old = table.call("delete_item", TableName=table.name(), Key=key,
                             ReturnValues="ALL_OLD")["Attributes"]  # what TTL does
     record = ttl_remove(old)
     assert pusher_socket.on_registry_stream({"Records": [record]}) == {"batchItemFailures": []}
-    assert connections.presence_count(room) == 2
+    assert presence.presence_count(room) == 2
     # a record delivered twice counts once
     pusher_socket.on_registry_stream({"Records": [record]})
-    assert connections.presence_count(room) == 2
+    assert presence.presence_count(room) == 2
     # the roster item itself expiring is no member
     roster = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "roster"},
               "seq": {"N": "3"}, "members": {"N": "2"}}
     pusher_socket.on_registry_stream({"Records": [ttl_remove(roster)]})
-    assert sorted(connections.presence_members(room)) == ["t0", "t2"]
+    assert sorted(presence.presence_members(room)) == ["t0", "t2"]
 
 
 def test_the_roster_is_never_listed_as_a_member(socket_layer):
     room = "presence-roster"
     pusher_socket.on_message(subscribe_frame(register("roster-1="), room, "solo"))
-    assert connections.presence_members(room) == {"solo": {"name": "solo"}}
-    assert connections.channel_user_ids(room) == ["solo"]
+    assert presence.presence_members(room) == {"solo": {"name": "solo"}}
+    assert listing.channel_user_ids(room) == ["solo"]
 
 
 def test_leaving_lowers_the_count_with_the_members_last_connection(socket_layer):
@@ -181,7 +181,7 @@ def test_leaving_lowers_the_count_with_the_members_last_connection(socket_layer)
     for cid in (first, second):
         pusher_socket.on_message(subscribe_frame(cid, room, "same"))
     pusher_socket.on_message(subscribe_frame(register("leave-3="), room, "other"))
-    assert connections.presence_count(room) == 2
+    assert presence.presence_count(room) == 2
 
     def unsubscribe(cid):
         pusher_socket.on_message({"requestContext": {"connectionId": cid},
@@ -189,16 +189,16 @@ def test_leaving_lowers_the_count_with_the_members_last_connection(socket_layer)
                                                       "data": {"channel": room}})})
 
     unsubscribe(first)
-    assert connections.presence_count(room) == 2
-    assert sorted(connections.presence_members(room)) == ["other", "same"]
+    assert presence.presence_count(room) == 2
+    assert sorted(presence.presence_members(room)) == ["other", "same"]
     unsubscribe(second)
-    assert connections.presence_count(room) == 1
-    assert sorted(connections.presence_members(room)) == ["other"]
+    assert presence.presence_count(room) == 1
+    assert sorted(presence.presence_members(room)) == ["other"]
     removed = [data_of(f) for f in socket_layer.frames("leave-3=")
                if f["event"] == "pusher_internal:member_removed"]
     assert removed == [{"user_id": "same"}]
     unsubscribe(second)  # again: nothing left to leave
-    assert connections.presence_count(room) == 1
+    assert presence.presence_count(room) == 1
 
 
 def test_member_added_waits_for_the_earlier_connections_answer(socket_layer):
@@ -207,25 +207,25 @@ def test_member_added_waits_for_the_earlier_connections_answer(socket_layer):
     it when its answer is marked — or directly when the mark came first."""
     room = "presence-queue"
     a, b, c = (connections.register(f"queue-{n}=", None, dialect="pusher") for n in "abc")
-    first = connections.presence_enter(room, "ua", {"n": "a"}, a)
-    second = connections.presence_enter(room, "ub", {"n": "b"}, b)
+    first = presence.presence_enter(room, "ua", {"n": "a"}, a)
+    second = presence.presence_enter(room, "ub", {"n": "b"}, b)
     assert (first.first, first.seq, second.seq) == (True, 1, 2)
     assert list(second.members) == ["ua", "ub"] and list(first.members) == ["ua"]
     assert second.announce_to == () and second.hold_for == (("ua", "queue-a="),)
-    assert connections.presence_hold(room, "ub", second.hold_for) == []  # a: not answered
-    assert connections.presence_answered(room, "ua", "queue-a=") == {"ub": {"n": "b"}}
-    assert connections.presence_answered(room, "ua", "queue-a=") == {}  # taken once
-    third = connections.presence_enter(room, "uc", {"n": "c"}, c)
+    assert presence.presence_hold(room, "ub", second.hold_for) == []  # a: not answered
+    assert presence.presence_answered(room, "ua", "queue-a=") == {"ub": {"n": "b"}}
+    assert presence.presence_answered(room, "ua", "queue-a=") == {}  # taken once
+    third = presence.presence_enter(room, "uc", {"n": "c"}, c)
     assert third.announce_to == ("queue-a=",) and third.hold_for == (("ub", "queue-b="),)
-    assert connections.presence_answered(room, "ub", "queue-b=") == {}  # b answers first
-    assert connections.presence_hold(room, "uc", third.hold_for) == ["queue-b="]
+    assert presence.presence_answered(room, "ub", "queue-b=") == {}  # b answers first
+    assert presence.presence_hold(room, "uc", third.hold_for) == ["queue-b="]
     # a connection that left is no longer queued for
     d = connections.register("queue-d=", None, dialect="pusher")
-    fourth = connections.presence_enter(room, "ud", {}, d)
+    fourth = presence.presence_enter(room, "ud", {}, d)
     assert ("uc", "queue-c=") in fourth.hold_for
-    assert connections.presence_leave(room, "uc", "queue-c=") is True
-    assert connections.presence_hold(room, "ud", fourth.hold_for) == []
-    assert connections.presence_count(room) == 3
+    assert presence.presence_leave(room, "uc", "queue-c=") is True
+    assert presence.presence_hold(room, "ud", fourth.hold_for) == []
+    assert presence.presence_count(room) == 3
 
 
 def test_leaves_and_joins_at_once_keep_the_count_exact(socket_layer, monkeypatch):
@@ -242,6 +242,6 @@ def test_leaves_and_joins_at_once_keep_the_count_exact(socket_layer, monkeypatch
                              for n, cid in enumerate(joiners)])
     admitted = [cid for cid in joiners if socket_layer.frames(cid)[0]["event"]
                 == "pusher_internal:subscription_succeeded"]
-    members = connections.presence_members(room)
+    members = presence.presence_members(room)
     assert len(admitted) <= 1 and "old0" not in members
-    assert len(members) == 2 + len(admitted) == connections.presence_count(room)
+    assert len(members) == 2 + len(admitted) == presence.presence_count(room)

@@ -14,7 +14,8 @@ from websockets.sync.client import connect
 
 from chalicelib import settings
 from chalicelib.pusher import pusher_protocol
-from chalicelib.websocket import connections, push
+from chalicelib.registry import connections, presence, subscriptions
+from chalicelib.websocket import push
 from tests.support.events import ttl_remove
 from tests.support.websocket import (  # noqa: F401
     app_gateway, aws_env, one_rate_window, serial_registry)
@@ -158,8 +159,8 @@ def registered_member(connection_id, room, user_id):
     """A Pusher connection registered as a member of ``room`` straight in the registry, with
     no socket behind it: what API Gateway leaves when a client vanishes without $disconnect."""
     connection = connections.register(connection_id, None, dialect="pusher")
-    connections.subscribe(connection, room, member_user_id=user_id)
-    connections.presence_join(room, user_id, {}, connection)
+    subscriptions.subscribe(connection, room, member_user_id=user_id)
+    presence.presence_join(room, user_id, {}, connection)
     return connection
 
 
@@ -182,8 +183,8 @@ def test_presence_members_join_and_leave(gateway):
         with connect(url(gateway)) as bob:
             bob_socket = established(bob)["socket_id"]
             subscribe_presence(bob, bob_socket, room, "bob")
-            presence = data_of(recv(bob))["presence"]
-            assert sorted(presence["ids"]) == ["alice", "bob"] and presence["count"] == 2
+            present = data_of(recv(bob))["presence"]
+            assert sorted(present["ids"]) == ["alice", "bob"] and present["count"] == 2
             added = recv(alice)
             assert added["event"] == "pusher_internal:member_added"
             assert data_of(added) == {"user_id": "bob", "user_info": {"name": "bob"}}
@@ -195,7 +196,7 @@ def test_presence_members_join_and_leave(gateway):
         removed = recv(alice)  # bob's socket closed: $disconnect -> member_removed
         assert removed["event"] == "pusher_internal:member_removed"
         assert data_of(removed) == {"user_id": "bob"}
-        assert sorted(connections.presence_members(room)) == ["alice"]
+        assert sorted(presence.presence_members(room)) == ["alice"]
 
 
 def test_presence_needs_signed_channel_data(gateway):
@@ -234,7 +235,7 @@ def test_gone_connections_leave_presence(gateway):
         push.deliver(push.parse_notification({"channel": room, "event": "tick", "data": 1}))
         frames = [recv(alice), recv(alice)]
         assert {f["event"] for f in frames} == {"tick", "pusher_internal:member_removed"}
-        assert sorted(connections.presence_members(room)) == ["alice"]
+        assert sorted(presence.presence_members(room)) == ["alice"]
 
 
 def test_client_events_reach_others_with_user_id_and_are_rate_limited(gateway, monkeypatch,
@@ -329,12 +330,12 @@ def test_ttl_deletes_from_the_stream_become_member_removed(gateway):
         handler = app_module.app.handler_map["registry_stream"]
         assert handler({"Records": [user_delete, {"eventName": "INSERT"}, "junk"]}, None) == \
             {"batchItemFailures": []}
-        assert sorted(connections.presence_members(room)) == ["alice", "zed"]
+        assert sorted(presence.presence_members(room)) == ["alice", "zed"]
         assert handler({"Records": [ttl_remove(item)]}, None) == {"batchItemFailures": []}
         removed = recv(alice)
         assert (removed["event"], data_of(removed)) == ("pusher_internal:member_removed",
                                                         {"user_id": "zed"})
-        assert sorted(connections.presence_members(room)) == ["alice"]
+        assert sorted(presence.presence_members(room)) == ["alice"]
         # a member item expiring by itself (its connections gone unnoticed)
         member = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#yan"},
                   "connections": {"SS": ["x="]}}

@@ -7,7 +7,7 @@ Import the fixtures you use into a test module::
 * ``aws_env``: ``app_env`` plus fake AWS credentials, ``AWS_REGION=us-east-1``,
   ``CONNECTIONS_TABLE`` and no ``AWS_ENDPOINT_URL*`` (so moto, not a local stack, answers);
 * ``registry``: ``mock_aws`` with the connections table created by
-  :func:`chalicelib.websocket.connections.create_table`;
+  :func:`chalicelib.registry.table.create_table`;
 * ``management_api``: a :class:`tests.support.management_api.ManagementAPI` on 127.0.0.1
   that ``WEBSOCKET_ENDPOINT_URL`` points to;
 * :func:`app_gateway`: the app's handlers behind a local API Gateway WebSocket gateway
@@ -55,10 +55,11 @@ def app_gateway(monkeypatch, **config):
 
 def _reset_clients() -> None:
     from chalicelib import settings
-    from chalicelib.websocket import connections, push
+    from chalicelib.registry import table
+    from chalicelib.websocket import push
 
     settings.reset()
-    connections.reset_clients()
+    table.reset_clients()
     push.reset_clients()
 
 
@@ -83,11 +84,11 @@ def aws_env(app_env, monkeypatch):
 def registry(aws_env):
     from moto import mock_aws
 
-    from chalicelib.websocket import connections
+    from chalicelib.registry import table
 
     with mock_aws():
         _reset_clients()
-        connections.create_table()
+        table.create_table()
         yield TABLE
     _reset_clients()
 
@@ -111,7 +112,7 @@ def serial_registry(aws_env, monkeypatch):
                                                MotoRequestHandler, create_backend_app)
     from werkzeug.serving import make_server
 
-    from chalicelib.websocket import connections
+    from chalicelib.registry import table
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
@@ -119,16 +120,16 @@ def serial_registry(aws_env, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name="serial-moto", daemon=True)
     thread.start()
-    table = f"{TABLE}-{uuid.uuid4().hex[:8]}"  # moto's server state outlives the test
+    name = f"{TABLE}-{uuid.uuid4().hex[:8]}"  # moto's server state outlives the test
     monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("CONNECTIONS_TABLE", table)
+    monkeypatch.setenv("CONNECTIONS_TABLE", name)
     _reset_clients()
     try:
-        connections.create_table()
-        yield table
+        table.create_table()
+        yield name
     finally:
         try:
-            connections._client().delete_table(TableName=table)
+            table.dynamodb().delete_table(TableName=name)
         finally:
             server.shutdown()
             server.server_close()
@@ -139,14 +140,14 @@ def serial_registry(aws_env, monkeypatch):
 @pytest.fixture
 def one_rate_window(monkeypatch):
     """Every client event counts in the same one-second window of the rate limiter
-    (``connections.allow_client_event`` with a pinned ``now``; its DynamoDB conditional write is
+    (``rates.allow_client_event`` with a pinned ``now``; its DynamoDB conditional write is
     the real one): a test sending limit + N events needs no race with the wall clock, which a
     loaded machine loses."""
-    from chalicelib.websocket import connections
+    from chalicelib.registry import rates
 
-    real = connections.allow_client_event
+    real = rates.allow_client_event
     pinned = float(int(time.time())) + 0.5
-    monkeypatch.setattr(connections, "allow_client_event",
+    monkeypatch.setattr(rates, "allow_client_event",
                         lambda connection_id, limit, now=None: real(connection_id, limit,
                                                                     now=pinned))
     return pinned

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from chalicelib.auth import tokens
 from chalicelib.pusher import webhooks
-from chalicelib.websocket import connections
+from chalicelib.registry import connections
 from chalicelib.errors import TokenError
 from chalicelib.auth.principal import Principal
 from chalicelib.settings import jwt_settings

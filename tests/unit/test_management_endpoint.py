@@ -17,7 +17,8 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from chalicelib import aws, settings
-from chalicelib.websocket import connections, push
+from chalicelib.registry import connections
+from chalicelib.websocket import push
 from chalicelib.errors import ConfigError
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401

@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib import observability
 from chalicelib.pusher import webhooks
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
@@ -118,7 +118,7 @@ def test_a_fan_out_is_one_document_not_one_per_message(ws, dev_issuer, capsys):
     for n in range(5):
         connection = connections.register(f"sub-{n}=", Principal(sub=f"u{n}",
                                                                   issuer="https://i.example"))
-        connections.subscribe(connection, "news")
+        subscriptions.subscribe(connection, "news")
     api.gone.add("sub-4=")
     emf(capsys)
     response = client.http.post("/notifications", headers={

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 
@@ -19,7 +19,7 @@ def env(registry, management_api, client):
     connections.register("alice-1=", ALICE)
     connections.register("alice-2=", ALICE)
     bob = connections.register("bob-1=", BOB)
-    connections.subscribe(bob, "news")
+    subscriptions.subscribe(bob, "news")
     return client, management_api
 
 
@@ -76,7 +76,7 @@ def test_gone_connections_are_reported_and_removed(env, dev_issuer):
     status, body = post(client, dev_issuer, {"user_id": "alice", "event": "e"})
     assert status == 200
     assert body == {"delivered": 1, "gone": 1, "failed": 0, "retryable": 0}
-    assert connections.connections_of_user("alice") == ["alice-1="]
+    assert subscriptions.connections_of_user("alice") == ["alice-1="]
 
 
 @pytest.mark.parametrize("raw, status, error", [

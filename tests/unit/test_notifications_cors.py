@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from chalicelib.websocket import connections
+from chalicelib.registry import connections
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
 

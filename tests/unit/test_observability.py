@@ -160,7 +160,7 @@ def test_the_authorizers_cold_start_loads_no_push_engine_nor_pusher():
     import sys
 
     code = ("import sys, app; heavy = ['chalicelib.websocket.push', 'chalicelib.websocket.sender', "
-            "'chalicelib.websocket.connections', 'chalicelib.websocket.ws', "
+            "'chalicelib.registry.table', 'chalicelib.websocket.ws', "
             "'chalicelib.pusher.pusher_auth', 'pusher', "
             "'requests']; print(sorted(m for m in heavy if m in sys.modules)); "
             "app.ws.on_connect; "

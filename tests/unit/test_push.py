@@ -9,7 +9,8 @@ import pytest
 from moto import mock_aws
 
 from chalicelib import settings
-from chalicelib.websocket import connections, push
+from chalicelib.registry import connections, subscriptions
+from chalicelib.websocket import push
 from chalicelib.errors import ConfigError, PayloadTooLarge
 from chalicelib.auth.principal import Principal
 from tests.support import events
@@ -89,16 +90,16 @@ def test_send_to_connection_posts_the_json_frame(api):
 
 def test_gone_connection_is_removed_with_its_subscriptions(api):
     stale = connections.register("stale=", ALICE)
-    connections.subscribe(stale, "news")
-    connections.subscribe(connections.register("live=", BOB), "news")
+    subscriptions.subscribe(stale, "news")
+    subscriptions.subscribe(connections.register("live=", BOB), "news")
     api.gone.add("stale=")
 
     summary = push.publish_to_channel("news", {"type": "event", "event": "e"})
 
     assert summary == {"delivered": 1, "gone": 1, "failed": 0, "retryable": 0}
     assert connections.get_connection("stale=") is None
-    assert connections.subscribers_of_channel("news") == ["live="]
-    assert connections.connections_of_user("alice") == []
+    assert subscriptions.subscribers_of_channel("news") == ["live="]
+    assert subscriptions.connections_of_user("alice") == []
     assert api.attempts["stale="] == 1  # gone is final: never retried
 
 
@@ -201,13 +202,13 @@ def test_two_hundred_connections_of_one_user(api):
     assert summary == {"delivered": 196, "gone": 4, "failed": 0, "retryable": 0}
     assert api.delivered_total() == 196
     assert api.received["bob-0="] == []
-    assert len(connections.connections_of_user("alice")) == 196
+    assert len(subscriptions.connections_of_user("alice")) == 196
 
 
 def test_channel_with_a_thousand_subscribers(api):
     for index in range(1000):
         connection = connections.register(f"sub-{index}=", BOB if index % 2 else ALICE)
-        connections.subscribe(connection, "presence-stadium")
+        subscriptions.subscribe(connection, "presence-stadium")
     connections.register("bystander=", ALICE)
     api.gone.update({"sub-10=", "sub-999="})
     api.script["sub-500="] = [429]
@@ -219,7 +220,7 @@ def test_channel_with_a_thousand_subscribers(api):
     assert api.frames("sub-500=") == [frame]
     assert api.received["bystander="] == []
     assert all(len(api.received[f"sub-{i}="]) == 1 for i in range(1000) if i not in (10, 999))
-    assert len(connections.subscribers_of_channel("presence-stadium")) == 998
+    assert len(subscriptions.subscribers_of_channel("presence-stadium")) == 998
 
 
 def test_fan_out_keeps_at_most_push_max_workers_posts_in_flight(api, monkeypatch):
@@ -253,7 +254,7 @@ def test_gone_connections_are_removed_while_others_are_in_flight(api):
     api.gone.update(f"g{index}=" for index in range(0, 30, 3))
     summary = push.send_to_user("alice", {"type": "event", "event": "e"})
     assert summary == {"delivered": 20, "gone": 10, "failed": 0, "retryable": 0}
-    assert sorted(connections.connections_of_user("alice")) == sorted(
+    assert sorted(subscriptions.connections_of_user("alice")) == sorted(
         f"g{index}=" for index in range(30) if index % 3)
 
 

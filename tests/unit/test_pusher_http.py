@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from chalicelib.pusher import pusher_http, pusher_protocol
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, listing, occupancy, subscriptions, table
 from chalicelib.auth.principal import Principal
 from tests.conftest import PUSHER_ENV
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
@@ -55,7 +55,7 @@ def api(registry, management_api, client):
 def pusher_connection(connection_id, *channels, user=None):
     connection = connections.register(connection_id, user, dialect=connections.PUSHER)
     for name in channels:
-        connections.subscribe(connection, name)
+        subscriptions.subscribe(connection, name)
         connection = connections.get_connection(connection_id)
     return connection
 
@@ -63,7 +63,7 @@ def pusher_connection(connection_id, *channels, user=None):
 def native_connection(connection_id, principal, *channels):
     connection = connections.register(connection_id, principal)
     for name in channels:
-        connections.subscribe(connection, name)
+        subscriptions.subscribe(connection, name)
         connection = connections.get_connection(connection_id)
     return connection
 
@@ -389,7 +389,7 @@ def test_channels_lists_occupied_channels_only(api):
     pusher_connection("p1=", "news", "sports")
     assert call(client, "channels_info") == \
         (200, {"channels": {"news": {}, "presence-room": {}, "sports": {}}})
-    connections.unsubscribe("p1=", "sports")
+    subscriptions.unsubscribe("p1=", "sports")
     connections.remove_connection("n1=")
     assert call(client, "channels_info", None, ["subscription_count"]) == \
         (200, {"channels": {"news": {"subscription_count": 1}}})
@@ -411,30 +411,30 @@ def test_channels_filter_by_prefix_and_user_count(api):
 def test_occupancy_items_leave_with_the_last_subscriber(api):
     native_connection("n1=", ALICE, "news")
     native_connection("n2=", BOB, "news", "sports")
-    assert connections.occupied_channels() == ["news", "sports"]
+    assert listing.occupied_channels() == ["news", "sports"]
     connections.remove_connection("n1=")
-    assert connections.occupied_channels() == ["news", "sports"]
-    connections.unsubscribe("n2=", "news")
-    assert connections.occupied_channels() == ["sports"]
+    assert listing.occupied_channels() == ["news", "sports"]
+    subscriptions.unsubscribe("n2=", "news")
+    assert listing.occupied_channels() == ["sports"]
     connections.remove_connection("n2=")
-    assert connections.occupied_channels() == []
-    assert connections._client().scan(TableName=connections._table())["Items"] == []
+    assert listing.occupied_channels() == []
+    assert table.dynamodb().scan(TableName=table.name())["Items"] == []
 
 
 def test_a_stale_occupancy_item_is_never_listed(api):
     """An occupancy item left behind (a failure between two writes) lists nothing."""
     client, _ = api
-    connections.mark_occupied("ghost")
-    assert connections.occupied_channels() == ["ghost"]
+    occupancy.mark_occupied("ghost")
+    assert listing.occupied_channels() == ["ghost"]
     assert call(client, "channels_info") == (200, {"channels": {}})
 
 
 def test_expired_subscriptions_do_not_count(api):
     native_connection("n1=", ALICE, "news")
-    later = time.time() + connections.MAX_CONNECTION_SECONDS + connections.TTL_MARGIN_SECONDS + 5
-    assert connections.count_subscribers("news") == 1
-    assert connections.count_subscribers("news", now=later) == 0
-    assert connections.occupied_channels(now=later) == []
+    later = time.time() + table.MAX_CONNECTION_SECONDS + table.TTL_MARGIN_SECONDS + 5
+    assert listing.count_subscribers("news") == 1
+    assert listing.count_subscribers("news", now=later) == 0
+    assert listing.occupied_channels(now=later) == []
 
 
 # --- never a 5xx ------------------------------------------------------------------------------

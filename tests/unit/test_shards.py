@@ -8,7 +8,8 @@ import boto3
 import pytest
 
 from chalicelib import settings
-from chalicelib.websocket import connections, push, shards, worker
+from chalicelib.registry import connections, subscriptions, table
+from chalicelib.websocket import push, shards, worker
 from chalicelib.auth.principal import Principal
 from devtools.local_sqs import SqsPoller
 from tests.support import events
@@ -43,7 +44,7 @@ def env(registry, management_api, monkeypatch):
 def _subscribe(count: int, channel: str = "stadium", prefix: str = "s") -> list:
     ids = [f"{prefix}{index}=" for index in range(count)]
     for cid in ids:
-        connections.subscribe(connections.register(cid, ALICE), channel)
+        subscriptions.subscribe(connections.register(cid, ALICE), channel)
     return ids
 
 
@@ -194,20 +195,20 @@ def test_the_audience_query_follows_every_page(aws_env, monkeypatch):
 
     with RegistryStandIn(items=25_000, page=10_000) as registry:
         monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", registry.endpoint_url)
-        connections.reset_clients()
+        table.reset_clients()
         try:
-            ids = connections.subscribers_of_channel("stadium")
+            ids = subscriptions.subscribers_of_channel("stadium")
             assert ids == [subscriber_id(index) for index in range(25_000)]
             assert registry.queries == 3
             # an error answer is still botocore's to parse and ours to report
             monkeypatch.setattr(registry, "answer", lambda operation, request: (
                 400, {"__type": "com.amazon.coral.validate#ValidationException",
                       "message": "refused"}))
-            with pytest.raises(connections.RegistryUnavailable) as caught:
-                connections.subscribers_of_channel("stadium")
+            with pytest.raises(table.RegistryUnavailable) as caught:
+                subscriptions.subscribers_of_channel("stadium")
             assert "ValidationException" in str(caught.value)
         finally:
-            connections.reset_clients()
+            table.reset_clients()
 
 
 
@@ -217,7 +218,7 @@ def test_a_sharded_fan_out_reaches_each_dialect_in_its_own_encoding(env):
     native = _subscribe(4, prefix="n")
     pusher_ids = [f"p{index}=" for index in range(4)]
     for cid in pusher_ids:
-        connections.subscribe(connections.register(cid, None, dialect=connections.PUSHER),
+        subscriptions.subscribe(connections.register(cid, None, dialect=connections.PUSHER),
                               "stadium")
     summary = push.deliver(push.parse_notification(
         {"channel": "stadium", "event": "goal", "data": {"score": 1}}))

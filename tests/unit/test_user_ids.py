@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from chalicelib import settings
-from chalicelib.websocket import connections
+from chalicelib.registry import subscriptions
 from chalicelib.errors import ConfigError
 from chalicelib.auth.principal import (MAX_USER_ID_LENGTH, Principal, UserIdUnrepresentable,
                                        make_user_id, split_user_id)
@@ -199,9 +199,9 @@ def test_notifications_and_registry_keep_the_two_alices_apart(two_issuers, regis
         event = events.connect_event(token=issuer.mint("alice"))
         assert client.lambda_.invoke("ws_connect", event).payload == {"statusCode": 200}
         ids[name] = event["requestContext"]["connectionId"]
-    assert connections.connections_of_user("a.alice") == [ids["a"]]
-    assert connections.connections_of_user("b.alice") == [ids["b"]]
-    assert connections.connections_of_user("alice") == []
+    assert subscriptions.connections_of_user("a.alice") == [ids["a"]]
+    assert subscriptions.connections_of_user("b.alice") == [ids["b"]]
+    assert subscriptions.connections_of_user("alice") == []
 
     def notify(token, body):
         response = client.http.post("/notifications", body=json.dumps(body), headers={

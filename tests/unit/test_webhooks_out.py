@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.pusher import webhooks, webhooks_out
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401
 
@@ -27,7 +27,7 @@ def seen(registry, monkeypatch):
 
 def subscribed(connection_id, principal, channel):
     connection = connections.register(connection_id, principal)
-    connections.subscribe(connection, channel)
+    subscriptions.subscribe(connection, channel)
 
 
 def test_first_subscriber_occupies_and_last_one_vacates(seen):
@@ -36,7 +36,7 @@ def test_first_subscriber_occupies_and_last_one_vacates(seen):
     subscribed("b=", BOB, "news")
     connections.remove_connection("a=")
     assert len(seen) == 1  # neither the second subscriber nor the first leaving change it
-    connections.unsubscribe("b=", "news")
+    subscriptions.unsubscribe("b=", "news")
     assert seen[1:] == [{"name": "channel_vacated", "channel": "news"}]
 
 
@@ -57,7 +57,7 @@ def test_a_failing_handler_never_breaks_a_subscription(registry, monkeypatch):
 
     handlers.register("channel_occupied", broken)
     subscribed("a=", ALICE, "news")
-    assert connections.subscribers_of_channel("news") == ["a="]
+    assert subscriptions.subscribers_of_channel("news") == ["a="]
 
 
 def test_events_carry_the_time_in_milliseconds(seen, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib import settings
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import aws_env, management_api, registry  # noqa: F401
@@ -18,7 +18,7 @@ def env(registry, management_api, client, monkeypatch):
     monkeypatch.setenv("PUSH_MAX_ATTEMPTS", "2")
     settings.reset()
     connections.register("alice-1=", ALICE)
-    connections.subscribe(connections.register("bob-1=", BOB), "news")
+    subscriptions.subscribe(connections.register("bob-1=", BOB), "news")
     return client, management_api
 
 
@@ -74,7 +74,7 @@ def test_transient_failures_are_reported_per_message(env):
     assert result == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
     assert api.attempts["bob-1="] == 2
     assert len(api.frames("alice-1=")) == 1
-    assert connections.connections_of_user("alice") == ["alice-1="]  # gone one removed
+    assert subscriptions.connections_of_user("alice") == ["alice-1="]  # gone one removed
 
     # SQS redelivers only m2; the connection has recovered
     api.script["bob-1="] = []

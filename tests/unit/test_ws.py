@@ -8,7 +8,7 @@ import json
 import pytest
 
 from chalicelib import settings
-from chalicelib.websocket import connections
+from chalicelib.registry import connections, subscriptions, table
 from chalicelib.auth.principal import Principal
 from tests.support import events
 from tests.support.websocket import (TABLE, aws_env, management_api, registry,  # noqa: F401
@@ -24,7 +24,7 @@ def ws(registry, management_api, client):
 
 
 def _items():
-    return connections._client().scan(TableName=TABLE)["Items"]
+    return table.dynamodb().scan(TableName=TABLE)["Items"]
 
 
 def connect(client, **kwargs):
@@ -130,7 +130,7 @@ def test_subscribe_publish_unsubscribe(ws, dev_issuer):
         [{"type": "subscribed", "channel": "news"}]
     assert send(client, api, bob, {"action": "subscribe", "channel": "news", "id": "s"}) == \
         [{"type": "subscribed", "channel": "news", "id": "s"}]
-    assert sorted(connections.subscribers_of_channel("news")) == sorted([alice, bob])
+    assert sorted(subscriptions.subscribers_of_channel("news")) == sorted([alice, bob])
 
     replies = send(client, api, carol, {"action": "publish", "channel": "news",
                                         "event": "headline", "data": {"title": "Hi"}})
@@ -144,7 +144,7 @@ def test_subscribe_publish_unsubscribe(ws, dev_issuer):
         [{"type": "unsubscribed", "channel": "news"}]
     assert send(client, api, bob, {"action": "unsubscribe", "channel": "news"}) == \
         [{"type": "unsubscribed", "channel": "news"}]
-    assert connections.subscribers_of_channel("news") == [alice]
+    assert subscriptions.subscribers_of_channel("news") == [alice]
     send(client, api, carol, {"action": "publish", "channel": "news", "event": "again"})
     assert api.frames(alice)[-1]["event"] == "again"
     assert [f["event"] for f in api.frames(bob) if f["type"] == "event"] == ["headline"]
@@ -248,7 +248,7 @@ def test_unregistered_connection_is_told_to_reconnect(ws):
     (reply,) = send(client, api, "ghost=", {"action": "subscribe", "channel": "news"})
     assert reply == {"type": "error", "code": "unauthorized",
                      "message": "Connection not registered; reconnect", "action": "subscribe"}
-    assert connections.subscribers_of_channel("news") == []
+    assert subscriptions.subscribers_of_channel("news") == []
 
 
 # --- $disconnect ------------------------------------------------------------------------------
@@ -265,8 +265,8 @@ def test_disconnect_removes_everything_and_is_idempotent(ws, dev_issuer):
         assert response.payload == {"statusCode": 200}
 
     assert connections.get_connection(alice) is None
-    assert connections.connections_of_user("alice") == [other]
-    assert connections.subscribers_of_channel("news") == []
+    assert subscriptions.connections_of_user("alice") == [other]
+    assert subscriptions.subscribers_of_channel("news") == []
     assert {item["connection_id"]["S"] for item in _items()} == {other}
 
 
@@ -407,7 +407,7 @@ def test_concurrent_subscribes_never_pass_the_cap(serial_registry, management_ap
     assert set(kinds) <= {"subscribed", "subscription_limit"}
     stored = connections.get_connection(alice).channels
     assert len(stored) == kinds.count("subscribed") == \
-        connections.MAX_SUBSCRIPTIONS_PER_CONNECTION
+        subscriptions.MAX_SUBSCRIPTIONS_PER_CONNECTION
     assert sorted(stored) == sorted(r["channel"] for r in replies.values()
                                     if r["type"] == "subscribed")
 
