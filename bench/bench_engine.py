@@ -69,9 +69,9 @@ def _env(endpoint: str, dynamodb: str = "", ca_bundle: str = "") -> Dict[str, st
 # --- engines (run inside the worker) -----------------------------------------------------------
 
 def _data() -> bytes:
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
-    return push.encode_frame(FRAME)
+    return post.encode_frame(FRAME)
 
 
 def plain_boto3(ids: List[str], endpoint: str) -> int:
@@ -107,9 +107,9 @@ def boto3_engine(ids: List[str], endpoint: str, workers: int) -> int:
 
 
 def ours(ids: List[str]) -> int:
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
-    return push.send_to_connections(ids, FRAME)["delivered"]
+    return post.send_to_connections(ids, FRAME)["delivered"]
 
 
 _CLIENTS: Dict[str, object] = {}
@@ -132,7 +132,7 @@ def _worker_cpu(engine: str, endpoint: str) -> dict:
 
 def _worker_fanout(engine: str, endpoint: str) -> dict:
     from chalicelib.registry import subscriptions
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     def run():
         if engine == "ours":

@@ -11,7 +11,7 @@ Compared:
 
 * the seeds' loop: read the subscribers, then ``post_to_connection`` one after the other with a
   default boto3 client (GoneException -> delete), i.e. >= 1,000 x 20 ms;
-* ``chalicelib.websocket.push.publish_to_channel`` with ``PUSH_MAX_WORKERS`` posts in flight
+* ``chalicelib.delivery.push.publish_to_channel`` with ``PUSH_MAX_WORKERS`` posts in flight
   (default and a sweep).
 
 Target: <= 1.5 s for our fan-out.
@@ -50,7 +50,7 @@ def _environment(endpoint: str, dynamodb: str) -> None:
 def _reset(workers: int = 0) -> None:
     from chalicelib import settings
     from chalicelib.registry import table
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
     if workers:
         os.environ["PUSH_MAX_WORKERS"] = str(workers)
@@ -58,7 +58,7 @@ def _reset(workers: int = 0) -> None:
         os.environ.pop("PUSH_MAX_WORKERS", None)
     settings.reset()
     table.reset_clients()
-    push.reset_clients()
+    post.reset_clients()
 
 
 def seeds_sequential_loop(channel: str, endpoint: str) -> Dict[str, int]:
@@ -83,7 +83,7 @@ def seeds_sequential_loop(channel: str, endpoint: str) -> Dict[str, int]:
 
 
 def ours(channel: str) -> Dict[str, int]:
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     return push.publish_to_channel(channel, {"type": "event", "channel": channel,
                                              "event": "tick", "data": {"n": 1}})

@@ -73,7 +73,7 @@ def _env(sqs: str, dynamodb: str, endpoint: str) -> Dict[str, str]:
 
 def _worker_produce() -> dict:
     from chalicelib.registry import subscriptions
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     cpu, wall = time.process_time(), time.perf_counter()
     ids = subscriptions.subscribers_of_channel(CHANNEL)
@@ -84,7 +84,7 @@ def _worker_produce() -> dict:
     boto3.client("sqs").create_queue(QueueName=QUEUE, Attributes={"VisibilityTimeout": "300"})
     notification = push.parse_notification({"channel": CHANNEL, "event": "goal",
                                             "data": FRAME_DATA})
-    from chalicelib.websocket import shards
+    from chalicelib.delivery import shards
 
     shards.send_bodies([])  # the SQS client and queue URL, as a warm function has them
     cpu, wall = time.process_time(), time.perf_counter()

@@ -2,7 +2,7 @@
 
 boto3 is imported only inside :func:`client`, so importing ``app`` (and the authorizer's cold
 start) never pays for it (~0.3 s). Clients are thread-safe and shared by the fan-out threads of
-:mod:`chalicelib.websocket.push`; one is built per distinct set of arguments.
+:mod:`chalicelib.delivery.push`; one is built per distinct set of arguments.
 """
 from __future__ import annotations
 

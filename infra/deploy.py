@@ -14,7 +14,7 @@ This script does the rest, in order:
    and API Gateway's permission to invoke it, ``ReportBatchItemFailures`` on the push
    worker's event source mapping, ``WEBSOCKET_API_ID`` for the functions that push outside a
    WebSocket handler (it saves them a lookup: without it they find the API by its name,
-   :func:`chalicelib.websocket.push.discover_api_id`, so a plain ``chalice deploy`` or a failure
+   :func:`chalicelib.delivery.post.discover_api_id`, so a plain ``chalice deploy`` or a failure
    before this step does not stop pushes), log retention; then redeploys the WebSocket stage if the
    API changed; the custom domains, when the stage sets any (a stack of their own,
    :func:`infra.templates.domain_template`, created or updated);

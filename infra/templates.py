@@ -518,7 +518,7 @@ def _monitoring_outputs(cfg: StageConfig) -> Dict[str, Any]:
 # Developer Guide, "Use WebSockets with CloudFront distributions") whose viewer-request
 # CloudFront Function rewrites ``/app/<key>`` to the stage and hands the key on as the query
 # parameter ``app_key`` — exactly what ``devtools/local_gateway.py`` does — so a wrong key gets
-# Pusher's own ``pusher:error`` 4001 from :func:`chalicelib.pusher.pusher_protocol.handshake_error`
+# Pusher's own ``pusher:error`` 4001 from :func:`chalicelib.protocol.pusher.handshake_error`
 # (pusher-js then stops reconnecting), not an opaque 403. ``/`` goes to the stage as well, so
 # native clients use ``wss://<name>/?token=…``; any other path gets 403 from the function.
 # The REST API needs no such trick: an API Gateway REGIONAL custom domain with an empty base
@@ -537,7 +537,7 @@ CLOUDFRONT_HOSTED_ZONE_ID = "Z2FDTNDATAQYW2"
 CACHING_DISABLED_POLICY_ID = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 ALL_VIEWER_EXCEPT_HOST_POLICY_ID = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
 #: the query parameter that carries the app key from the path (see
-#: :data:`chalicelib.pusher.pusher_protocol.APP_KEY_PARAMETER`)
+#: :data:`chalicelib.protocol.pusher.APP_KEY_PARAMETER`)
 APP_KEY_PARAMETER = "app_key"
 WEBSOCKET_DISTRIBUTION_ID = "WebsocketDistribution"
 WEBSOCKET_PATH_FUNCTION_ID = "WebsocketPathFunction"

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from chalicelib import observability
 from chalicelib.auth import identity, jwks
-from chalicelib.pusher import pusher_protocol
+from chalicelib.protocol import pusher
 from chalicelib.errors import AppError, ConfigError, Unauthorized, log, log_error
 from chalicelib.settings import jwt_settings
 
@@ -159,7 +159,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
                  or _first_values(event.get("multiValueQueryStringParameters")))
         # anonymous: rights come from signed subscriptions. The pure check first: the room
         # (and the registry it imports) loads only for a Pusher connect
-        if pusher_protocol.requests_pusher(query):
+        if pusher.requests_pusher(query):
             from chalicelib.pusher import pusher_socket
 
             if pusher_socket.requested(event):

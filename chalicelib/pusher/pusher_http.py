@@ -23,7 +23,7 @@ with Pusher's statuses: 400 bad request, 401 a failed signature check (the messa
 part), 404 another app id, 413 a body or an event too large, 503 the registry or a setting
 unavailable; never a 5xx for anything a caller sends.
 
-Delivery goes through the one push engine (:mod:`chalicelib.websocket.push`), so both dialects
+Delivery goes through the one push engine (:mod:`chalicelib.delivery.push`), so both dialects
 (native and Pusher protocol 7) receive the events. Sources: Pusher docs, "HTTP API reference"; the
 ``pusher`` library (``pusher/http.py``: how requests are signed); soketi
 ``src/http-handler.ts`` as reference behaviour.
@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from chalicelib import channels, jsonutil
-from chalicelib.pusher import pusher_auth, pusher_protocol
+from chalicelib.pusher import pusher_auth
+from chalicelib.protocol import pusher
 from chalicelib.errors import (AppError, BadRequest, NotFound, json_response,
                                log_error)
 from chalicelib.settings import pusher_settings
@@ -61,7 +62,7 @@ MAX_BATCH_EVENTS = 10
 MAX_EVENT_NAME_LENGTH = 200
 #: the channel the ``pusher`` libraries' ``send_to_user`` triggers on (pusher-js's user facade
 #: listens to it once signed in)
-SERVER_TO_USER_PREFIX = pusher_protocol.USER_CHANNEL_PREFIX
+SERVER_TO_USER_PREFIX = pusher.USER_CHANNEL_PREFIX
 #: ``info`` attributes of events and channel queries (Pusher docs, "HTTP API reference")
 INFO_ATTRIBUTES = ("subscription_count", "user_count")
 SIGNATURE_PARAMETER = "auth_signature"
@@ -366,7 +367,7 @@ def handle(request, where: str, work, *args):
 # --- events -----------------------------------------------------------------------------------
 
 def event_frame(event: Event, channel: Optional[str]) -> Dict[str, Any]:
-    """The frame subscribers receive (:func:`chalicelib.websocket.push.encode_for` turns it into
+    """The frame subscribers receive (:func:`chalicelib.delivery.push.encode_for` turns it into
     each dialect's form): ``{"type": "event", "channel"?, "event", "data"}``, ``data`` the text
     the server library sent, relayed as it is (encrypted channels' payloads included)."""
     frame: Dict[str, Any] = {"type": "event"}
@@ -378,12 +379,12 @@ def event_frame(event: Event, channel: Optional[str]) -> Dict[str, Any]:
 
 def _excluded(socket_id: Optional[str]) -> Optional[str]:
     """The connection id of a ``socket_id``
-    (:func:`chalicelib.pusher.pusher_protocol.connection_id_for`); None when there is none, or
+    (:func:`chalicelib.protocol.pusher.connection_id_for`); None when there is none, or
     it is not one of ours (then no connection of ours has it)."""
     if not socket_id:
         return None
     try:
-        return pusher_protocol.connection_id_for(socket_id)
+        return pusher.connection_id_for(socket_id)
     except ValueError:
         return None
 
@@ -392,7 +393,7 @@ def check_size(event: Event) -> None:
     """Refuse an event whose frame would not fit a WebSocket message in either dialect.
 
     The rule: ``data`` may be as large as the frame holds — 128 KB (API Gateway's WebSocket
-    message quota, :data:`chalicelib.websocket.push.MAX_FRAME_BYTES`) once encoded for the longest
+    message quota, :data:`chalicelib.delivery.post.MAX_FRAME_BYTES`) once encoded for the longest
     of its channels, in both the native and the Pusher form (the Pusher form carries ``data`` as an
     escaped JSON string, so it is the larger). Pusher itself stops at 10 KB.
 
@@ -400,7 +401,7 @@ def check_size(event: Event) -> None:
         PayloadTooLarge: (413) naming the limit.
     """
     from chalicelib.registry import connections
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     longest = max(event.channels, key=len)
     for dialect in connections.DIALECTS:
@@ -410,7 +411,7 @@ def check_size(event: Event) -> None:
 def publish(event: Event) -> None:
     """Deliver an event to every channel it names, leaving out ``socket_id``'s connection.
 
-    A channel goes through :func:`chalicelib.websocket.push.publish_to_channel` (both dialects); a
+    A channel goes through :func:`chalicelib.delivery.push.publish_to_channel` (both dialects); a
     ``#server-to-user-<user id>`` channel reaches every connection of that user (native ones
     receive ``{"type": "event", "event", "data"}``, signed-in Pusher ones the event on
     ``#server-to-user-<user id>``, where pusher-js's user facade listens).
@@ -420,7 +421,7 @@ def publish(event: Event) -> None:
         RegistryUnavailable, ConfigError: (503) the registry or the management endpoint.
     """
     from chalicelib.registry import connections, subscriptions
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     check_size(event)
     exclude = _excluded(event.socket_id)
@@ -497,7 +498,7 @@ def trigger_batch(request, app_id: str) -> Dict[str, Any]:
 #: what a signed-in Pusher connection is told before its user's connections are terminated
 #: (``pusher:error`` 4009, "Connection is unauthorized", Pusher docs, "Pusher Channels
 #: Protocol"; the code and text soketi sends)
-TERMINATED_CODE = pusher_protocol.UNAUTHORIZED_CONNECTION
+TERMINATED_CODE = pusher.UNAUTHORIZED_CONNECTION
 TERMINATED_MESSAGE = "You got disconnected by the app."
 
 
@@ -522,13 +523,13 @@ def terminate_user_connections(request, app_id: Optional[str], user_id: str) -> 
     authenticate(request, app_id)
     validate_user_id(user_id)
     from chalicelib.registry import connections, subscriptions
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     groups = subscriptions.connections_of_user_by_dialect(user_id)
     pusher_ids = groups.get(connections.PUSHER, [])
     if pusher_ids:
         push.send_by_dialect({connections.PUSHER: pusher_ids},
-                             pusher_protocol.error(TERMINATED_MESSAGE, TERMINATED_CODE))
+                             pusher.error(TERMINATED_MESSAGE, TERMINATED_CODE))
     for connection_id in [cid for ids in groups.values() for cid in ids]:
         close_connection(connection_id)
         connections.remove_connection(connection_id)
@@ -546,11 +547,11 @@ def close_connection(connection_id: str) -> bool:
         ManagementUnavailable: (503) any other management API failure.
     """
     from chalicelib import aws
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
     from chalicelib.settings import websocket_settings
 
     client = aws.client("apigatewaymanagementapi", websocket_settings().region,
-                        endpoint_url=push.management_endpoint(), max_attempts=3,
+                        endpoint_url=post.management_endpoint(), max_attempts=3,
                         connect_timeout=2, read_timeout=5)
     try:
         client.delete_connection(ConnectionId=connection_id)

@@ -1,7 +1,7 @@
 """The Pusher Channels protocol 7 dialect of the WebSocket API: pusher-js (and every Pusher
 client) connects to API Gateway as it would to Pusher or soketi.
 
-Framing and signature checks are in :mod:`chalicelib.pusher.pusher_protocol` (pure); this module
+Framing and signature checks are in :mod:`chalicelib.protocol.pusher` (pure); this module
 holds the handlers :mod:`chalicelib.websocket.ws` dispatches to when a connection speaks this
 dialect.
 
@@ -9,7 +9,7 @@ dialect.
   (pusher-js sends ``protocol=7``) and ``PUSHER_DIALECT`` is on. ``ws_authorizer`` lets such a
   connect in anonymously with the context ``{"dialect": "pusher"}`` (:func:`authorizer_answer`);
   rights come from signed subscriptions. The version and app key are checked
-  (:func:`chalicelib.pusher.pusher_protocol.handshake_error`), the connection is registered with its
+  (:func:`chalicelib.protocol.pusher.handshake_error`), the connection is registered with its
   dialect and no user, and the first frame is handed to :func:`hello`.
 * First frame: API Gateway answers ``410 Gone`` to PostToConnection until ``$connect`` has
   returned (AWS re:Post, "410 Gone" on PostToConnection during ``$connect``), so ``$connect``
@@ -33,7 +33,7 @@ dialect.
   encrypted channels (relayed as the server library encrypted them).
 
 The registry keeps ``dialect = "pusher"`` on the connection's items, and
-:mod:`chalicelib.websocket.push` encodes every event for the receiving connection's dialect, so
+:mod:`chalicelib.delivery.push` encodes every event for the receiving connection's dialect, so
 ``POST /notifications`` and queue pushes reach Pusher clients as
 ``{"event", "channel", "data": <JSON string>}``.
 """
@@ -45,7 +45,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 from chalicelib import channels
-from chalicelib.pusher import pusher_protocol as protocol
+from chalicelib.protocol import pusher as protocol
 from chalicelib.registry import cache, connections, presence, rates, subscriptions, table
 from chalicelib.errors import AppError, BadRequest
 from chalicelib.logtext import for_log
@@ -221,7 +221,7 @@ def invoke_hello(connection_id: str, frame: str, context: Mapping[str, Any], *,
         connection_id: the new connection.
         frame: the text to post.
         context: the ``$connect`` request context (its ``domainName``, ``stage``, ``apiId``
-            name the management endpoint, as :func:`chalicelib.websocket.push.management_endpoint`
+            name the management endpoint, as :func:`chalicelib.delivery.post.management_endpoint`
             reads them).
         close: close the socket once the frame is delivered.
     Raises:
@@ -262,7 +262,7 @@ def hello(event: Mapping[str, Any], *, sleep=time.sleep,
         10 ms ten times, then doubling to 160 ms) until :data:`HELLO_DEADLINE_SECONDS`; then
         the client is gone (or ``$connect`` failed) and the frame is dropped. Never raises.
     """
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post, summary
 
     started = clock()
     attempts = 0
@@ -273,19 +273,19 @@ def hello(event: Mapping[str, Any], *, sleep=time.sleep,
         log.error("pusher_hello: malformed event")
         return {"delivered": False, "attempts": 0, "seconds": 0.0}
     try:
-        data = push.encode_frame(frame)
-        endpoint = push.management_endpoint(event)
-        sender = push.management_client(endpoint)
+        data = post.encode_frame(frame)
+        endpoint = post.management_endpoint(event)
+        sender = post.management_client(endpoint)
         delay = HELLO_FIRST_DELAY
         while True:
             attempts += 1
             outcome = sender.post_many([connection_id], data,
                                        max_attempts=websocket_settings().push_max_attempts,
                                        on_gone=lambda _id: None, sleep=sleep)[connection_id]
-            if outcome == push.DELIVERED:
+            if outcome == summary.DELIVERED:
                 delivered = True
                 break
-            if outcome != push.GONE or clock() - started + delay > HELLO_DEADLINE_SECONDS:
+            if outcome != summary.GONE or clock() - started + delay > HELLO_DEADLINE_SECONDS:
                 log.warning("pusher_hello: first frame to %s not delivered (%s after %d "
                             "attempts)", connection_id, outcome, attempts)
                 break
@@ -385,10 +385,10 @@ class _Answer:
 
 
 def _send(connection_id: str, text: str, event: Any) -> None:
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
     try:
-        push.send_to_connection(connection_id, text, event=event)
+        post.send_to_connection(connection_id, text, event=event)
     except Exception:
         log.exception("reply to %s failed", connection_id)
 
@@ -567,7 +567,7 @@ def _pusher_subscribers(channel: str, *, exclude: Optional[str]) -> list:
 
 def _post(ids: list, text: str, channel: str, event: Any) -> None:
     """Send a ``pusher_internal:*`` frame to ``ids``; failures are logged, never raised."""
-    from chalicelib.websocket import push
+    from chalicelib.delivery import push
 
     try:
         push.send_by_dialect({DIALECT: ids}, text, event=event)
@@ -637,7 +637,7 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
     ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), never echoed to the
     sender; on presence channels it carries the sender's member ``user_id`` (Pusher docs,
     "Client events"). Pusher answers nothing on success."""
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post, push
 
     connection = connections.get_connection(connection_id)
     if connection is None or connection.dialect != DIALECT:
@@ -650,7 +650,7 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
         user_id = subscriptions.member_of(connection_id, target)
         if user_id:
             outgoing["user_id"] = user_id
-    push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    post.encode_frame(outgoing)  # 413 before the event counts against the rate limit
     limit = websocket_settings().client_event_rate_limit
     if not rates.allow_client_event(connection_id, limit):
         raise protocol.ProtocolError(

@@ -81,14 +81,14 @@ def client_event(channel_name: str, event_name: str, data: Any, connection_id: s
         data: the event's data; sent as Pusher does, a string (a non-string value as its
             compact JSON text).
         connection_id: the sender's connection id; the event carries its Pusher
-            ``socket_id`` (:func:`chalicelib.pusher.pusher_protocol.socket_id_for`), for native
+            ``socket_id`` (:func:`chalicelib.protocol.pusher.socket_id_for`), for native
             connections too.
         user_id: the sender's member user id; given only on presence channels.
     """
-    from chalicelib.pusher import pusher_protocol
+    from chalicelib.protocol import pusher
 
     try:
-        socket_id = pusher_protocol.socket_id_for(connection_id)
+        socket_id = pusher.socket_id_for(connection_id)
     except ValueError:  # an id too long for a socket id: never API Gateway's
         socket_id = ""
     event: Dict[str, Any] = {

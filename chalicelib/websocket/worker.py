@@ -17,8 +17,8 @@ finishes, user is told" pattern).
 * An unexpected failure on one record is reported for that record alone (SQS retries it, then
   moves it to the dead-letter queue); it never fails the whole batch.
 * A channel or user with more than ``PUSH_SHARD_THRESHOLD`` connections is sharded back onto
-  the queue (:mod:`chalicelib.websocket.shards`); shard messages (``{"shard": {...}}``) are
-  delivered by :func:`chalicelib.websocket.shards.handle`: a redelivered shard skips the connections
+  the queue (:mod:`chalicelib.delivery.shards`); shard messages (``{"shard": {...}}``) are
+  delivered by :func:`chalicelib.delivery.shards.handle`: a redelivered shard skips the connections
   it already reached, a poison shard is reported as failed so the dead-letter queue takes it.
 * Webhook jobs (``{"webhook": {...}}``, issue 10 D) are POSTed to their external target by
   :mod:`chalicelib.pusher.webhook_sender`, the jobs of one batch in parallel; a failed POST is
@@ -30,7 +30,8 @@ import logging
 from typing import Any, Dict, List
 
 from chalicelib import jsonutil, observability
-from chalicelib.websocket import push
+from chalicelib.delivery import push
+from chalicelib.delivery.summary import RETRYABLE
 from chalicelib.errors import AppError, PayloadTooLarge
 from chalicelib.logtext import for_log
 
@@ -49,9 +50,9 @@ def handle_record(record: Dict[str, Any]) -> bool:
     message_id = for_log(record.get("messageId", "-"))
     try:
         body = jsonutil.loads(record.get("body") or "")
-        if isinstance(body, dict) and "shard" in body:  # chalicelib.websocket.shards.SHARD_KEY
+        if isinstance(body, dict) and "shard" in body:  # chalicelib.delivery.shards.SHARD_KEY
             # lazy: the cold start of every function pays less
-            from chalicelib.websocket import shards
+            from chalicelib.delivery import shards
 
             return shards.handle(body[shards.SHARD_KEY], record)
         if isinstance(body, dict) and "webhook" in body:  # chalicelib.pusher.webhook_sender.JOB_KEY
@@ -82,9 +83,9 @@ def handle_record(record: Dict[str, Any]) -> bool:
         return False
     log.info("push message %s to %s %s: %s", message_id, notification.target,
              for_log(notification.address), summary)
-    if summary[push.RETRYABLE]:
+    if summary[RETRYABLE]:
         log.warning("push message %s will be retried: %d transient failures", message_id,
-                    summary[push.RETRYABLE])
+                    summary[RETRYABLE])
         return False
     return True
 

@@ -1,7 +1,7 @@
 """WebSocket handlers (``$connect``, ``$default``, ``$disconnect``) and ``POST /notifications``.
 
 Frame protocol (text frames, JSON objects; every reply is sent with PostToConnection through
-:mod:`chalicelib.websocket.push`, because a ``$default`` route's return value only reaches the
+:mod:`chalicelib.delivery.push`, because a ``$default`` route's return value only reaches the
 client when route responses are configured):
 
 * ``{"action": "ping"}`` -> ``{"type": "pong"}``;
@@ -40,7 +40,7 @@ from typing import Any, Dict, Mapping
 from chalicelib import channels, jsonutil, observability
 from chalicelib.pusher import pusher_socket
 from chalicelib.registry import connections, rates, subscriptions
-from chalicelib.websocket import push
+from chalicelib.delivery import post, push
 from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
                                json_response, log_error)
 from chalicelib.auth.identity import authenticate_request, header, principal_from_request
@@ -53,7 +53,7 @@ log = logging.getLogger("realtime.ws")
 #: the scope that lets a caller of ``POST /notifications`` address other users and channels
 NOTIFY_SCOPE = "notifications:send"
 #: largest ``POST /notifications`` body accepted, bytes (a frame is at most 128 KB anyway)
-MAX_NOTIFICATION_BODY_BYTES = push.MAX_FRAME_BYTES + 4096
+MAX_NOTIFICATION_BODY_BYTES = post.MAX_FRAME_BYTES + 4096
 MAX_FRAME_ID_LENGTH = 64
 
 ACTIONS = ("ping", "subscribe", "unsubscribe", "publish", "pushtowebsocket")
@@ -283,13 +283,13 @@ def _reply(connection_id: str, reply: Dict[str, Any], event: Any) -> None:
     encodable), send the matching error frame with the reply's ``id`` instead."""
     try:
         try:
-            push.send_to_connection(connection_id, reply, event=event)
+            post.send_to_connection(connection_id, reply, event=event)
         except PayloadTooLarge as err:  # an echo of a message near the limit
-            push.send_to_connection(connection_id, {**err.frame(), **{
+            post.send_to_connection(connection_id, {**err.frame(), **{
                 k: reply[k] for k in ("id",) if k in reply}}, event=event)
         except (ValueError, TypeError):  # strict frames always encode: a bug, still answered
             log.exception("reply to %s could not be encoded", connection_id)
-            push.send_to_connection(connection_id, {**AppError().frame(), **{
+            post.send_to_connection(connection_id, {**AppError().frame(), **{
                 k: reply[k] for k in ("id",) if k in reply}}, event=event)
     except Exception:
         log.exception("reply to %s failed", connection_id)
@@ -359,7 +359,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
                                 "data": frame.get("data")}
     if channels.channel_kind(channel) == channels.PRESENCE:
         outgoing["user_id"] = connection.user_id
-    push.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    post.encode_frame(outgoing)  # 413 before the event counts against the rate limit
     limit = websocket_settings().client_event_rate_limit
     if not rates.allow_client_event(connection_id, limit):
         raise channels.ClientEventRateLimited(
@@ -403,7 +403,7 @@ def notify(request: Any, app: Any = None):
         a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
         "retryable"}``; 202 with ``"queued"`` and ``"shards"`` added when the audience was
         over ``PUSH_SHARD_THRESHOLD`` and went to the push queue in shards
-        (:mod:`chalicelib.websocket.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
+        (:mod:`chalicelib.delivery.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
         403 (scope missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a
         frame over 128 KB), 503 (registry, push queue or settings unavailable). Every answer
         carries the stage's CORS headers (:func:`chalicelib.pusher.pusher_auth.cors_headers`), so a

@@ -430,7 +430,7 @@ def test_pushes_survive_a_deploy_that_stopped_before_the_authorizer_step(setup, 
 
     # the push worker, with exactly that environment, still finds the API chalice made
     from chalicelib import settings
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
     api_id = boto3.client("apigatewayv2", region_name=REGION).create_api(
         Name=cfg.websocket_api_name, ProtocolType="WEBSOCKET",
@@ -440,13 +440,13 @@ def test_pushes_survive_a_deploy_that_stopped_before_the_authorizer_step(setup, 
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     settings.reset()
-    push.reset_clients()
+    post.reset_clients()
     try:
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://{api_id}.execute-api.{REGION}.amazonaws.com/{cfg.api_gateway_stage}"
     finally:
         settings.reset()
-        push.reset_clients()
+        post.reset_clients()
 
 
 def test_main_reports_an_aws_failure_with_the_way_to_finish(monkeypatch, capsys):

@@ -388,7 +388,7 @@ def test_zip_check_flags_bytecode(tmp_path):
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as archive:
         archive.writestr("app.py", "")
-        archive.writestr("chalicelib/websocket/push.py", "")
+        archive.writestr("chalicelib/delivery/push.py", "")
         archive.writestr("chalicelib/websocket/__pycache__/push.cpython-311.pyc", "")
         archive.writestr("jwt/api_jwt.pyc", "")
     report = package.check_zip(bad, bad)

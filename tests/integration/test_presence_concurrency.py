@@ -14,7 +14,8 @@ import threading
 import pytest
 
 from chalicelib import settings
-from chalicelib.pusher import pusher_protocol, pusher_socket
+from chalicelib.pusher import pusher_socket
+from chalicelib.protocol import pusher
 from chalicelib.registry import connections, listing, presence, subscriptions, table
 from tests.support.events import ttl_remove
 from tests.support.websocket import aws_env, management_api, serial_registry  # noqa: F401
@@ -35,9 +36,9 @@ def register(connection_id):
 
 
 def subscribe_frame(connection_id, channel, user_id):
-    socket_id = pusher_protocol.socket_id_for(connection_id)
+    socket_id = pusher.socket_id_for(connection_id)
     channel_data = json.dumps({"user_id": user_id, "user_info": {"name": user_id}})
-    auth = pusher_protocol.channel_signature(SECRET, socket_id, channel, channel_data)
+    auth = pusher.channel_signature(SECRET, socket_id, channel, channel_data)
     return {"requestContext": {"connectionId": connection_id, "routeKey": "$default"},
             "body": json.dumps({"event": "pusher:subscribe", "data": {
                 "channel": channel, "auth": f"app-key:{auth}", "channel_data": channel_data}})}

@@ -13,9 +13,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chalicelib import settings
-from chalicelib.pusher import pusher_protocol
+from chalicelib.protocol import pusher
 from chalicelib.registry import connections, presence, subscriptions
-from chalicelib.websocket import push
+from chalicelib.delivery import push
 from tests.support.events import ttl_remove
 from tests.support.websocket import (  # noqa: F401
     app_gateway, aws_env, one_rate_window, serial_registry)
@@ -53,8 +53,8 @@ def test_connection_established_carries_a_reversible_socket_id(gateway):
     with connect(url(gateway)) as ws:
         data = established(ws)
         assert data["activity_timeout"] <= 120
-        assert pusher_protocol.SOCKET_ID_RE.fullmatch(data["socket_id"])
-        connection_id = pusher_protocol.connection_id_for(data["socket_id"])
+        assert pusher.SOCKET_ID_RE.fullmatch(data["socket_id"])
+        connection_id = pusher.connection_id_for(data["socket_id"])
         assert connection_id in gateway.connection_ids()
         stored = connections.get_connection(connection_id)
         assert stored.dialect == "pusher" and stored.principal is None
@@ -101,7 +101,7 @@ def test_ping_subscribe_public_and_receive_a_notification_push(gateway):
 def test_private_channel_needs_a_valid_signature(gateway):
     with connect(url(gateway)) as ws:
         socket_id = established(ws)["socket_id"]
-        good = pusher_protocol.channel_signature(SECRET, socket_id, "private-x")
+        good = pusher.channel_signature(SECRET, socket_id, "private-x")
         ws.send(json.dumps({"event": "pusher:subscribe",
                             "data": {"channel": "private-x", "auth": f"{KEY}:{'0' * 64}"}}))
         frame = recv(ws)
@@ -150,7 +150,7 @@ def test_first_frame_waits_for_connect_to_return(gateway):
 
 def subscribe_presence(ws, socket_id, channel, user_id, info=None):
     channel_data = json.dumps({"user_id": user_id, "user_info": info or {"name": user_id}})
-    auth = pusher_protocol.channel_signature(SECRET, socket_id, channel, channel_data)
+    auth = pusher.channel_signature(SECRET, socket_id, channel, channel_data)
     ws.send(json.dumps({"event": "pusher:subscribe", "data": {
         "channel": channel, "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
 
@@ -165,7 +165,7 @@ def registered_member(connection_id, room, user_id):
 
 
 def subscribe_private(ws, socket_id, channel):
-    auth = pusher_protocol.channel_signature(SECRET, socket_id, channel)
+    auth = pusher.channel_signature(SECRET, socket_id, channel)
     ws.send(json.dumps({"event": "pusher:subscribe",
                         "data": {"channel": channel, "auth": f"{KEY}:{auth}"}}))
     assert recv(ws)["event"] == "pusher_internal:subscription_succeeded"
@@ -203,7 +203,7 @@ def test_presence_needs_signed_channel_data(gateway):
     with connect(url(gateway)) as ws:
         socket_id = established(ws)["socket_id"]
         channel_data = json.dumps({"user_id": "mallory"})
-        auth = pusher_protocol.channel_signature(SECRET, socket_id, "presence-x",
+        auth = pusher.channel_signature(SECRET, socket_id, "presence-x",
                                                  json.dumps({"user_id": "alice"}))
         ws.send(json.dumps({"event": "pusher:subscribe", "data": {
             "channel": "presence-x", "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
@@ -265,11 +265,11 @@ def test_signin_joins_the_user_so_send_to_user_reaches_it(gateway):
     with connect(url(gateway)) as ws:
         socket_id = established(ws)["socket_id"]
         user_data = json.dumps({"id": "alice", "user_info": {}})
-        bad = pusher_protocol.user_signature("wrong", socket_id, user_data)
+        bad = pusher.user_signature("wrong", socket_id, user_data)
         ws.send(json.dumps({"event": "pusher:signin",
                             "data": {"auth": f"{KEY}:{bad}", "user_data": user_data}}))
         assert data_of(recv(ws))["code"] == 4009
-        good = pusher_protocol.user_signature(SECRET, socket_id, user_data)
+        good = pusher.user_signature(SECRET, socket_id, user_data)
         ws.send(json.dumps({"event": "pusher:signin",
                             "data": {"auth": f"{KEY}:{good}", "user_data": user_data}}))
         frame = recv(ws)
@@ -457,7 +457,7 @@ def test_native_client_events_reach_the_apps_webhook_handlers(gateway, hooks, de
         connection_id = gateway.connection_ids()[0]
         assert hook_events(hooks, "client_event") == [
             {"name": "client_event", "channel": "presence-room", "event": "client-move",
-             "data": '{"x":1}', "socket_id": pusher_protocol.socket_id_for(connection_id),
+             "data": '{"x":1}', "socket_id": pusher.socket_id_for(connection_id),
              "user_id": "alice"}]
 
 

@@ -14,7 +14,8 @@ import uuid
 import pytest
 from websockets.sync.client import connect
 
-from chalicelib.pusher import pusher_protocol, webhook_sender
+from chalicelib.pusher import webhook_sender
+from chalicelib.protocol import pusher
 from devtools.local_sqs import SqsPoller
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.websocket import app_gateway, aws_env, serial_registry  # noqa: F401
@@ -64,7 +65,7 @@ def subscribe_presence(ws, user_id):
     assert frame["event"] == "pusher:connection_established", frame
     socket_id = json.loads(frame["data"])["socket_id"]
     channel_data = json.dumps({"user_id": user_id, "user_info": {"name": user_id}})
-    auth = pusher_protocol.channel_signature(SECRET, socket_id, ROOM, channel_data)
+    auth = pusher.channel_signature(SECRET, socket_id, ROOM, channel_data)
     ws.send(json.dumps({"event": "pusher:subscribe", "data": {
         "channel": ROOM, "auth": f"{KEY}:{auth}", "channel_data": channel_data}}))
     frame = recv(ws)

@@ -38,7 +38,7 @@ def app_gateway(monkeypatch, **config):
     port (PostToConnection, and Lambda Invoke for ``pusher_hello``). Yields the gateway; set
     other environment first, the app's settings and clients are reset here."""
     import app as app_module
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
     from devtools.local_gateway import GatewayConfig, LocalWebSocketGateway
 
     gw = LocalWebSocketGateway(app_module.app, GatewayConfig(stage="test", **config))
@@ -50,17 +50,17 @@ def app_gateway(monkeypatch, **config):
         yield gw
     finally:
         gw.stop()
-        push.reset_clients()
+        post.reset_clients()
 
 
 def _reset_clients() -> None:
     from chalicelib import settings
     from chalicelib.registry import table
-    from chalicelib.websocket import push
+    from chalicelib.delivery import post
 
     settings.reset()
     table.reset_clients()
-    push.reset_clients()
+    post.reset_clients()
 
 
 @pytest.fixture

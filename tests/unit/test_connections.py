@@ -175,7 +175,7 @@ def test_importing_app_does_not_import_boto3():
     # Powertools (chalicelib.observability) imports the bare ``botocore`` package (~1 ms) to
     # register its User-Agent initializer; botocore's sessions, clients and loaders, the
     # expensive part, must stay unloaded
-    code = ("import sys, app, chalicelib.registry.connections, chalicelib.registry.presence, chalicelib.websocket.push, "
+    code = ("import sys, app, chalicelib.registry.connections, chalicelib.registry.presence, chalicelib.delivery.push, "
             "chalicelib.websocket.ws, chalicelib.websocket.worker; "
             "print('boto3' in sys.modules, sorted(m for m in sys.modules "
             "if m.startswith('botocore.')))")

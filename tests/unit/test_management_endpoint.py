@@ -18,7 +18,7 @@ from moto import mock_aws
 
 from chalicelib import aws, settings
 from chalicelib.registry import connections
-from chalicelib.websocket import push
+from chalicelib.delivery import post
 from chalicelib.errors import ConfigError
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401
@@ -34,9 +34,9 @@ def no_endpoint(aws_env, monkeypatch):
                  "WEBSOCKET_STAGE", "WEBSOCKET_API_NAME"):
         monkeypatch.delenv(name, raising=False)
     settings.reset()
-    push.reset_clients()
+    post.reset_clients()
     yield aws_env
-    push.reset_clients()
+    post.reset_clients()
 
 
 def _api(name=NAME, protocol="WEBSOCKET"):
@@ -48,9 +48,9 @@ def _api(name=NAME, protocol="WEBSOCKET"):
 
 def _discovery_client():
     """The client :func:`push.discover_api_id` uses (cached by its arguments)."""
-    return aws.client("apigatewayv2", REGION, max_attempts=push.DISCOVERY_MAX_ATTEMPTS,
-                      connect_timeout=push.DISCOVERY_CONNECT_TIMEOUT,
-                      read_timeout=push.DISCOVERY_READ_TIMEOUT)
+    return aws.client("apigatewayv2", REGION, max_attempts=post.DISCOVERY_MAX_ATTEMPTS,
+                      connect_timeout=post.DISCOVERY_CONNECT_TIMEOUT,
+                      read_timeout=post.DISCOVERY_READ_TIMEOUT)
 
 
 def test_the_api_is_found_by_name_once_per_process(no_endpoint):
@@ -62,9 +62,9 @@ def test_the_api_is_found_by_name_once_per_process(no_endpoint):
         _discovery_client().meta.events.register(
             "before-call.apigatewayv2.GetApis", lambda **_: calls.append(1))
 
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://{api_id}.execute-api.{REGION}.amazonaws.com/dev"
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://{api_id}.execute-api.{REGION}.amazonaws.com/dev"
         assert calls == [1]
 
@@ -74,13 +74,13 @@ def test_explicit_settings_and_the_event_win_over_the_lookup(no_endpoint, monkey
     with stubber:
         monkeypatch.setenv("WEBSOCKET_API_ID", "fromenv1")
         settings.reset()
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://fromenv1.execute-api.{REGION}.amazonaws.com/dev"
         monkeypatch.delenv("WEBSOCKET_API_ID")
         settings.reset()
         event = {"requestContext": {"domainName": "abc.execute-api.us-east-1.amazonaws.com",
                                     "stage": "dev", "apiId": "abc"}}
-        assert push.management_endpoint(event) == \
+        assert post.management_endpoint(event) == \
             "https://abc.execute-api.us-east-1.amazonaws.com/dev"
     stubber.assert_no_pending_responses()
 
@@ -91,7 +91,7 @@ def test_websocket_api_name_setting(no_endpoint, monkeypatch):
     settings.reset()
     with mock_aws():
         api_id = _api("my-api")
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://{api_id}.execute-api.{REGION}.amazonaws.com/live"
 
 
@@ -99,7 +99,7 @@ def test_no_such_api_is_a_config_error_and_is_not_retried_at_once(no_endpoint, m
     with mock_aws():
         _api("realtime-prod-websocket-api")
         with pytest.raises(ConfigError) as caught:
-            push.management_endpoint()
+            post.management_endpoint()
         assert caught.value.status == 503
         message = caught.value.public_message
         assert f"there is no WebSocket API named {NAME} in {REGION}" in message
@@ -107,9 +107,9 @@ def test_no_such_api_is_a_config_error_and_is_not_retried_at_once(no_endpoint, m
 
         api_id = _api()  # the API appears: the failure is remembered for a while
         with pytest.raises(ConfigError):
-            push.management_endpoint()
-        monkeypatch.setattr(push, "DISCOVERY_RETRY_SECONDS", 0)
-        assert api_id in push.management_endpoint()
+            post.management_endpoint()
+        monkeypatch.setattr(post, "DISCOVERY_RETRY_SECONDS", 0)
+        assert api_id in post.management_endpoint()
 
 
 def test_two_apis_with_the_name_are_ambiguous(no_endpoint):
@@ -117,7 +117,7 @@ def test_two_apis_with_the_name_are_ambiguous(no_endpoint):
         _api()
         _api()
         with pytest.raises(ConfigError, match=f"there are 2 WebSocket APIs named {NAME}"):
-            push.management_endpoint()
+            post.management_endpoint()
 
 
 def test_lookup_follows_pages(no_endpoint):
@@ -129,7 +129,7 @@ def test_lookup_follows_pages(no_endpoint):
         {"ApiId": "found2", "Name": NAME, "ProtocolType": "WEBSOCKET",
          "RouteSelectionExpression": "$request.body.action"}]}, {"NextToken": "page2"})
     with stubber:
-        assert push.management_endpoint() == \
+        assert post.management_endpoint() == \
             f"https://found2.execute-api.{REGION}.amazonaws.com/dev"
     stubber.assert_no_pending_responses()
 
@@ -139,7 +139,7 @@ def test_access_denied_is_a_config_error_naming_the_settings(no_endpoint, caplog
     stubber.add_client_error("get_apis", "AccessDeniedException", "not authorized",
                              http_status_code=403)
     with stubber, pytest.raises(ConfigError) as caught:
-        push.management_endpoint()
+        post.management_endpoint()
     message = caught.value.public_message
     assert f"the WebSocket API {NAME} could not be looked up (AccessDeniedException)" in message
     assert "WEBSOCKET_API_ID" in message
@@ -176,10 +176,10 @@ def test_an_unanswered_lookup_fails_in_bounded_time(no_endpoint, monkeypatch, si
     monkeypatch.setenv("AWS_ENDPOINT_URL_APIGATEWAYV2", silent_server)
     start = time.monotonic()
     with pytest.raises(ConfigError, match=r"could not be looked up \(ReadTimeoutError\)"):
-        push.management_endpoint()
+        post.management_endpoint()
     elapsed = time.monotonic() - start
-    bound = push.DISCOVERY_MAX_ATTEMPTS * (push.DISCOVERY_READ_TIMEOUT + 1)
-    assert push.DISCOVERY_READ_TIMEOUT <= elapsed < bound
+    bound = post.DISCOVERY_MAX_ATTEMPTS * (post.DISCOVERY_READ_TIMEOUT + 1)
+    assert post.DISCOVERY_READ_TIMEOUT <= elapsed < bound
 
 
 def test_notifications_answer_503_when_the_api_cannot_be_found(no_endpoint, registry, client,

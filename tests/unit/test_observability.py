@@ -159,12 +159,12 @@ def test_the_authorizers_cold_start_loads_no_push_engine_nor_pusher():
     import subprocess
     import sys
 
-    code = ("import sys, app; heavy = ['chalicelib.websocket.push', 'chalicelib.websocket.sender', "
+    code = ("import sys, app; heavy = ['chalicelib.delivery.push', 'chalicelib.delivery.sender', "
             "'chalicelib.registry.table', 'chalicelib.websocket.ws', "
             "'chalicelib.pusher.pusher_auth', 'pusher', "
             "'requests']; print(sorted(m for m in heavy if m in sys.modules)); "
             "app.ws.on_connect; "
-            "print('chalicelib.websocket.push' in sys.modules, type(app.ws).__name__)")
+            "print('chalicelib.delivery.push' in sys.modules, type(app.ws).__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Delivery (chalicelib.websocket.push) against a real management API on 127.0.0.1 and a moto
+"""Delivery (chalicelib.delivery.push) against a real management API on 127.0.0.1 and a moto
 registry."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from moto import mock_aws
 
 from chalicelib import settings
 from chalicelib.registry import connections, subscriptions
-from chalicelib.websocket import push
+from chalicelib.delivery import post, push, sender
+from chalicelib import errors
 from chalicelib.errors import ConfigError, PayloadTooLarge
 from chalicelib.auth.principal import Principal
 from tests.support import events
@@ -32,18 +33,18 @@ def _set(monkeypatch, **env):
         else:
             monkeypatch.setenv(name, value)
     settings.reset()
-    push.reset_clients()
+    post.reset_clients()
 
 
 # --- frames and endpoints ---------------------------------------------------------------------
 
 def test_encode_frame_limits_to_128_kib():
-    assert push.encode_frame({"a": "é"}) == '{"a":"é"}'.encode()
-    assert push.encode_frame("plain text") == b"plain text"
-    exactly = "x" * push.MAX_FRAME_BYTES
-    assert len(push.encode_frame(exactly)) == 131072
+    assert post.encode_frame({"a": "é"}) == '{"a":"é"}'.encode()
+    assert post.encode_frame("plain text") == b"plain text"
+    exactly = "x" * post.MAX_FRAME_BYTES
+    assert len(post.encode_frame(exactly)) == 131072
     with pytest.raises(PayloadTooLarge) as caught:
-        push.encode_frame(exactly + "x")
+        post.encode_frame(exactly + "x")
     assert caught.value.status == 413
     assert "131072" in caught.value.public_message
 
@@ -51,9 +52,9 @@ def test_encode_frame_limits_to_128_kib():
 def test_oversized_frame_is_refused_before_sending(api):
     connections.register("c1=", ALICE)
     with pytest.raises(PayloadTooLarge):
-        push.send_to_user("alice", {"data": "x" * push.MAX_FRAME_BYTES})
+        push.send_to_user("alice", {"data": "x" * post.MAX_FRAME_BYTES})
     with pytest.raises(PayloadTooLarge):
-        push.send_to_connection("c1=", "x" * (push.MAX_FRAME_BYTES + 1))
+        post.send_to_connection("c1=", "x" * (post.MAX_FRAME_BYTES + 1))
     assert api.attempts == {}
 
 
@@ -61,29 +62,29 @@ def test_endpoint_resolution(aws_env, monkeypatch):
     _set(monkeypatch, WEBSOCKET_ENDPOINT_URL=None, WEBSOCKET_API_ID=None, WEBSOCKET_DOMAIN=None,
          WEBSOCKET_STAGE=None)
     event = events.message_event("c1=", {"action": "ping"})
-    assert push.management_endpoint(event) == \
+    assert post.management_endpoint(event) == \
         f"https://{events.DOMAIN}/{events.STAGE}"
     custom = events.message_event("c1=", {}, domain="ws.example.com", stage="prod")
-    assert push.management_endpoint(custom) == \
+    assert post.management_endpoint(custom) == \
         f"https://{events.API_ID}.execute-api.us-east-1.amazonaws.com/prod"
     with mock_aws(), pytest.raises(ConfigError) as caught:  # no API to find by name either
-        push.management_endpoint()
+        post.management_endpoint()
     assert "WEBSOCKET_API_ID" in caught.value.public_message
 
     _set(monkeypatch, WEBSOCKET_API_ID="q1w2e3", WEBSOCKET_STAGE="prod")
-    assert push.management_endpoint() == "https://q1w2e3.execute-api.us-east-1.amazonaws.com/prod"
+    assert post.management_endpoint() == "https://q1w2e3.execute-api.us-east-1.amazonaws.com/prod"
     _set(monkeypatch, AWS_REGION="cn-north-1")
-    assert push.management_endpoint().endswith(".cn-north-1.amazonaws.com.cn/prod")
+    assert post.management_endpoint().endswith(".cn-north-1.amazonaws.com.cn/prod")
     _set(monkeypatch, WEBSOCKET_API_ID=None, WEBSOCKET_DOMAIN="ws.example.com")
-    assert push.management_endpoint() == "https://ws.example.com/prod"
+    assert post.management_endpoint() == "https://ws.example.com/prod"
     _set(monkeypatch, WEBSOCKET_ENDPOINT_URL="http://127.0.0.1:3001/local/")
-    assert push.management_endpoint(event) == "http://127.0.0.1:3001/local"
+    assert post.management_endpoint(event) == "http://127.0.0.1:3001/local"
 
 
 # --- delivery ---------------------------------------------------------------------------------
 
 def test_send_to_connection_posts_the_json_frame(api):
-    summary = push.send_to_connection("abc+/=", {"type": "event", "data": {"n": 1}})
+    summary = post.send_to_connection("abc+/=", {"type": "event", "data": {"n": 1}})
     assert summary == {"delivered": 1, "gone": 0, "failed": 0, "retryable": 0}
     assert api.received["abc+/="] == [b'{"type":"event","data":{"n":1}}']
 
@@ -106,7 +107,7 @@ def test_gone_connection_is_removed_with_its_subscriptions(api):
 def test_throttling_and_5xx_are_retried_then_delivered(api):
     api.script["throttled="] = [429, 429]
     api.script["flaky="] = [500, 503]
-    summary = push.send_to_connections(["throttled=", "flaky="], {"type": "pong"})
+    summary = post.send_to_connections(["throttled=", "flaky="], {"type": "pong"})
     assert summary == {"delivered": 2, "gone": 0, "failed": 0, "retryable": 0}
     assert api.attempts == {"throttled=": 3, "flaky=": 3}
     assert api.frames("throttled=") == [{"type": "pong"}]
@@ -115,7 +116,7 @@ def test_throttling_and_5xx_are_retried_then_delivered(api):
 def test_retries_stop_at_push_max_attempts(api, monkeypatch):
     _set(monkeypatch, PUSH_MAX_ATTEMPTS="3")
     api.script["busy="] = [503] * 10
-    summary = push.send_to_connection("busy=", {"type": "pong"})
+    summary = post.send_to_connection("busy=", {"type": "pong"})
     assert summary == {"delivered": 0, "gone": 0, "failed": 1, "retryable": 1}
     assert api.attempts["busy="] == 3
     assert api.received["busy="] == []
@@ -124,7 +125,7 @@ def test_retries_stop_at_push_max_attempts(api, monkeypatch):
 def test_throttling_does_not_use_up_attempts_within_the_throttle_wait(api, monkeypatch):
     _set(monkeypatch, PUSH_MAX_ATTEMPTS="2")
     api.script["throttled="] = [429] * 5
-    summary = push.send_to_connection("throttled=", {"type": "pong"})
+    summary = post.send_to_connection("throttled=", {"type": "pong"})
     assert summary == {"delivered": 1, "gone": 0, "failed": 0, "retryable": 0}
     assert api.attempts["throttled="] == 6
     assert api.frames("throttled=") == [{"type": "pong"}]
@@ -133,7 +134,7 @@ def test_throttling_does_not_use_up_attempts_within_the_throttle_wait(api, monke
 def test_throttling_past_the_throttle_wait_counts_attempts(api, monkeypatch):
     _set(monkeypatch, PUSH_MAX_ATTEMPTS="3", PUSH_THROTTLE_WAIT_SECONDS="0")
     api.script["busy="] = [429] * 10
-    summary = push.send_to_connection("busy=", {"type": "pong"})
+    summary = post.send_to_connection("busy=", {"type": "pong"})
     assert summary == {"delivered": 0, "gone": 0, "failed": 1, "retryable": 1}
     assert api.attempts["busy="] == 3
     assert api.received["busy="] == []
@@ -146,7 +147,7 @@ def test_a_throttling_gateway_slows_the_fan_out_down_and_loses_nothing(api):
     api.throttle(rate=limit, burst=20)
     ids = [f"t{i}=" for i in range(posts)]
 
-    summary = push.send_to_connections(ids, {"type": "event", "event": "tick"})
+    summary = post.send_to_connections(ids, {"type": "event", "event": "tick"})
 
     assert summary == {"delivered": posts, "gone": 0, "failed": 0, "retryable": 0}
     assert all(len(api.received[cid]) == 1 for cid in ids)
@@ -160,14 +161,14 @@ def test_a_throttling_gateway_slows_the_fan_out_down_and_loses_nothing(api):
     if end - start > 2.0:
         assert len(settled) / (end - (start + 1.0)) <= limit * 1.25
         assert settled.count(429) <= 0.15 * len(settled)
-    sender = push.management_client(push.management_endpoint())
+    sender = post.management_client(post.management_endpoint())
     assert sender.rate.limit is not None and sender.rate.limit <= limit * 1.2
 
 
 def test_client_errors_fail_without_retry(api):
     api.script["forbidden="] = [403]
     api.script["bad="] = [400]
-    summary = push.send_to_connections(["forbidden=", "bad="], {"type": "pong"})
+    summary = post.send_to_connections(["forbidden=", "bad="], {"type": "pong"})
     assert summary == {"delivered": 0, "gone": 0, "failed": 2, "retryable": 0}
     assert api.attempts == {"forbidden=": 1, "bad=": 1}
 
@@ -178,14 +179,14 @@ def test_unreachable_endpoint_is_a_retryable_failure(registry, monkeypatch):
         port = probe.getsockname()[1]
     _set(monkeypatch, WEBSOCKET_ENDPOINT_URL=f"http://127.0.0.1:{port}/test",
          PUSH_MAX_ATTEMPTS="2")
-    summary = push.send_to_connection("c1=", {"type": "pong"})
+    summary = post.send_to_connection("c1=", {"type": "pong"})
     assert summary == {"delivered": 0, "gone": 0, "failed": 1, "retryable": 1}
 
 
 def test_backoff_is_jittered_and_capped():
     for attempt in range(1, 12):
-        ceiling = min(push.BACKOFF_CAP_SECONDS, push.BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-        delays = {push.backoff_seconds(attempt) for _ in range(20)}
+        ceiling = min(sender.BACKOFF_CAP_SECONDS, sender.BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+        delays = {sender.backoff_seconds(attempt) for _ in range(20)}
         assert all(0 <= d <= ceiling for d in delays)
         assert len(delays) > 1
 
@@ -237,14 +238,14 @@ def test_fan_out_keeps_at_most_push_max_workers_posts_in_flight(api, monkeypatch
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(http.client.HTTPConnection, "putrequest", spy)
-    summary = push.send_to_connections([f"c{i}=" for i in range(40)], {"type": "pong"})
+    summary = post.send_to_connections([f"c{i}=" for i in range(40)], {"type": "pong"})
     assert summary["delivered"] == 40
     assert 1 < api.peak_in_flight <= 4  # concurrent, and bounded
     assert senders == {threading.current_thread()}  # no thread pool: the caller drives all
     first_ports = {r["client_port"] for r in api.requests}
     assert 1 < len(first_ports) <= 4  # one keep-alive connection per post in flight
 
-    push.send_to_connections([f"d{i}=" for i in range(8)], {"type": "pong"})
+    post.send_to_connections([f"d{i}=" for i in range(8)], {"type": "pong"})
     assert {r["client_port"] for r in api.requests[40:]} <= first_ports  # kept between calls
 
 
@@ -270,9 +271,9 @@ def test_parse_notification_rules():
         {"user_id": "a"}, {"user_id": "a", "event": ""}, {"user_id": "a", "event": "e" * 201},
     ]
     for body in bad_bodies:
-        with pytest.raises(push.BadRequest):
+        with pytest.raises(errors.BadRequest):
             push.parse_notification(body, targets=("user_id", "channel"))
-    with pytest.raises(push.BadRequest):
+    with pytest.raises(errors.BadRequest):
         push.parse_notification({"connection_id": "c=", "event": "e"},
                                 targets=("user_id", "channel"))
     assert json.loads(json.dumps(push.parse_notification(

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chalicelib.pusher import pusher_http, pusher_protocol
+from chalicelib.pusher import pusher_http
+from chalicelib.protocol import pusher as pusher_protocol
 from chalicelib.registry import connections, listing, occupancy, subscriptions, table
 from chalicelib.auth.principal import Principal
 from tests.conftest import PUSHER_ENV

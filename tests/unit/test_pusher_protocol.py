@@ -1,4 +1,4 @@
-"""chalicelib.pusher.pusher_protocol: socket ids, handshake checks, frames and signatures (pure)."""
+"""chalicelib.protocol.pusher: socket ids, handshake checks, frames and signatures (pure)."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +9,7 @@ import pusher
 import pytest
 from hypothesis import example, given, strategies as st
 
-from chalicelib.pusher import pusher_protocol as protocol
+from chalicelib.protocol import pusher as protocol
 
 
 @pytest.mark.parametrize("connection_id", [

@@ -1,4 +1,4 @@
-"""The PostToConnection sender (chalicelib.websocket.sender, chalicelib.websocket.signing) against
+"""The PostToConnection sender (chalicelib.delivery.sender, chalicelib.delivery.signing) against
 real HTTP servers on 127.0.0.1: signatures checked with botocore's own signer, credential refresh
 through botocore's credential chain, bounded timeouts, stale keep-alive connections."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from chalicelib import settings
-from chalicelib.websocket import push, sender
+from chalicelib.delivery import post, sender
 from tests.support import tls
 from tests.support.management_api import ManagementAPI
 from tests.support.websocket import aws_env, management_api  # noqa: F401
@@ -47,8 +47,8 @@ def test_posts_carry_a_sigv4_signature_botocore_accepts(management_api, monkeypa
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSENDERTEST")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sender-secret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "sender-session-token")
-    push.reset_clients()
-    summary = push.send_to_connections(["a+b/c=", "plain", "x y"], {"type": "pong"})
+    post.reset_clients()
+    summary = post.send_to_connections(["a+b/c=", "plain", "x y"], {"type": "pong"})
     assert summary["delivered"] == 3
     assert len(management_api.requests) == 3
     for request in management_api.requests:
@@ -104,7 +104,7 @@ def test_each_post_leaves_in_one_write(scheme, tmp_path, monkeypatch):
 
 
 def test_signer_matches_botocore_for_every_path_and_day():
-    from chalicelib.websocket.signing import FanoutSigV4Auth, SigningRequest
+    from chalicelib.delivery.signing import FanoutSigV4Auth, SigningRequest
 
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
                               "token").get_frozen_credentials()
@@ -134,13 +134,13 @@ def test_expired_credentials_are_read_again_from_the_chain(management_api, monke
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "first-token")
     monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", soon)
-    push.reset_clients()
-    assert push.send_to_connection("c1=", {"type": "pong"})["delivered"] == 1
+    post.reset_clients()
+    assert post.send_to_connection("c1=", {"type": "pong"})["delivered"] == 1
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECOND")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "second-token")
-    assert push.send_to_connection("c2=", {"type": "pong"})["delivered"] == 1  # same sender
+    assert post.send_to_connection("c2=", {"type": "pong"})["delivered"] == 1  # same sender
 
     first, second = management_api.requests
     assert _signature_is_valid(first, management_api.endpoint_url, "AKIDFIRST",
@@ -171,7 +171,7 @@ def test_credentials_are_checked_again_during_a_long_fan_out(monkeypatch):
 
 
 def test_no_credentials_fail_every_post_without_sending(monkeypatch):
-    monkeypatch.setattr("chalicelib.websocket.signing.credential_source", lambda: None)
+    monkeypatch.setattr("chalicelib.delivery.signing.credential_source", lambda: None)
     with ManagementAPI(stage="test") as api:
         engine = sender.Sender(api.endpoint_url, REGION)
         assert engine.post_many(["a", "b"], b"x") == {"a": sender.FAILED, "b": sender.FAILED}
@@ -442,7 +442,7 @@ def test_importing_push_does_not_import_botocore():
 
     # Powertools (chalicelib.observability) imports the bare ``botocore`` package (~1 ms) to
     # register its User-Agent initializer; no botocore module beyond it may load
-    code = ("import sys, chalicelib.websocket.push; "
+    code = ("import sys, chalicelib.delivery.push; "
             "print(sorted(m for m in sys.modules if m == 'boto3' or m.startswith('botocore.')"
             " or m.startswith('boto3.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -505,8 +505,8 @@ class _Clock:
 
 
 def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers():
-    from chalicelib.websocket.sender import (SendRate, THROTTLE_QUIET_SECONDS,
-                                             THROTTLE_RECOVERY_SECONDS)
+    from chalicelib.delivery.sender import (SendRate, THROTTLE_QUIET_SECONDS,
+                                            THROTTLE_RECOVERY_SECONDS)
 
     clock = _Clock()
     rate = SendRate(clock)
@@ -544,7 +544,7 @@ def test_send_rate_halves_on_throttling_then_climbs_back_additively_and_recovers
 
 
 def test_a_throttle_met_while_sending_slowly_keeps_a_useful_floor():
-    from chalicelib.websocket.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
+    from chalicelib.delivery.sender import MIN_SEND_RATE, SendRate, THROTTLE_QUIET_SECONDS
 
     clock = _Clock()
     rate = SendRate(clock)

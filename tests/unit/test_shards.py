@@ -1,4 +1,4 @@
-"""Sharded fan-out through the push queue (chalicelib.websocket.shards; issue 11 item 3): moto SQS
+"""Sharded fan-out through the push queue (chalicelib.delivery.shards; issue 11 item 3): moto SQS
 and DynamoDB in-process, a real management API on 127.0.0.1, the app's real ``push_worker``."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from chalicelib import settings
 from chalicelib.registry import connections, subscriptions, table
-from chalicelib.websocket import push, shards, worker
+from chalicelib.websocket import worker
+from chalicelib.delivery import post, push, shards
 from chalicelib.auth.principal import Principal
 from devtools.local_sqs import SqsPoller
 from tests.support import events
@@ -84,7 +85,7 @@ def test_shards_hold_every_id_once_within_the_count_and_sqs_size_limits():
     assert parsed[0]["frame"] == '{"type":"event"}'
 
     # a 128 KB frame that JSON escaping would double travels as base64; shards shrink to fit
-    big = b'"' * push.MAX_FRAME_BYTES
+    big = b'"' * post.MAX_FRAME_BYTES
     many = [f"connection-{index:06d}=" for index in range(5000)]
     bodies = shards.plan(many, big, fanout_id="f2", shard_size=5000)
     assert all(len(body.encode()) <= shards.MAX_MESSAGE_BYTES for body in bodies)

@@ -1,12 +1,12 @@
 """The PostToConnection sender: many posts of one frame at low CPU cost per post.
 
-Used by :mod:`chalicelib.websocket.push`. One call of :meth:`Sender.post_many` posts one payload to
+Used by :mod:`chalicelib.delivery.push`. One call of :meth:`Sender.post_many` posts one payload to
 many connection ids. Standard library only at import time; botocore (the signer,
-:mod:`chalicelib.websocket.signing`) and httptools are imported at the first post.
+:mod:`chalicelib.delivery.signing`) and httptools are imported at the first post.
 
 How (figures in README.md, "Push", measured by ``make bench``):
 
-* **signing** — botocore's ``SigV4Auth`` (see :mod:`chalicelib.websocket.signing`); credentials
+* **signing** — botocore's ``SigV4Auth`` (see :mod:`chalicelib.delivery.signing`); credentials
   from botocore's credential chain, read again through ``get_frozen_credentials()`` at the start of
   every fan-out and at most :data:`CREDENTIALS_CHECK_SECONDS` apart within one, so refreshable
   credentials (a Lambda role's, ``AWS_CREDENTIAL_EXPIRATION``) are renewed the way botocore
@@ -475,7 +475,7 @@ class Sender:
     # -- signing
 
     def _frozen_credentials(self):
-        from chalicelib.websocket.signing import credential_source
+        from chalicelib.delivery.signing import credential_source
 
         source = self._credentials if self._credentials is not None else credential_source()
         if source is None:
@@ -516,7 +516,7 @@ class Sender:
             return {cid: FAILED for cid in connection_ids}
         import httptools
 
-        from chalicelib.websocket.signing import FanoutSigV4Auth, SigningRequest
+        from chalicelib.delivery.signing import FanoutSigV4Auth, SigningRequest
 
         # not HTTP, or an upgrade (101) nobody asked for: the connection is unusable
         errors = _NETWORK_ERRORS + (httptools.HttpParserError, httptools.HttpParserUpgrade)

@@ -1,4 +1,5 @@
-"""Server push to WebSocket connections through API Gateway's management API (PostToConnection).
+"""Posting frames to connection ids through API Gateway's management API (PostToConnection):
+the endpoint, the sender, and the removal of gone connections.
 
 Every frame the service sends goes through here — pushes from APIs and the SQS worker, and the
 replies inside WebSocket handlers (pong, error frames, echo): a ``$default`` route's return
@@ -15,7 +16,7 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
 * ``GoneException`` (410): the connection is closed; its registry items (connection and
   subscriptions) are deleted and it counts as ``gone``;
 * throttling (429, ``LimitExceededException``, ``TooManyRequestsException``) slows the
-  sender down (:class:`chalicelib.websocket.sender.SendRate`: additive increase, multiplicative
+  sender down (:class:`chalicelib.delivery.sender.SendRate`: additive increase, multiplicative
   decrease) and the post is sent again after a full-jitter back-off, without using up an
   attempt for ``PUSH_THROTTLE_WAIT_SECONDS`` from the start of the fan-out;
 * 5xx answers and network errors (and throttling after that) are retried with full-jitter
@@ -24,13 +25,14 @@ Delivery rules (AWS docs, "Use @connections commands in your backend service" an
   ``retryable``;
 * other errors (403, 400 for an unknown connection id, ...) count as ``failed`` at once;
 * fan-out keeps at most ``PUSH_MAX_WORKERS`` posts in flight, one keep-alive connection each,
-  all driven by the calling thread (:mod:`chalicelib.websocket.sender`: botocore's SigV4 signer over
+  all driven by the calling thread (:mod:`chalicelib.delivery.sender`: botocore's SigV4 signer over
   ``http.client``, ~0.1 ms of CPU per post instead of ~1 ms through a boto3 client).
 
 Every function returns a summary ``{"delivered": int, "gone": int, "failed": int,
 "retryable": int}`` (``retryable`` counts the part of ``failed`` worth retrying later);
-:func:`deliver` adds ``"queued"`` and ``"shards"`` when it sharded a large audience through the
-push queue (:mod:`chalicelib.websocket.shards`, over ``PUSH_SHARD_THRESHOLD`` connections).
+:func:`chalicelib.delivery.push.deliver` adds ``"queued"`` and ``"shards"`` when it sharded a
+large audience through the push queue (:mod:`chalicelib.delivery.shards`, over
+``PUSH_SHARD_THRESHOLD`` connections).
 
 The management endpoint is ``WEBSOCKET_ENDPOINT_URL`` if set (local gateways: Chalice and this
 module ignore ``AWS_ENDPOINT_URL``), else taken from the WebSocket event being handled, else
@@ -40,6 +42,7 @@ once per process (:func:`discover_api_id`): a plain ``chalice deploy`` resets th
 environment and drops ``WEBSOCKET_API_ID``, and pushes must survive that. botocore is imported
 at the first post, boto3 only by the registry and the lookup.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,13 +53,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from chalicelib import aws, channels, jsonutil, observability
-from chalicelib.registry import cache, connections, subscriptions
-from chalicelib.errors import AppError, BadRequest, ConfigError, PayloadTooLarge
-from chalicelib.auth.principal import validate_user_id
-from chalicelib.websocket.sender import (  # noqa: F401 (back-off rules re-exported)
-    BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, DELIVERED, FAILED, GONE, RETRYABLE,
-    THROTTLING_CODES, Sender, backoff_seconds)
+from chalicelib import aws, jsonutil, observability
+from chalicelib.delivery.sender import Sender
+from chalicelib.delivery.summary import Summary, empty_summary, tally
+from chalicelib.errors import AppError, ConfigError, PayloadTooLarge
+from chalicelib.registry import connections
 from chalicelib.settings import websocket_settings
 
 log = logging.getLogger("realtime.push")
@@ -67,22 +68,6 @@ log = logging.getLogger("realtime.push")
 MAX_FRAME_BYTES = 128 * 1024
 #: threads removing gone connections from the registry while a fan-out goes on
 CLEANUP_WORKERS = 8
-
-Summary = Dict[str, int]
-
-
-def empty_summary() -> Summary:
-    """``{"delivered": 0, "gone": 0, "failed": 0, "retryable": 0}``."""
-    return {DELIVERED: 0, GONE: 0, FAILED: 0, RETRYABLE: 0}
-
-
-def merge(*summaries: Mapping[str, int]) -> Summary:
-    """Add summaries key by key."""
-    total = empty_summary()
-    for summary in summaries:
-        for key in total:
-            total[key] += int(summary.get(key, 0))
-    return total
 
 
 # --- frames -----------------------------------------------------------------------------------
@@ -280,7 +265,7 @@ _senders_lock = threading.Lock()
 
 
 def management_client(endpoint: str) -> Sender:
-    """The cached :class:`~chalicelib.websocket.sender.Sender` for ``endpoint`` (one per endpoint,
+    """The cached :class:`~chalicelib.delivery.sender.Sender` for ``endpoint`` (one per endpoint,
     region and ``PUSH_MAX_WORKERS``): keep-alive connections and signing keys survive between
     invocations of a warm function.
 
@@ -301,8 +286,8 @@ def management_client(endpoint: str) -> Sender:
 
 
 def reset_clients() -> None:
-    """Forget cached clients, the looked-up API id, senders (closing their connections) and credentials (tests;
-    endpoint or credential changes)."""
+    """Forget cached clients, the looked-up API id, senders (closing their connections) and
+    credentials (tests; endpoint or credential changes)."""
     aws.reset_clients()
     with _discovery_lock:
         _discovered.clear()
@@ -312,7 +297,7 @@ def reset_clients() -> None:
         _senders.clear()
     for sender in senders:
         sender.close()
-    signing = sys.modules.get("chalicelib.websocket.signing")
+    signing = sys.modules.get("chalicelib.delivery.signing")
     if signing is not None:
         signing.reset()
 
@@ -331,17 +316,6 @@ def _forget(connection_id: str) -> None:
         log.info("connection %s is gone; removed %d registry items", connection_id, removed)
     except AppError as err:
         log.warning("connection %s is gone but could not be removed: %s", connection_id, err)
-
-
-def _tally(outcomes: Iterable[str]) -> Summary:
-    summary = empty_summary()
-    for outcome in outcomes:
-        if outcome == RETRYABLE:
-            summary[FAILED] += 1
-            summary[RETRYABLE] += 1
-        else:
-            summary[outcome] += 1
-    return summary
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -368,7 +342,7 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
     ids = [cid for cid in dict.fromkeys(connection_ids) if isinstance(cid, str) and cid]
     if not ids:
         return empty_summary()
-    summary = _tally(post_outcomes(ids, data, event=event).values())
+    summary = tally(post_outcomes(ids, data, event=event).values())
     if len(ids) > 1:
         log.info("pushed to %d connections: %s", len(ids), summary)
     return summary
@@ -410,266 +384,6 @@ def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None) 
             cleanup.shutdown(wait=True)
 
 
-def tally(outcomes: Iterable[str]) -> Summary:
-    """The delivery summary of per-connection outcomes (:func:`post_outcomes`)."""
-    return _tally(outcomes)
-
-
 def send_to_connection(connection_id: str, frame: Any, *, event: Any = None) -> Summary:
     """Post one frame to one connection (see :func:`send_to_connections`; same errors)."""
     return send_to_connections([connection_id], frame, event=event)
-
-
-def encode_for(dialect: str, frame: Any) -> bytes:
-    """The bytes posted for ``frame`` to a connection of ``dialect``: one push engine for
-    every dialect.
-
-    Args:
-        dialect: ``connections.NATIVE`` (the frame as it is, :func:`encode_frame`) or
-            ``connections.PUSHER``: a native event frame ``{"type": "event", "event",
-            "channel"?, "data", "user_id"?}`` becomes Pusher's ``{"event", "channel"?,
-            "data": <JSON string>, "user_id"?}``
-            (:func:`chalicelib.pusher.pusher_protocol.event_frame`); text and bytes go as they are.
-        frame: see :func:`encode_frame`.
-    Raises:
-        PayloadTooLarge: the encoded frame is over 128 KB.
-    """
-    if dialect == connections.PUSHER and isinstance(frame, Mapping) \
-            and frame.get("type") == "event":
-        from chalicelib.pusher import pusher_protocol
-
-        frame = pusher_protocol.event_frame(frame.get("event"), frame.get("data"),
-                                            frame.get("channel"), frame.get("user_id"))
-    return encode_frame(frame)
-
-
-def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
-                    event: Any = None, frames: Optional[Mapping[str, Any]] = None) -> Summary:
-    """Post one frame to connections grouped by dialect, each group's frame encoded once
-    (:func:`encode_for`).
-
-    A group whose encoding is over 128 KB (a Pusher frame carries ``data`` as an escaped
-    string, so it can outgrow the native one) counts as ``failed`` (not retryable) and is
-    logged; the other groups are still sent.
-
-    Args:
-        groups: ``{dialect: connection ids}``
-            (:func:`chalicelib.websocket.connections.subscribers_by_dialect`).
-        frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
-    Returns:
-        the delivery summary of all groups.
-    Raises:
-        ConfigError: no management endpoint is configured.
-    """
-    summaries = []
-    for dialect, ids in groups.items():
-        ids = list(ids)
-        if not ids:
-            continue
-        try:
-            data = encode_for(dialect, (frames or {}).get(dialect, frame))
-        except PayloadTooLarge as err:
-            log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
-            summaries.append({FAILED: len(ids)})
-            continue
-        summaries.append(send_to_connections(ids, data, event=event))
-    return merge(*summaries)
-
-
-def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
-    """Post one frame to every live connection of a user (one registry Query, then fan-out),
-    encoded for each connection's dialect.
-
-    Raises:
-        PayloadTooLarge: checked before the registry is read.
-        RegistryUnavailable: the registry could not be read.
-        ConfigError: no management endpoint is configured.
-    """
-    encode_frame(frame)
-    return send_by_dialect(subscriptions.connections_of_user_by_dialect(user_id), frame,
-                           event=event, frames=_user_frames(user_id, frame))
-
-
-def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
-    """``{dialect: frame}`` overrides for a push to a user: Pusher clients get a user event on
-    Pusher's user channel, whose events pusher-js hands to ``pusher.user.bind`` (pusher-js
-    src/core/user.ts; Pusher docs, "User authentication": send_to_user)."""
-    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
-        from chalicelib.pusher.pusher_protocol import USER_CHANNEL_PREFIX
-
-        return {connections.PUSHER: {**frame, "channel": USER_CHANNEL_PREFIX + user_id}}
-    return {}
-
-
-def _remember_cache(channel_name: str, frame: Any) -> None:
-    """Keep the event of a cache channel 30 min for new subscribers (Pusher docs, "Cache
-    channels")."""
-    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
-            and frame.get("type") == "event":
-        cache.cache_put(channel_name, frame.get("event"), frame.get("data"))
-
-
-@observability.timed_fanout
-def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
-                       exclude: Optional[str] = None) -> Summary:
-    """Post one frame to every live subscriber of a channel (one registry Query, then
-    fan-out), encoded for each subscriber's dialect. The channel name is not judged here:
-    callers authorize first.
-
-    Args:
-        exclude: a connection id left out (the sender of a client event, which Pusher never
-            echoes: Pusher docs, "Events" -> "Triggering client events").
-
-    Raises:
-        PayloadTooLarge: checked before the registry is read.
-        RegistryUnavailable: the registry could not be read.
-        ConfigError: no management endpoint is configured.
-    """
-    encode_frame(frame)
-    _remember_cache(channel_name, frame)
-    groups = subscriptions.subscribers_by_dialect(channel_name)
-    return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
-                            for dialect, ids in groups.items()}, frame, event=event)
-
-
-# --- notifications: the message shape shared by POST /notifications and the SQS worker --------
-
-#: longest event name, characters (Pusher's limit for event names, "Events" docs)
-MAX_EVENT_NAME_LENGTH = 200
-TARGETS = ("connection_id", "user_id", "channel")
-
-
-class Notification:
-    """One message to deliver: ``{"<target>": ..., "event": str, "data": any JSON}``.
-
-    Attributes:
-        target: ``"connection_id"``, ``"user_id"`` or ``"channel"``.
-        address: the connection id, user id or channel name.
-        event: the event name (1-200 characters).
-        data: any JSON value (None when absent).
-    """
-
-    __slots__ = ("target", "address", "event", "data")
-
-    def __init__(self, target: str, address: str, event: str, data: Any) -> None:
-        self.target, self.address, self.event, self.data = target, address, event, data
-
-    def frame(self) -> Dict[str, Any]:
-        """The frame subscribers receive: ``{"type": "event", "channel"?, "event", "data"}``
-        (``channel`` only for channel messages)."""
-        frame: Dict[str, Any] = {"type": "event"}
-        if self.target == "channel":
-            frame["channel"] = self.address
-        frame.update(event=self.event, data=self.data)
-        return frame
-
-
-def is_encrypted_payload(data: Any) -> bool:
-    """True for the data of an end-to-end encrypted event as Pusher's server libraries make it
-    (``pusher.crypto.encrypt``: ``{"nonce": base64, "ciphertext": base64}``, as an object or
-    its JSON text; Pusher docs, "End-to-end encryption"). Such data is relayed as it is: only
-    the clients hold the channel's key."""
-    if isinstance(data, str):
-        try:
-            data = jsonutil.loads(data)
-        except jsonutil.JSONRejected:
-            return False
-    return isinstance(data, dict) and set(data) == {"nonce", "ciphertext"} \
-        and all(isinstance(v, str) and v for v in data.values())
-
-
-def validate_event_name(name: Any) -> str:
-    """An event name: a non-empty string of at most :data:`MAX_EVENT_NAME_LENGTH` characters.
-
-    Raises:
-        BadRequest: otherwise (the message does not repeat the value).
-    """
-    if not isinstance(name, str) or not name:
-        raise BadRequest('"event" must be a non-empty string')
-    if len(name) > MAX_EVENT_NAME_LENGTH:
-        raise BadRequest(f'"event" must be at most {MAX_EVENT_NAME_LENGTH} characters')
-    return name
-
-
-def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notification:
-    """Validate a notification body.
-
-    Args:
-        body: the parsed JSON body.
-        targets: the target keys allowed here (``POST /notifications`` allows ``user_id`` and
-            ``channel``; the SQS worker also ``connection_id``).
-    Returns:
-        a :class:`Notification`; channel names are checked with
-        :func:`chalicelib.channels.validate_channel_name`, user ids with
-        :func:`chalicelib.auth.principal.validate_user_id`.
-    Raises:
-        BadRequest: not an object, not exactly one target, a bad target value or event name.
-    """
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    present = [key for key in targets if key in body]
-    if len(present) != 1:
-        raise BadRequest("give exactly one of " + ", ".join(f'"{t}"' for t in targets))
-    target = present[0]
-    address = body[target]
-    if target == "channel":
-        address = channels.validate_channel_name(address)
-        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED \
-                and not is_encrypted_payload(body.get("data")):
-            raise BadRequest("private-encrypted channels take only data a Pusher server "
-                             "library encrypted: {\"nonce\", \"ciphertext\"} (base64)")
-    elif target == "user_id":  # a user id (chalicelib.auth.principal), within DynamoDB key limits
-        address = validate_user_id(address)
-    elif not isinstance(address, str) or not address or len(address) > 1024:
-        raise BadRequest(f'"{target}" must be a non-empty string of at most 1024 characters')
-    return Notification(target, address, validate_event_name(body.get("event")),
-                        body.get("data"))
-
-
-@observability.timed_fanout
-def deliver(notification: Notification, *, event: Any = None) -> Summary:
-    """Deliver a :class:`Notification` to its connection, user or channel.
-
-    An audience of more than ``PUSH_SHARD_THRESHOLD`` connections is not posted to here: it
-    is sharded onto the push queue (:func:`chalicelib.websocket.shards.enqueue`) and delivered by
-    the ``push_worker`` invocations.
-
-    Returns:
-        the delivery summary; when sharded, nothing is delivered yet and the summary also
-        holds ``"queued"`` (connections) and ``"shards"`` (queue messages).
-    Raises:
-        PayloadTooLarge: the frame is over 128 KB (nothing is sent).
-        RegistryUnavailable, ConfigError: as :func:`send_to_user` / :func:`publish_to_channel`.
-        chalicelib.websocket.shards.QueueUnavailable: the shards could not be queued (503).
-    """
-    frame = notification.frame()
-    if notification.target == "connection_id":
-        encode_frame(frame)
-        try:
-            dialect = connections.dialect_of(notification.address) or connections.NATIVE
-        except AppError as err:  # a direct push needs no registry: pusher-js reads the
-            # native frame too ({"event", "data"}; it ignores "type"), only data is not a string
-            log.warning("dialect of %s unknown (%s); sent as native", notification.address,
-                        err.code)
-            dialect = connections.NATIVE
-        return send_by_dialect({dialect: [notification.address]}, frame, event=event)
-    encode_frame(frame)
-    if notification.target == "user_id":
-        groups = subscriptions.connections_of_user_by_dialect(notification.address)
-        frames = _user_frames(notification.address, frame)
-    else:
-        _remember_cache(notification.address, frame)
-        groups = subscriptions.subscribers_by_dialect(notification.address)
-        frames = {}
-    if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
-        from chalicelib.websocket import shards
-
-        # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)
-        total: Dict[str, int] = {}
-        for dialect, ids in groups.items():
-            if ids:
-                queued = shards.enqueue(ids, encode_for(dialect, frames.get(dialect, frame)))
-                for key, value in queued.items():
-                    total[key] = total.get(key, 0) + value
-        return total
-    return send_by_dialect(groups, frame, event=event, frames=frames)

@@ -1,7 +1,7 @@
 """Sharded fan-out through the push queue: large audiences are split into shards of connection
 ids, one SQS message each, delivered by parallel ``push_worker`` invocations.
 
-Producer (:func:`enqueue`, called by :func:`chalicelib.websocket.push.deliver` when an audience is
+Producer (:func:`enqueue`, called by :func:`chalicelib.delivery.push.deliver` when an audience is
 over ``PUSH_SHARD_THRESHOLD``): the frame is encoded once; connection ids are cut into shards of at
 most ``PUSH_SHARD_SIZE`` ids and at most :data:`MAX_MESSAGE_BYTES` per message (SQS's message
 size limit, 256 KiB: AWS docs, "Amazon SQS message quotas"), so a large frame makes smaller
@@ -50,7 +50,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from chalicelib import aws
 from chalicelib.registry import progress
-from chalicelib.websocket import push
+from chalicelib.delivery import post
+from chalicelib.delivery.summary import RETRYABLE, empty_summary, tally
 from chalicelib.errors import AppError
 from chalicelib.logtext import for_log
 from chalicelib.settings import push_queue_name, websocket_settings
@@ -181,7 +182,7 @@ def enqueue(connection_ids: Sequence[str], data: bytes,
 
     Args:
         connection_ids: the audience (duplicates and empty ids are dropped).
-        data: the encoded frame (:func:`chalicelib.websocket.push.encode_frame`).
+        data: the encoded frame (:func:`chalicelib.delivery.post.encode_frame`).
         fanout_id: defaults to a new random id.
     Returns:
         the delivery summary with nothing delivered yet, plus ``"queued"`` (connections
@@ -195,7 +196,7 @@ def enqueue(connection_ids: Sequence[str], data: bytes,
                   shard_size=websocket_settings().push_shard_size)
     send_bodies(bodies)
     log.info("fan-out %s: %d connections queued in %d shards", fanout_id, len(ids), len(bodies))
-    return {**push.empty_summary(), "queued": len(ids), "shards": len(bodies)}
+    return {**empty_summary(), "queued": len(ids), "shards": len(bodies)}
 
 
 # --- consumer ---------------------------------------------------------------------------------
@@ -238,8 +239,8 @@ def parse(shard: Any) -> Shard:
             raise PoisonShard('"frame_b64" is not base64') from None
     else:
         raise PoisonShard('"frame" (text) or "frame_b64" is required')
-    if len(data) > push.MAX_FRAME_BYTES:
-        raise PoisonShard(f"the frame is over {push.MAX_FRAME_BYTES} bytes")
+    if len(data) > post.MAX_FRAME_BYTES:
+        raise PoisonShard(f"the frame is over {post.MAX_FRAME_BYTES} bytes")
     return Shard(fanout_id, index, data, list(dict.fromkeys(ids)))
 
 
@@ -281,11 +282,11 @@ def handle(shard_object: Any, record: Mapping[str, Any]) -> bool:
         log.info("%s received again: %d of %d connections already reached", label,
                  len(shard.ids) - len(targets), len(shard.ids))
     try:
-        outcomes = push.post_outcomes(targets, shard.data)
+        outcomes = post.post_outcomes(targets, shard.data)
     except AppError as err:  # no endpoint configured
         log.error("%s will be retried: %s (%s)", label, err.code, err)
         return False
-    settled = [cid for cid, outcome in outcomes.items() if outcome != push.RETRYABLE]
+    settled = [cid for cid, outcome in outcomes.items() if outcome != RETRYABLE]
     left = len(outcomes) - len(settled)
     if settled:
         try:
@@ -294,7 +295,7 @@ def handle(shard_object: Any, record: Mapping[str, Any]) -> bool:
         except AppError as err:
             log.warning("%s: progress not recorded (%s); a redelivery would repeat it", label,
                         err)
-    summary = push.tally(outcomes.values())
+    summary = tally(outcomes.values())
     if left:
         log.warning("%s will be retried for %d connections: %s", label, left, summary)
         return False

@@ -1,0 +1,275 @@
+"""The push engine: one frame to a user, a channel or a connection, encoded once per dialect,
+and the notification shape shared by ``POST /notifications`` and the SQS worker.
+
+An audience comes from the registry (:mod:`chalicelib.registry.subscriptions`, grouped by
+dialect); each group's frame is encoded once (:func:`encode_for`) and posted by
+:mod:`chalicelib.delivery.post`. An audience of more than ``PUSH_SHARD_THRESHOLD`` connections
+is sharded onto the push queue instead (:mod:`chalicelib.delivery.shards`). Cache channels keep
+their last event (:mod:`chalicelib.registry.cache`). Every function answers a delivery summary
+(:mod:`chalicelib.delivery.summary`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from chalicelib import channels, jsonutil, observability
+from chalicelib.auth.principal import validate_user_id
+from chalicelib.delivery import post, shards
+from chalicelib.delivery.sender import FAILED
+from chalicelib.delivery.summary import Summary, merge
+from chalicelib.errors import AppError, BadRequest, PayloadTooLarge
+from chalicelib.protocol import pusher as pusher_protocol
+from chalicelib.registry import cache, connections, subscriptions
+from chalicelib.settings import websocket_settings
+
+log = logging.getLogger("realtime.push")
+
+def encode_for(dialect: str, frame: Any) -> bytes:
+    """The bytes posted for ``frame`` to a connection of ``dialect``: one push engine for
+    every dialect.
+
+    Args:
+        dialect: ``connections.NATIVE`` (the frame as it is, :func:`encode_frame`) or
+            ``connections.PUSHER``: a native event frame ``{"type": "event", "event",
+            "channel"?, "data", "user_id"?}`` becomes Pusher's ``{"event", "channel"?,
+            "data": <JSON string>, "user_id"?}``
+            (:func:`chalicelib.protocol.pusher.event_frame`); text and bytes go as they are.
+        frame: see :func:`encode_frame`.
+    Raises:
+        PayloadTooLarge: the encoded frame is over 128 KB.
+    """
+    if dialect == connections.PUSHER and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":
+        frame = pusher_protocol.event_frame(frame.get("event"), frame.get("data"),
+                                            frame.get("channel"), frame.get("user_id"))
+    return post.encode_frame(frame)
+
+
+def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
+                    event: Any = None, frames: Optional[Mapping[str, Any]] = None) -> Summary:
+    """Post one frame to connections grouped by dialect, each group's frame encoded once
+    (:func:`encode_for`).
+
+    A group whose encoding is over 128 KB (a Pusher frame carries ``data`` as an escaped
+    string, so it can outgrow the native one) counts as ``failed`` (not retryable) and is
+    logged; the other groups are still sent.
+
+    Args:
+        groups: ``{dialect: connection ids}``
+            (:func:`chalicelib.websocket.connections.subscribers_by_dialect`).
+        frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
+    Returns:
+        the delivery summary of all groups.
+    Raises:
+        ConfigError: no management endpoint is configured.
+    """
+    summaries = []
+    for dialect, ids in groups.items():
+        ids = list(ids)
+        if not ids:
+            continue
+        try:
+            data = encode_for(dialect, (frames or {}).get(dialect, frame))
+        except PayloadTooLarge as err:
+            log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
+            summaries.append({FAILED: len(ids)})
+            continue
+        summaries.append(post.send_to_connections(ids, data, event=event))
+    return merge(*summaries)
+
+
+def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
+    """Post one frame to every live connection of a user (one registry Query, then fan-out),
+    encoded for each connection's dialect.
+
+    Raises:
+        PayloadTooLarge: checked before the registry is read.
+        RegistryUnavailable: the registry could not be read.
+        ConfigError: no management endpoint is configured.
+    """
+    post.encode_frame(frame)
+    return send_by_dialect(subscriptions.connections_of_user_by_dialect(user_id), frame,
+                           event=event, frames=_user_frames(user_id, frame))
+
+
+def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
+    """``{dialect: frame}`` overrides for a push to a user: Pusher clients get a user event on
+    Pusher's user channel, whose events pusher-js hands to ``pusher.user.bind`` (pusher-js
+    src/core/user.ts; Pusher docs, "User authentication": send_to_user)."""
+    if isinstance(frame, Mapping) and frame.get("type") == "event" and "channel" not in frame:
+        return {connections.PUSHER: {**frame,
+                                     "channel": pusher_protocol.USER_CHANNEL_PREFIX + user_id}}
+    return {}
+
+
+def _remember_cache(channel_name: str, frame: Any) -> None:
+    """Keep the event of a cache channel 30 min for new subscribers (Pusher docs, "Cache
+    channels")."""
+    if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
+            and frame.get("type") == "event":
+        cache.cache_put(channel_name, frame.get("event"), frame.get("data"))
+
+
+@observability.timed_fanout
+def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
+                       exclude: Optional[str] = None) -> Summary:
+    """Post one frame to every live subscriber of a channel (one registry Query, then
+    fan-out), encoded for each subscriber's dialect. The channel name is not judged here:
+    callers authorize first.
+
+    Args:
+        exclude: a connection id left out (the sender of a client event, which Pusher never
+            echoes: Pusher docs, "Events" -> "Triggering client events").
+
+    Raises:
+        PayloadTooLarge: checked before the registry is read.
+        RegistryUnavailable: the registry could not be read.
+        ConfigError: no management endpoint is configured.
+    """
+    post.encode_frame(frame)
+    _remember_cache(channel_name, frame)
+    groups = subscriptions.subscribers_by_dialect(channel_name)
+    return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
+                            for dialect, ids in groups.items()}, frame, event=event)
+
+
+# --- notifications: the message shape shared by POST /notifications and the SQS worker --------
+
+#: longest event name, characters (Pusher's limit for event names, "Events" docs)
+MAX_EVENT_NAME_LENGTH = 200
+TARGETS = ("connection_id", "user_id", "channel")
+
+
+class Notification:
+    """One message to deliver: ``{"<target>": ..., "event": str, "data": any JSON}``.
+
+    Attributes:
+        target: ``"connection_id"``, ``"user_id"`` or ``"channel"``.
+        address: the connection id, user id or channel name.
+        event: the event name (1-200 characters).
+        data: any JSON value (None when absent).
+    """
+
+    __slots__ = ("target", "address", "event", "data")
+
+    def __init__(self, target: str, address: str, event: str, data: Any) -> None:
+        self.target, self.address, self.event, self.data = target, address, event, data
+
+    def frame(self) -> Dict[str, Any]:
+        """The frame subscribers receive: ``{"type": "event", "channel"?, "event", "data"}``
+        (``channel`` only for channel messages)."""
+        frame: Dict[str, Any] = {"type": "event"}
+        if self.target == "channel":
+            frame["channel"] = self.address
+        frame.update(event=self.event, data=self.data)
+        return frame
+
+
+def is_encrypted_payload(data: Any) -> bool:
+    """True for the data of an end-to-end encrypted event as Pusher's server libraries make it
+    (``pusher.crypto.encrypt``: ``{"nonce": base64, "ciphertext": base64}``, as an object or
+    its JSON text; Pusher docs, "End-to-end encryption"). Such data is relayed as it is: only
+    the clients hold the channel's key."""
+    if isinstance(data, str):
+        try:
+            data = jsonutil.loads(data)
+        except jsonutil.JSONRejected:
+            return False
+    return isinstance(data, dict) and set(data) == {"nonce", "ciphertext"} \
+        and all(isinstance(v, str) and v for v in data.values())
+
+
+def validate_event_name(name: Any) -> str:
+    """An event name: a non-empty string of at most :data:`MAX_EVENT_NAME_LENGTH` characters.
+
+    Raises:
+        BadRequest: otherwise (the message does not repeat the value).
+    """
+    if not isinstance(name, str) or not name:
+        raise BadRequest('"event" must be a non-empty string')
+    if len(name) > MAX_EVENT_NAME_LENGTH:
+        raise BadRequest(f'"event" must be at most {MAX_EVENT_NAME_LENGTH} characters')
+    return name
+
+
+def parse_notification(body: Any, targets: Tuple[str, ...] = TARGETS) -> Notification:
+    """Validate a notification body.
+
+    Args:
+        body: the parsed JSON body.
+        targets: the target keys allowed here (``POST /notifications`` allows ``user_id`` and
+            ``channel``; the SQS worker also ``connection_id``).
+    Returns:
+        a :class:`Notification`; channel names are checked with
+        :func:`chalicelib.channels.validate_channel_name`, user ids with
+        :func:`chalicelib.auth.principal.validate_user_id`.
+    Raises:
+        BadRequest: not an object, not exactly one target, a bad target value or event name.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    present = [key for key in targets if key in body]
+    if len(present) != 1:
+        raise BadRequest("give exactly one of " + ", ".join(f'"{t}"' for t in targets))
+    target = present[0]
+    address = body[target]
+    if target == "channel":
+        address = channels.validate_channel_name(address)
+        if channels.channel_kind(address) == channels.PRIVATE_ENCRYPTED \
+                and not is_encrypted_payload(body.get("data")):
+            raise BadRequest("private-encrypted channels take only data a Pusher server "
+                             "library encrypted: {\"nonce\", \"ciphertext\"} (base64)")
+    elif target == "user_id":  # a user id (chalicelib.auth.principal), within DynamoDB key limits
+        address = validate_user_id(address)
+    elif not isinstance(address, str) or not address or len(address) > 1024:
+        raise BadRequest(f'"{target}" must be a non-empty string of at most 1024 characters')
+    return Notification(target, address, validate_event_name(body.get("event")),
+                        body.get("data"))
+
+
+@observability.timed_fanout
+def deliver(notification: Notification, *, event: Any = None) -> Summary:
+    """Deliver a :class:`Notification` to its connection, user or channel.
+
+    An audience of more than ``PUSH_SHARD_THRESHOLD`` connections is not posted to here: it
+    is sharded onto the push queue (:func:`chalicelib.delivery.shards.enqueue`) and delivered by
+    the ``push_worker`` invocations.
+
+    Returns:
+        the delivery summary; when sharded, nothing is delivered yet and the summary also
+        holds ``"queued"`` (connections) and ``"shards"`` (queue messages).
+    Raises:
+        PayloadTooLarge: the frame is over 128 KB (nothing is sent).
+        RegistryUnavailable, ConfigError: as :func:`send_to_user` / :func:`publish_to_channel`.
+        chalicelib.delivery.shards.QueueUnavailable: the shards could not be queued (503).
+    """
+    frame = notification.frame()
+    if notification.target == "connection_id":
+        post.encode_frame(frame)
+        try:
+            dialect = connections.dialect_of(notification.address) or connections.NATIVE
+        except AppError as err:  # a direct push needs no registry: pusher-js reads the
+            # native frame too ({"event", "data"}; it ignores "type"), only data is not a string
+            log.warning("dialect of %s unknown (%s); sent as native", notification.address,
+                        err.code)
+            dialect = connections.NATIVE
+        return send_by_dialect({dialect: [notification.address]}, frame, event=event)
+    post.encode_frame(frame)
+    if notification.target == "user_id":
+        groups = subscriptions.connections_of_user_by_dialect(notification.address)
+        frames = _user_frames(notification.address, frame)
+    else:
+        _remember_cache(notification.address, frame)
+        groups = subscriptions.subscribers_by_dialect(notification.address)
+        frames = {}
+    if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
+        # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)
+        total: Dict[str, int] = {}
+        for dialect, ids in groups.items():
+            if ids:
+                queued = shards.enqueue(ids, encode_for(dialect, frames.get(dialect, frame)))
+                for key, value in queued.items():
+                    total[key] = total.get(key, 0) + value
+        return total
+    return send_by_dialect(groups, frame, event=event, frames=frames)
