@@ -2,43 +2,47 @@
 
 Doors: the REST API (``/me``, ``/pusher/*``, ``/notifications``), the WebSocket API
 (``$connect``, ``$default``, ``$disconnect``, and the REQUEST authorizer ``ws_authorizer``)
-and the SQS push queue. See ../shared/DESIGN.md and README.md.
+and the SQS push queue. See docs/architecture.md for the rooms and their layers.
 """
 import importlib
 
 from chalice import Chalice
 
 from chalicelib import observability, settings
-from chalicelib.auth import authorizer
+from chalicelib.doors import authorizer
 
 
 class _Room:
     """A room of chalicelib imported at its first use, so that each Lambda function imports
     only the rooms it calls: the two authorizers, whose cold start every ``$connect`` and
     REST call may wait for, never load the push engine, the registry or the Pusher library
-    (README, "Benchmarks": cold import). The first attribute read replaces this stand-in by
-    the module itself."""
+    (docs/benchmarks.md: cold import). The first attribute read replaces this stand-in (the
+    global ``alias``) by the module itself."""
 
-    def __init__(self, name: str) -> None:
-        self._name = name  # dotted under chalicelib: "http", "websocket.ws", ...
+    def __init__(self, alias: str, name: str) -> None:
+        self._alias = alias  # the global name in this module: "ws", "pusher_http", ...
+        self._name = name  # dotted under chalicelib: "doors.rest", "doors.websocket", ...
 
     def __getattr__(self, attribute: str):
         module = importlib.import_module(f"chalicelib.{self._name}")
         if self._name in _REGISTRY_ROOMS:
             # joins the registry's occupancy listeners: channel_occupied/vacated reach
-            # chalicelib/pusher/webhooks.py from every room that changes subscriptions
-            importlib.import_module("chalicelib.pusher.webhooks_out")
-        globals()[self._name.rpartition(".")[2]] = module
+            # chalicelib/dialects/pusher/webhooks.py from every room that changes subscriptions
+            importlib.import_module("chalicelib.dialects.pusher.webhooks_out")
+        globals()[self._alias] = module
         return getattr(module, attribute)
 
 
 #: rooms that subscribe, unsubscribe or remove connections
-_REGISTRY_ROOMS = ("websocket.ws", "websocket.worker", "pusher.pusher_socket",
-                   "pusher.pusher_http")
-http, pusher_auth, pusher_http, pusher_socket, ws, worker = (
-    _Room(name) for name in ("http", "pusher.pusher_auth", "pusher.pusher_http",
-                             "pusher.pusher_socket", "websocket.ws", "websocket.worker"))
-webhook_sender = _Room("pusher.webhook_sender")
+_REGISTRY_ROOMS = ("doors.websocket", "doors.queue", "dialects.pusher.socket",
+                   "dialects.pusher.http_api")
+rest = _Room("rest", "doors.rest")
+ws = _Room("ws", "doors.websocket")
+worker = _Room("worker", "doors.queue")
+pusher_auth = _Room("pusher_auth", "dialects.pusher.auth")
+pusher_http = _Room("pusher_http", "dialects.pusher.http_api")
+pusher_socket = _Room("pusher_socket", "dialects.pusher.socket")
+webhook_sender = _Room("webhook_sender", "dialects.pusher.webhook_sender")
 
 app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -53,7 +57,8 @@ def observe(event, get_response):
 
 def batch_webhooks(event, get_response):
     """Webhooks out raised while one event is handled go to the push queue together when it
-    ends, one job per external target (chalicelib.pusher.webhook_sender); inside ``observe``."""
+    ends, one job per external target (chalicelib.dialects.pusher.webhook_sender); inside
+    ``observe``."""
     with webhook_sender.batch():
         return get_response(event)
 
@@ -85,7 +90,7 @@ def ws_authorizer(event, context):
 
 @app.route("/me", methods=["GET"], authorizer=jwt_auth)
 def me():
-    return http.me(app.current_request)
+    return rest.me(app.current_request)
 
 
 @app.route("/pusher/auth", methods=["POST"], content_types=FORM_AND_JSON)
@@ -121,7 +126,7 @@ def pusher_webhooks():
 @app.route("/notifications", methods=["POST"], authorizer=jwt_auth,
            content_types=["application/json"])
 def notifications():
-    return ws.notify(app.current_request, app)
+    return rest.notify(app.current_request, app)
 
 
 @app.route("/notifications", methods=["OPTIONS"])

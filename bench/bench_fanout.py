@@ -1,7 +1,7 @@
 """Fan-out of one frame to a channel of 1,000 subscribers (``make bench`` / ``python -m bench fanout``).
 
 Setup: the registry is a moto server on 127.0.0.1 reached through ``AWS_ENDPOINT_URL_DYNAMODB``
-(1,000 connections subscribed through ``chalicelib.websocket.connections``; a server rather than
+(1,000 connections subscribed through ``chalicelib.registry.connections``; a server rather than
 ``mock_aws``, whose request hooks would add ~0.8 ms of CPU to every post); the management API is
 ``tests.support.management_api`` in a separate process on 127.0.0.1 (so it does not share this
 process's GIL), answering every PostToConnection after 20 ms — a realistic round trip from

@@ -96,7 +96,7 @@ def _worker_produce() -> dict:
 def _worker_deliver() -> dict:
     import boto3
 
-    from chalicelib.websocket import worker
+    from chalicelib.doors import queue
 
     sqs = boto3.client("sqs")
     url = sqs.get_queue_url(QueueName=QUEUE)["QueueUrl"]
@@ -115,7 +115,7 @@ def _worker_deliver() -> dict:
                       "attributes": message["Attributes"]}
             posts = len(json.loads(message["Body"])["shard"]["ids"])
             cpu, wall = time.process_time(), time.perf_counter()
-            done = worker.handle_record(record)
+            done = queue.handle_record(record)
             runs.append({"wall": time.perf_counter() - wall,
                          "cpu": time.process_time() - cpu, "posts": posts, "done": done})
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])

@@ -182,8 +182,8 @@ def _cold_import(env: dict):
     """Median whole-process seconds for ``import app``, ``import chalice, jwt, pusher``,
     ``import app`` plus every room, and Powertools' logging + metrics after chalice."""
     rooms = ", ".join(f"chalicelib.{m}" for m in (
-        "auth.authorizer", "http", "pusher.pusher_auth", "websocket.ws", "websocket.worker",
-        "websocket.push", "registry.connections", "registry.presence"))
+        "doors.authorizer", "doors.rest", "dialects.pusher.auth", "doors.websocket",
+        "doors.queue", "delivery.push", "registry.connections", "registry.presence"))
     programs = {"app": "import app",
                 "base": "import chalice, jwt, pusher",
                 "app_rooms": f"import app, {rooms}",

@@ -6,7 +6,7 @@ DynamoDB ``Query`` (``X-Amz-Target: DynamoDB_20120810.Query``) with the same pag
 ``--items`` subscriber ids (``{"connection_id": {"S": "fan-00000="}}``, ...; about 300 KB,
 one page, as DynamoDB returns it under its 1 MB page limit) after ``--latency`` seconds. The
 client side — boto3's request, JSON parsing and item unmarshalling in
-``chalicelib.websocket.connections`` — runs in the process under test, as in Lambda.
+``chalicelib.registry.connections`` — runs in the process under test, as in Lambda.
 
     python -m bench.registry_server --items 10000   # prints the endpoint URL; stops when
                                                     # stdin closes

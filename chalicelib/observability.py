@@ -54,7 +54,7 @@ FIELDS = ("function_name", "function_request_id", "route_key", "connection_id", 
 #: the dialect of a WebSocket connection until the registry says otherwise
 NATIVE = "native"
 #: ``principalId`` of ``jwt_auth``'s answer on broken JWT settings (not an allowed caller:
-#: :data:`chalicelib.auth.authorizer.CONFIG_ERROR_PRINCIPAL`)
+#: :data:`chalicelib.doors.authorizer.CONFIG_ERROR_PRINCIPAL`)
 CONFIG_ERROR_PRINCIPAL = "config-error"
 
 #: every metric: name -> (unit, dimension name beyond ``service`` or None)

@@ -512,7 +512,7 @@ def websocket_settings() -> WebSocketSettings:
 @dataclass(frozen=True)
 class PusherSocketSettings:
     """Settings of the Pusher protocol 7 dialect of the WebSocket API
-    (:mod:`chalicelib.pusher.pusher_socket`).
+    (:mod:`chalicelib.dialects.pusher.socket`).
 
     Attributes:
         enabled: ``PUSHER_DIALECT`` (default false): pusher-js clients (``protocol=7`` in the
@@ -544,7 +544,7 @@ def pusher_socket_settings() -> PusherSocketSettings:
 
 # --- webhooks out to external URLs -------------------------------------------------------------
 
-#: the webhook events this server sends (:mod:`chalicelib.pusher.webhooks_out`; Pusher docs, "Server
+#: the webhook events this server sends (:mod:`chalicelib.dialects.pusher.webhooks_out`; Pusher docs, "Server
 #: API" -> "Webhooks"); Pusher's ``subscription_count`` is not among them
 WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
                        "client_event", "cache_miss")

@@ -6,7 +6,7 @@ do not undo other writes.
 moto runs ``TransactWriteItems`` by deep-copying the tables it touches and, when a condition
 fails, putting that copy back, which erases every write other requests made to those tables
 in the meantime (on DynamoDB a transaction changes its own items only). The presence joins'
-transactions lose such races by design (``chalicelib.websocket.connections.presence_enter``),
+transactions lose such races by design (``chalicelib.registry.presence.presence_enter``),
 so here a ``TransactWriteItems`` runs alone among the DynamoDB requests: it waits for those in
 progress and holds new ones back until it is done (a readers-writer lock; the other DynamoDB
 requests run in parallel as before). Requests to other services (the SQS push queue's long

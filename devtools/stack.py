@@ -456,7 +456,7 @@ class Stack:
             time.sleep(0.1)
 
     def _create_tables(self, env: Dict[str, str]) -> None:
-        """Create the registry table (``chalicelib.websocket.connections.TABLE_SCHEMA``) in moto."""
+        """Create the registry table (``chalicelib.registry.table.TABLE_SCHEMA``) in moto."""
         import boto3
 
         from chalicelib.registry import table

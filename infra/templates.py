@@ -2,7 +2,7 @@
 dead-letter queue, the ``$connect`` REQUEST authorizer, and the settings Chalice has no word for.
 
 Two products, both built from ``.chalice/config.json`` (names, per-function timeouts, the
-``infra`` block of each stage) and from :data:`chalicelib.websocket.connections.TABLE_SCHEMA`, so
+``infra`` block of each stage) and from :data:`chalicelib.registry.table.TABLE_SCHEMA`, so
 that a name or a key schema lives in exactly one place:
 
 * :func:`infrastructure_template`: a standalone stack (table, queue, DLQ) for the

@@ -100,7 +100,7 @@ def principal_from_request(request) -> Principal:
     Raises:
         chalicelib.errors.ConfigError: (503) the context carries ``jwt_auth``'s
             :data:`CONFIG_ERROR_CONTEXT_KEY` marker (the JWT settings are broken; see
-            :mod:`chalicelib.auth.authorizer`), whatever else it holds; or, without ``jwt_auth``,
+            :mod:`chalicelib.doors.authorizer`), whatever else it holds; or, without ``jwt_auth``,
             the settings are broken.
         chalicelib.errors.Unauthorized: no usable context nor valid token.
     """

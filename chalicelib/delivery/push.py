@@ -57,7 +57,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
 
     Args:
         groups: ``{dialect: connection ids}``
-            (:func:`chalicelib.websocket.connections.subscribers_by_dialect`).
+            (:func:`chalicelib.registry.subscriptions.subscribers_by_dialect`).
         frames: ``{dialect: frame}`` used instead of ``frame`` for those dialects.
     Returns:
         the delivery summary of all groups.

@@ -17,7 +17,7 @@ A shard message is self-contained::
 (``frame`` when the payload is UTF-8 text and escaping it in JSON costs less than base64 would,
 else ``frame_b64``). The management endpoint is the worker's own (settings or lookup).
 
-Consumer (:func:`handle`, from :mod:`chalicelib.websocket.worker`). Delivery guarantee:
+Consumer (:func:`handle`, from :mod:`chalicelib.doors.queue`). Delivery guarantee:
 
 * in normal operation every live connection of the audience gets the frame exactly once (each
   id is in exactly one shard, each shard is processed once);

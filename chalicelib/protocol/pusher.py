@@ -1,6 +1,6 @@
 """Pusher Channels protocol 7 on the wire: framing, socket ids, handshake checks and channel
 signatures. Pure: no I/O, no AWS SDK (the handlers that use it are in
-:mod:`chalicelib.pusher.pusher_socket`).
+:mod:`chalicelib.dialects.pusher.socket`).
 
 Sources: Pusher docs, "Pusher Channels Protocol" (connection, ``pusher:*`` events and error
 codes), "Authentication and authorization signatures" (HMAC-SHA256 of

@@ -33,8 +33,8 @@ log = logging.getLogger("realtime.connections")
 
 #: user agents are truncated to this many characters before storage
 MAX_USER_AGENT_LENGTH = 512
-#: what a connection speaks (:mod:`chalicelib.websocket.ws` frames, or Pusher protocol 7 through
-#: :mod:`chalicelib.pusher.pusher_socket`); stored as ``dialect`` on its items only when not native
+#: what a connection speaks (:mod:`chalicelib.dialects.native` frames, or Pusher protocol 7 through
+#: :mod:`chalicelib.dialects.pusher.socket`); stored as ``dialect`` on its items only when not native
 NATIVE = "native"
 PUSHER = "pusher"
 DIALECTS = (NATIVE, PUSHER)
@@ -187,7 +187,7 @@ def remove_connection(connection_id: str) -> int:
         if key["sk"]["S"].startswith(CHANNEL_SK_PREFIX):
             occupancy.subscription_changed(key["sk"]["S"][len(CHANNEL_SK_PREFIX):], False,
                                            connection_id)
-    for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.pusher.pusher_socket)
+    for hook in REMOVAL_HOOKS:  # presence: member_removed (chalicelib.dialects.pusher.socket)
         try:
             hook(connection_id, items)
         except Exception:  # a hook never fails the removal (TTL is the backstop)

@@ -207,7 +207,7 @@ def test_role_policies_are_pinned_to_this_stack(packaged):
                         continue
                     assert ":${AWS::Region}:${AWS::AccountId}:" in arn
                     if ":execute-api:" in arn:  # POST: pushes; DELETE: closing a refused
-                        # Pusher connection (chalicelib.pusher.pusher_socket)
+                        # Pusher connection (chalicelib.dialects.pusher.socket)
                         assert any(f"${{WebsocketAPI}}/prod/{method}/@connections/*" in arn
                                    for method in ("POST", "DELETE"))
 

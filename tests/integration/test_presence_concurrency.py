@@ -1,7 +1,7 @@
 """Presence channels (Pusher dialect) under simultaneous joins: the member cap and the member
 events are exact.
 
-The app's ``$default`` handler (:func:`chalicelib.pusher.pusher_socket.on_message`) runs in
+The app's ``$default`` handler (:func:`chalicelib.dialects.pusher.socket.on_message`) runs in
 threads against a moto server that answers one request at a time (``serial_registry``: each
 DynamoDB request atomic, as on DynamoDB); every frame the handler posts reaches a real HTTP
 management API stand-in on 127.0.0.1 (``management_api``), which records it per connection.
@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from chalicelib import settings
-from chalicelib.pusher import pusher_socket
+from chalicelib.dialects.pusher import socket
 from chalicelib.protocol import pusher
 from chalicelib.registry import connections, listing, presence, subscriptions, table
 from tests.support.events import ttl_remove
@@ -52,7 +52,7 @@ def join_together(frames):
     def run(raw):
         try:
             barrier.wait(timeout=30)
-            pusher_socket.on_message(raw)
+            socket.on_message(raw)
         except Exception as exc:  # pragma: no cover - reported below
             failures.append(exc)
 
@@ -121,7 +121,7 @@ def test_a_missed_decrement_never_locks_the_channel(socket_layer, monkeypatch):
     settings.reset()
     room = "presence-drift"
     first = register("drift-1=")
-    pusher_socket.on_message(subscribe_frame(first, room, "one"))
+    socket.on_message(subscribe_frame(first, room, "one"))
     assert presence.presence_count(room) == 1
     # two decrements lost (a leave that died between its writes, a stream record dropped)
     table.call("update_item", TableName=table.name(),
@@ -129,7 +129,7 @@ def test_a_missed_decrement_never_locks_the_channel(socket_layer, monkeypatch):
                       UpdateExpression="SET members = :n",
                       ExpressionAttributeValues={":n": {"N": "3"}})
     second = register("drift-2=")
-    pusher_socket.on_message(subscribe_frame(second, room, "two"))
+    socket.on_message(subscribe_frame(second, room, "two"))
     answer = socket_layer.frames(second)[0]
     assert answer["event"] == "pusher_internal:subscription_succeeded", answer
     assert sorted(data_of(answer)["presence"]["ids"]) == ["one", "two"]
@@ -139,39 +139,39 @@ def test_a_missed_decrement_never_locks_the_channel(socket_layer, monkeypatch):
 def test_a_count_too_low_is_corrected_by_the_next_join(socket_layer):
     room = "presence-low"
     for n in range(2):
-        pusher_socket.on_message(subscribe_frame(register(f"low-{n}="), room, f"m{n}"))
+        socket.on_message(subscribe_frame(register(f"low-{n}="), room, f"m{n}"))
     table.call("update_item", TableName=table.name(),
                       Key={"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "roster"}},
                       UpdateExpression="SET members = :n",
                       ExpressionAttributeValues={":n": {"N": "0"}})
-    pusher_socket.on_message(subscribe_frame(register("low-2="), room, "m2"))
+    socket.on_message(subscribe_frame(register("low-2="), room, "m2"))
     assert presence.presence_count(room) == 3
 
 
 def test_a_ttl_delete_of_a_member_through_the_stream_lowers_the_count(socket_layer):
     room = "presence-ttl-count"
     for n in range(3):
-        pusher_socket.on_message(subscribe_frame(register(f"ttl-{n}="), room, f"t{n}"))
+        socket.on_message(subscribe_frame(register(f"ttl-{n}="), room, f"t{n}"))
     assert presence.presence_count(room) == 3
     key = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "member#t1"}}
     old = table.call("delete_item", TableName=table.name(), Key=key,
                             ReturnValues="ALL_OLD")["Attributes"]  # what TTL does
     record = ttl_remove(old)
-    assert pusher_socket.on_registry_stream({"Records": [record]}) == {"batchItemFailures": []}
+    assert socket.on_registry_stream({"Records": [record]}) == {"batchItemFailures": []}
     assert presence.presence_count(room) == 2
     # a record delivered twice counts once
-    pusher_socket.on_registry_stream({"Records": [record]})
+    socket.on_registry_stream({"Records": [record]})
     assert presence.presence_count(room) == 2
     # the roster item itself expiring is no member
     roster = {"connection_id": {"S": f"presence#{room}"}, "sk": {"S": "roster"},
               "seq": {"N": "3"}, "members": {"N": "2"}}
-    pusher_socket.on_registry_stream({"Records": [ttl_remove(roster)]})
+    socket.on_registry_stream({"Records": [ttl_remove(roster)]})
     assert sorted(presence.presence_members(room)) == ["t0", "t2"]
 
 
 def test_the_roster_is_never_listed_as_a_member(socket_layer):
     room = "presence-roster"
-    pusher_socket.on_message(subscribe_frame(register("roster-1="), room, "solo"))
+    socket.on_message(subscribe_frame(register("roster-1="), room, "solo"))
     assert presence.presence_members(room) == {"solo": {"name": "solo"}}
     assert listing.channel_user_ids(room) == ["solo"]
 
@@ -180,12 +180,12 @@ def test_leaving_lowers_the_count_with_the_members_last_connection(socket_layer)
     room = "presence-leave"
     first, second = register("leave-1="), register("leave-2=")
     for cid in (first, second):
-        pusher_socket.on_message(subscribe_frame(cid, room, "same"))
-    pusher_socket.on_message(subscribe_frame(register("leave-3="), room, "other"))
+        socket.on_message(subscribe_frame(cid, room, "same"))
+    socket.on_message(subscribe_frame(register("leave-3="), room, "other"))
     assert presence.presence_count(room) == 2
 
     def unsubscribe(cid):
-        pusher_socket.on_message({"requestContext": {"connectionId": cid},
+        socket.on_message({"requestContext": {"connectionId": cid},
                                   "body": json.dumps({"event": "pusher:unsubscribe",
                                                       "data": {"channel": room}})})
 
@@ -235,7 +235,7 @@ def test_leaves_and_joins_at_once_keep_the_count_exact(socket_layer, monkeypatch
     room = "presence-churn"
     staying = [register(f"churn-{n}=") for n in range(3)]
     for n, cid in enumerate(staying):
-        pusher_socket.on_message(subscribe_frame(cid, room, f"old{n}"))
+        socket.on_message(subscribe_frame(cid, room, f"old{n}"))
     leave = {"requestContext": {"connectionId": staying[0]},
              "body": json.dumps({"event": "pusher:unsubscribe", "data": {"channel": room}})}
     joiners = [register(f"churn-new-{n}=") for n in range(4)]

@@ -350,9 +350,9 @@ WEBHOOK_EVENTS = ("member_added", "member_removed", "client_event", "cache_miss"
 
 @pytest.fixture
 def hooks(monkeypatch):
-    """Events the app's own handlers (chalicelib.pusher.webhooks.HANDLERS) receive, as
+    """Events the app's own handlers (chalicelib.dialects.pusher.webhooks.HANDLERS) receive, as
     ``(event, time_ms)``; registered on a fresh HANDLERS for the test."""
-    from chalicelib.pusher import webhooks
+    from chalicelib.dialects.pusher import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
     seen = []
@@ -480,7 +480,7 @@ def test_cache_misses_reach_the_apps_webhook_handlers(gateway, hooks):
 
 
 def test_a_failing_webhook_handler_never_fails_the_socket_operation(gateway, monkeypatch):
-    from chalicelib.pusher import webhooks
+    from chalicelib.dialects.pusher import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
 

@@ -3,14 +3,14 @@
 moto's server needs ~9 s of Python to answer a Query of 10,000 index items on a shared core and
 ~90 s to be filled: it would measure moto, not the push engine. This server speaks DynamoDB's
 JSON protocol (``X-Amz-Target: DynamoDB_20120810.<Operation>``) for the calls a fan-out makes,
-so the real client code (boto3, :mod:`chalicelib.websocket.connections`) runs against it:
+so the real client code (boto3, :mod:`chalicelib.registry.connections`) runs against it:
 
 * ``Query`` on ``audience-index``: every audience has the same ``items`` subscribers
   (``{"connection_id": {"S": "fan-00000="}}``, ...; :func:`subscriber_id`), answered in pages
   of ``page`` items with ``LastEvaluatedKey`` as DynamoDB pages a result (1 MB per page: about
   10,000 index items of this table);
 * ``Query`` of a shard's progress marker (``connection_id = fanout#...``) and ``UpdateItem``
-  ``ADD reached`` on it (:func:`chalicelib.websocket.connections.shard_progress` /
+  ``ADD reached`` on it (:func:`chalicelib.registry.progress.shard_progress` /
   ``add_shard_progress``), kept in memory;
 * any other ``Query`` answers no items, ``BatchWriteItem`` answers nothing unprocessed (a gone
   connection's removal finds nothing to delete); other operations answer 400

@@ -174,7 +174,7 @@ def test_odd_events_are_unauthorized(event, client):
 def test_rest_authorizer_answers_auth_response(client, dev_issuer):
     from chalice.app import AuthRequest
 
-    from chalicelib.auth import authorizer
+    from chalicelib.doors import authorizer
 
     token = dev_issuer.mint("judy", email="judy@example.com")
     arn = f"{ACCOUNT_ARN}:abcdef1234/dev/GET/me"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chalicelib import settings
-from chalicelib.pusher import webhooks
+from chalicelib.dialects.pusher import webhooks
 from chalicelib.errors import ConfigError
 from chalicelib.logtext import for_log
 from tests.support import events
@@ -77,7 +77,7 @@ def test_the_rest_authorizer_grants_no_principal_on_a_configuration_error(client
                                                                          monkeypatch):
     from chalice.app import AuthRequest
 
-    from chalicelib.auth import authorizer
+    from chalicelib.doors import authorizer
 
     token = dev_issuer.mint("alice")
     configure(monkeypatch, {"JWT_ISSUER": None})

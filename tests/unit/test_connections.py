@@ -176,7 +176,7 @@ def test_importing_app_does_not_import_boto3():
     # register its User-Agent initializer; botocore's sessions, clients and loaders, the
     # expensive part, must stay unloaded
     code = ("import sys, app, chalicelib.registry.connections, chalicelib.registry.presence, chalicelib.delivery.push, "
-            "chalicelib.websocket.ws, chalicelib.websocket.worker; "
+            "chalicelib.dialects.native, chalicelib.doors.queue; "
             "print('boto3' in sys.modules, sorted(m for m in sys.modules "
             "if m.startswith('botocore.')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from chalicelib.auth import tokens
-from chalicelib.pusher import webhooks
+from chalicelib.dialects.pusher import webhooks
 from chalicelib.registry import connections
 from chalicelib.errors import TokenError
 from chalicelib.auth.principal import Principal
@@ -180,10 +180,10 @@ def test_a_frame_at_the_depth_limit_is_still_served(ws):
 def test_a_reply_that_cannot_be_encoded_still_answers_with_the_id(ws, monkeypatch):
     # unreachable with strict frames; if a handler ever builds such a reply, the client waiting
     # on its id still hears back
-    from chalicelib.websocket import ws as ws_module
+    from chalicelib.dialects import native
 
     client, api, alice = ws
-    monkeypatch.setitem(ws_module._HANDLERS, "ping",
+    monkeypatch.setitem(native._HANDLERS, "ping",
                         lambda connection_id, frame, event: {"type": "pong", "x": float("nan")})
     replies = send_raw(client, api, alice, '{"action": "ping", "id": "p1"}')
     assert replies == [{"type": "error", "code": "internal_error", "message": "Internal error",

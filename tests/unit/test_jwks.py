@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from chalicelib.auth import authorizer, jwks, tokens
+from chalicelib.auth import jwks, tokens
+from chalicelib.doors import authorizer
 from chalicelib.errors import TokenError
 from chalicelib.settings import jwt_settings
 from tests.support.jwks_server import JwksServer, closed_port_url, forge, private_key, public_jwk

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chalicelib import observability
-from chalicelib.pusher import webhooks
+from chalicelib.dialects.pusher import webhooks
 from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support import events
@@ -250,7 +250,7 @@ def test_documents_are_valid_for_any_mix(app_env):
 def test_the_config_error_principal_is_not_counted_as_allowed(client, dev_issuer, capsys,
                                                              monkeypatch):
     from chalicelib import settings
-    from chalicelib.auth import authorizer
+    from chalicelib.doors import authorizer
 
     assert observability.CONFIG_ERROR_PRINCIPAL == authorizer.CONFIG_ERROR_PRINCIPAL
     monkeypatch.delenv("JWT_ISSUER")

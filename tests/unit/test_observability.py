@@ -160,8 +160,8 @@ def test_the_authorizers_cold_start_loads_no_push_engine_nor_pusher():
     import sys
 
     code = ("import sys, app; heavy = ['chalicelib.delivery.push', 'chalicelib.delivery.sender', "
-            "'chalicelib.registry.table', 'chalicelib.websocket.ws', "
-            "'chalicelib.pusher.pusher_auth', 'pusher', "
+            "'chalicelib.registry.table', 'chalicelib.dialects.native', "
+            "'chalicelib.dialects.pusher.auth', 'pusher', "
             "'requests']; print(sorted(m for m in heavy if m in sys.modules)); "
             "app.ws.on_connect; "
             "print('chalicelib.delivery.push' in sys.modules, type(app.ws).__name__)")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 
 from chalicelib import channels
-from chalicelib.pusher import pusher_auth, webhooks
+from chalicelib.dialects.pusher import auth, webhooks
 from chalicelib.auth.principal import Principal
 
 FORM = "application/x-www-form-urlencoded"
@@ -132,7 +132,7 @@ def test_presence_user_info_stays_within_1kb(client, dev_issuer, monkeypatch):
 def test_user_info_keeps_claims_in_order_within_the_limit():
     principal = Principal(sub="s", issuer="i",
                           claims={"name": "n" * 600, "email": "e" * 600, "groups": ["g"]})
-    info = pusher_auth.user_info(principal, ("name", "email", "groups"))
+    info = auth.user_info(principal, ("name", "email", "groups"))
     assert info == {"name": "n" * 600, "groups": ["g"]}
     assert len(json.dumps(info, separators=(",", ":")).encode()) <= 1024
 

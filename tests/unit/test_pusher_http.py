@@ -1,4 +1,4 @@
-"""Pusher's HTTP API (chalicelib.pusher.pusher_http) through Chalice's test client: requests signed
+"""Pusher's HTTP API (chalicelib.dialects.pusher.http_api) through Chalice's test client: requests signed
 by the real Python ``pusher`` library, a moto registry and a real management API on 127.0.0.1
 that records what each connection receives. Closing connections (terminate_connections) is
 tested against the local gateway in tests/integration/test_pusher_http_gateway.py and end to
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from chalicelib.pusher import pusher_http
+from chalicelib.dialects.pusher import http_api
 from chalicelib.protocol import pusher as pusher_protocol
 from chalicelib.registry import connections, listing, occupancy, subscriptions, table
 from chalicelib.auth.principal import Principal
@@ -75,20 +75,20 @@ def signed_query(method="POST", path="/apps/100001/events", body=b'{"a":1}', now
                  secret=SECRET, **extra):
     query = {"auth_key": KEY, "auth_timestamp": str(now), "auth_version": "1.0",
              "body_md5": hashlib.md5(body).hexdigest(), **extra}
-    query["auth_signature"] = pusher_http.sign(
-        secret, pusher_http.string_to_sign(method, path, query))
+    query["auth_signature"] = http_api.sign(
+        secret, http_api.string_to_sign(method, path, query))
     return query
 
 
 def verify(query, *, method="POST", paths=("/apps/100001/events",), body=b'{"a":1}',
            now=1700000000):
-    pusher_http.verify_request(method, paths, query, body, KEY, SECRET, now=now)
+    http_api.verify_request(method, paths, query, body, KEY, SECRET, now=now)
 
 
 def test_the_libraries_signature_is_accepted():
     request = library()._pusher_client.trigger.make_request(["news"], "greet", {"n": 1})
     query = dict(request.query_params)
-    pusher_http.verify_request("POST", [request.path], query, request.body, KEY, SECRET)
+    http_api.verify_request("POST", [request.path], query, request.body, KEY, SECRET)
 
 
 def test_pushers_published_example_signature():
@@ -98,7 +98,7 @@ def test_pushers_published_example_signature():
              "auth_signature":
                  "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"}
     body = b'{"name":"foo","channels":["project-3"],"data":"{\\"some\\":\\"data\\"}"}'
-    pusher_http.verify_request("POST", ["/apps/3/events"], query, body,
+    http_api.verify_request("POST", ["/apps/3/events"], query, body,
                                "278d425bdf160c739803", "7ad3773142a6692b25b8", now=1353088179)
 
 
@@ -112,7 +112,7 @@ def test_pushers_published_example_signature():
 ])
 def test_each_part_of_the_signature_is_checked(change, reason):
     query = signed_query(**change)  # signed after the change: only the named rule fails
-    with pytest.raises(pusher_http.SignatureRefused, match=reason):
+    with pytest.raises(http_api.SignatureRefused, match=reason):
         verify(query)
 
 
@@ -121,7 +121,7 @@ def test_each_part_of_the_signature_is_checked(change, reason):
 def test_missing_parameters_are_refused(missing):
     query = signed_query()
     del query[missing]
-    with pytest.raises(pusher_http.SignatureRefused, match="Missing"):
+    with pytest.raises(http_api.SignatureRefused, match="Missing"):
         verify(query)
 
 
@@ -143,23 +143,23 @@ def test_any_change_after_signing_breaks_the_signature(tamper):
     elif tamper == "body":
         kwargs["body"] = b'{"a":2}'
         query["body_md5"] = hashlib.md5(b'{"a":2}').hexdigest()
-    with pytest.raises(pusher_http.SignatureRefused, match="Invalid signature"):
+    with pytest.raises(http_api.SignatureRefused, match="Invalid signature"):
         verify(query, **kwargs)
 
 
 def test_query_keys_are_lowercased_before_signing():
     query = signed_query(extra="x")
     query["EXTRA"] = query.pop("extra")
-    verify(pusher_http.single_values({k: [v] for k, v in query.items()}))
+    verify(http_api.single_values({k: [v] for k, v in query.items()}))
 
 
 def test_repeated_query_parameters_are_a_400():
     from chalicelib.errors import BadRequest
 
     with pytest.raises(BadRequest):
-        pusher_http.single_values({"info": ["a", "b"]})
+        http_api.single_values({"info": ["a", "b"]})
     with pytest.raises(BadRequest):
-        pusher_http.single_values({"Info": ["a"], "info": ["b"]})
+        http_api.single_values({"Info": ["a"], "info": ["b"]})
 
 
 def test_a_stage_prefixed_path_and_the_route_path_both_verify():
@@ -169,12 +169,12 @@ def test_a_stage_prefixed_path_and_the_route_path_both_verify():
         context={"path": "/prod/apps/100001/channels/news",
                  "resourcePath": "/apps/{app_id}/channels/{channel_name}"},
         uri_params={"app_id": "100001", "channel_name": "news"})
-    paths = pusher_http.request_paths(request)
+    paths = http_api.request_paths(request)
     assert paths == ["/prod/apps/100001/channels/news", "/apps/100001/channels/news"]
     for signed_path in paths:
         verify(signed_query(method="GET", path=signed_path, body=b""), method="GET",
                paths=paths, body=b"")
-    with pytest.raises(pusher_http.SignatureRefused):
+    with pytest.raises(http_api.SignatureRefused):
         verify(signed_query(method="GET", path="/dev/apps/100001/channels/news", body=b""),
                method="GET", paths=paths, body=b"")
 

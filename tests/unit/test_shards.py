@@ -9,7 +9,7 @@ import pytest
 
 from chalicelib import settings
 from chalicelib.registry import connections, subscriptions, table
-from chalicelib.websocket import worker
+from chalicelib.doors import queue
 from chalicelib.delivery import post, push, shards
 from chalicelib.auth.principal import Principal
 from devtools.local_sqs import SqsPoller
@@ -140,19 +140,19 @@ def test_a_redelivered_shard_does_not_resend_to_connections_it_reached(env):
     body = shards.plan(ids, b'{"n":1}', fanout_id="redo", shard_size=4)[0]
 
     first = events.sqs_record(body, message_id="m1")
-    assert worker.handle_batch(events.sqs_event([first])) == {
+    assert queue.handle_batch(events.sqs_event([first])) == {
         "batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert api.attempts == {"r0=": 1, "r1=": 2, "r2=": 1, "r3=": 1}
 
     again = events.sqs_record(body, message_id="m1")
     again["attributes"]["ApproximateReceiveCount"] = "2"
-    assert worker.handle_batch(events.sqs_event([again])) == {"batchItemFailures": []}
+    assert queue.handle_batch(events.sqs_event([again])) == {"batchItemFailures": []}
     assert api.attempts == {"r0=": 1, "r1=": 3, "r2=": 1, "r3=": 1}  # only r1= again
     assert [len(api.received[cid]) for cid in ids] == [1, 1, 1, 0]
 
     # a third delivery (a lost delete) posts nothing
     again["attributes"]["ApproximateReceiveCount"] = "3"
-    assert worker.handle_batch(events.sqs_event([again])) == {"batchItemFailures": []}
+    assert queue.handle_batch(events.sqs_event([again])) == {"batchItemFailures": []}
     assert sum(api.attempts.values()) == 6
 
 

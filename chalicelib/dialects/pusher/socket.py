@@ -2,7 +2,7 @@
 client) connects to API Gateway as it would to Pusher or soketi.
 
 Framing and signature checks are in :mod:`chalicelib.protocol.pusher` (pure); this module
-holds the handlers :mod:`chalicelib.websocket.ws` dispatches to when a connection speaks this
+holds the handlers :mod:`chalicelib.dialects.native` dispatches to when a connection speaks this
 dialect.
 
 * ``$connect`` (:func:`on_connect`): chosen when the query string carries ``protocol``
@@ -113,7 +113,7 @@ def authorizer_answer(event: Mapping[str, Any], resources) -> Dict[str, Any]:
 
     Args:
         event: the REQUEST authorizer event.
-        resources: the policy's resources (:func:`chalicelib.auth.authorizer.policy_resources`).
+        resources: the policy's resources (:func:`chalicelib.doors.authorizer.policy_resources`).
     Returns:
         ``{"principalId": "pusher-anonymous", "policyDocument": Allow execute-api:Invoke,
         "context": {"dialect": "pusher"}}``.
@@ -582,9 +582,9 @@ def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -
 
 
 def _webhooks_out():
-    """:mod:`chalicelib.pusher.webhooks_out`, imported at first use (the authorizer, which loads
+    """:mod:`chalicelib.dialects.pusher.webhooks_out`, imported at first use (the authorizer, which loads
     this room for a Pusher ``$connect``, never needs it)."""
-    from chalicelib.pusher import webhooks_out
+    from chalicelib.dialects.pusher import webhooks_out
 
     return webhooks_out
 
@@ -613,7 +613,7 @@ def _unsubscribe(connection_id: str, data: Any, channel: Optional[str],
 
 
 def _presence_cleanup(connection_id: str, items) -> None:
-    """:data:`chalicelib.websocket.connections.REMOVAL_HOOKS`: a removed connection
+    """:data:`chalicelib.registry.connections.REMOVAL_HOOKS`: a removed connection
     (``$disconnect``, GoneException cleanup) leaves its presence channels; ``member_removed`` goes
     out when it was the member's last connection."""
     prefix = table.CHANNEL_SK_PREFIX
@@ -720,7 +720,7 @@ def on_registry_stream(event: Mapping[str, Any]) -> Dict[str, Any]:
     * a presence subscription item (``member_user_id``): the connection leaves the member;
       ``member_removed`` when it was the member's last connection;
     * a member item: the roster's member count is recounted
-      (:func:`chalicelib.websocket.connections.presence_recount`: never below 0, and a record
+      (:func:`chalicelib.registry.presence.presence_recount`: never below 0, and a record
       delivered twice counts once); ``member_removed`` when it still held connections.
 
     Other records are skipped. Returns ``{"batchItemFailures": []}`` (a record that fails is

@@ -149,7 +149,7 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         or on each API of AUTHORIZED_APIS}, "context": flat claims}``; for a Pusher-dialect
         connect (``protocol`` in the query string, ``PUSHER_DIALECT`` on) the same policy with
         principal ``pusher-anonymous`` and context ``{"dialect": "pusher"}``
-        (:func:`chalicelib.pusher.pusher_socket.authorizer_answer`).
+        (:func:`chalicelib.dialects.pusher.socket.authorizer_answer`).
     Raises:
         Exception: ``'Unauthorized'`` for any failure (API Gateway answers 401).
     """
@@ -160,10 +160,10 @@ def websocket_authorizer(event: Mapping[str, Any]) -> Dict[str, Any]:
         # anonymous: rights come from signed subscriptions. The pure check first: the room
         # (and the registry it imports) loads only for a Pusher connect
         if pusher.requests_pusher(query):
-            from chalicelib.pusher import pusher_socket
+            from chalicelib.dialects.pusher import socket
 
-            if pusher_socket.requested(event):
-                return pusher_socket.authorizer_answer(
+            if socket.requested(event):
+                return socket.authorizer_answer(
                     event,
                     policy_resources(event.get("methodArn"), jwt_settings().authorized_apis))
         principal = identity.authenticate_request(headers, query)

@@ -1,5 +1,5 @@
 """Webhooks out to external URLs (issue 10, section D): the events
-:mod:`chalicelib.pusher.webhooks_out` raises, POSTed to the targets of ``PUSHER_WEBHOOKS``
+:mod:`chalicelib.dialects.pusher.webhooks_out` raises, POSTed to the targets of ``PUSHER_WEBHOOKS``
 (:func:`chalicelib.settings.webhook_targets`) as Pusher sends its webhooks, with retries through the
 push queue.
 
@@ -13,7 +13,7 @@ event of the batch), kept across retries: a receiver may tell a late delivery, a
 ``time_ms`` + ``events``.
 
 **Producer** (the socket operation never waits on a target): :func:`submit`, called by
-:func:`chalicelib.pusher.webhooks_out.emit`, keeps the events a target wants (its ``event_types``
+:func:`chalicelib.dialects.pusher.webhooks_out.emit`, keeps the events a target wants (its ``event_types``
 and ``filter``). Inside :func:`batch` (app.py opens one around each handler invocation) they are
 collected and queued when the invocation ends: one job per target — several when over
 :data:`MAX_EVENTS_PER_JOB` events or :data:`MAX_JOB_BYTES` — in one ``SendMessageBatch`` call
@@ -29,7 +29,7 @@ dead-letter queue::
 
     {"webhook": {"target": "<16 hex>", "time_ms": 1700000000000, "events": [...]}}
 
-**Consumer** (:func:`handle`, :func:`handle_many`, from :mod:`chalicelib.websocket.worker`): signs
+**Consumer** (:func:`handle`, :func:`handle_many`, from :mod:`chalicelib.doors.queue`): signs
 the body and POSTs it, waiting at most :data:`CONNECT_TIMEOUT` to connect and
 :data:`TOTAL_TIMEOUT` in all (a watchdog closes the socket: a target trickling its answer
 cannot stretch it; DNS resolution is the one wait outside the bound). The jobs of one batch

@@ -1,14 +1,14 @@
 """Webhooks out (issue 10, section D): events of our own WebSocket API, in the shape Pusher
 sends its webhooks (Pusher docs, "Server API" -> "Webhooks": ``{"time_ms", "events": [{"name",
-"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.pusher.webhooks` —
+"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.dialects.pusher.webhooks` —
 the same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhooks``.
 
 * ``channel_occupied`` (a channel's first live subscription) and ``channel_vacated`` (its last
   one gone), from the registry's channel occupancy bookkeeping
-  (:data:`chalicelib.websocket.connections.OCCUPANCY_LISTENERS`, which this module joins when
+  (:data:`chalicelib.registry.occupancy.OCCUPANCY_LISTENERS`, which this module joins when
   imported; ``app.py`` imports it);
 * ``member_added``/``member_removed`` (:func:`member_added`, :func:`member_removed`), called by
-  :mod:`chalicelib.pusher.pusher_socket` where presence members come and go (subscribe, unsubscribe,
+  :mod:`chalicelib.dialects.pusher.socket` where presence members come and go (subscribe, unsubscribe,
   ``$disconnect``, GoneException cleanup, TTL deletes from the registry stream);
 * ``client_event`` (:func:`client_event`), called by both dialects once a client event is
   relayed;
@@ -17,7 +17,7 @@ the same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/we
 Handlers run inside the invocation where the event happened; one that raises is logged and never
 fails it, and :func:`emit` never raises. When ``PUSHER_WEBHOOKS`` names external targets, the
 events are also POSTed to them, signed with ``X-Pusher-Key``/``X-Pusher-Signature``, through
-the push queue (:mod:`chalicelib.pusher.webhook_sender`): the socket operation never waits on them.
+the push queue (:mod:`chalicelib.dialects.pusher.webhook_sender`): the socket operation never waits on them.
 """
 from __future__ import annotations
 
@@ -26,22 +26,22 @@ import logging
 import time
 from typing import Any, Dict, List, Optional
 
-from chalicelib.pusher import webhook_sender, webhooks
+from chalicelib.dialects.pusher import webhook_sender, webhooks
 from chalicelib.registry import occupancy
 
 log = logging.getLogger("realtime.webhooks_out")
 
 
 def emit(events: List[Dict[str, Any]], *, time_ms: Optional[int] = None) -> webhooks.DispatchResult:
-    """Dispatch events to the app's handlers (:data:`chalicelib.pusher.webhooks.HANDLERS`), and
+    """Dispatch events to the app's handlers (:data:`chalicelib.dialects.pusher.webhooks.HANDLERS`), and
     queue them for the external targets that want them
-    (:func:`chalicelib.pusher.webhook_sender.submit`).
+    (:func:`chalicelib.dialects.pusher.webhook_sender.submit`).
 
     Args:
         events: Pusher webhook events (``{"name", "channel", ...}``).
         time_ms: the webhook's time, milliseconds since the epoch (defaults to now).
     Returns:
-        the :class:`chalicelib.pusher.webhooks.DispatchResult` (all zero but ``received`` when the
+        the :class:`chalicelib.dialects.pusher.webhooks.DispatchResult` (all zero but ``received`` when the
         dispatch itself failed). Never raises: the socket operation that raised the event
         must not fail because of a webhook.
     """

@@ -1,4 +1,4 @@
-"""WebSocket handlers (``$connect``, ``$default``, ``$disconnect``) and ``POST /notifications``.
+"""The native dialect of the WebSocket API: our JSON frames, a JWT at ``$connect``.
 
 Frame protocol (text frames, JSON objects; every reply is sent with PostToConnection through
 :mod:`chalicelib.delivery.push`, because a ``$default`` route's return value only reaches the
@@ -31,29 +31,24 @@ exactly one reply: ``unknown_action`` error frames repeat the ``id`` (it is read
 action is judged), and ``invalid_frame`` ones do whenever the text parsed far enough to hold a
 valid id (a value fault such as ``1e400`` elsewhere in the frame still lets the id be read).
 """
+
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Dict, Mapping
 
 from chalicelib import channels, jsonutil, observability
-from chalicelib.pusher import pusher_socket
-from chalicelib.registry import connections, rates, subscriptions
-from chalicelib.delivery import post, push
-from chalicelib.errors import (AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized,
-                               json_response, log_error)
-from chalicelib.auth.identity import authenticate_request, header, principal_from_request
-from chalicelib.logtext import for_log
+from chalicelib.auth.identity import authenticate_request, header
 from chalicelib.auth.principal import Principal
+from chalicelib.delivery import post, push
+from chalicelib.errors import AppError, BadRequest, PayloadTooLarge, Unauthorized, log_error
+from chalicelib.registry import connections, rates, subscriptions
 from chalicelib.settings import websocket_settings
 
 log = logging.getLogger("realtime.ws")
 
 #: the scope that lets a caller of ``POST /notifications`` address other users and channels
 NOTIFY_SCOPE = "notifications:send"
-#: largest ``POST /notifications`` body accepted, bytes (a frame is at most 128 KB anyway)
-MAX_NOTIFICATION_BODY_BYTES = post.MAX_FRAME_BYTES + 4096
 MAX_FRAME_ID_LENGTH = 64
 
 ACTIONS = ("ping", "subscribe", "unsubscribe", "publish", "pushtowebsocket")
@@ -91,24 +86,6 @@ def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return context if isinstance(context, Mapping) else {}
 
 
-def _speaks_pusher(raw: Mapping[str, Any], connecting: bool = False) -> bool:
-    """Dispatch by dialect (:mod:`chalicelib.pusher.pusher_socket`): the authorizer context marks a
-    Pusher connection on every event; without ``ws_authorizer`` a ``$connect`` is Pusher when
-    its query asks for it (and the stage serves it), a frame when it has ``event`` and no
-    ``action`` (its handler then checks the registry's dialect)."""
-    if pusher_socket.is_pusher_event(raw):
-        return True
-    authorizer = _context(raw).get("authorizer")
-    if isinstance(authorizer, Mapping) and authorizer.get("sub"):
-        return False
-    if connecting:
-        return pusher_socket.requested(raw)
-    body = raw.get("body")
-    if isinstance(body, str) and '"event"' in body and '"action"' not in body:
-        return pusher_socket.enabled()
-    return False
-
-
 # --- $connect ---------------------------------------------------------------------------------
 
 def connect_principal(raw: Mapping[str, Any]) -> Principal:
@@ -129,20 +106,17 @@ def connect_principal(raw: Mapping[str, Any]) -> Principal:
     return authenticate_request(raw.get("headers"), raw.get("queryStringParameters"))
 
 
-def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
-    """``$connect``: authenticate, then register the connection.
+
+def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
+    """``$connect`` of a native connection: authenticate, then register the connection.
 
     Args:
-        event: Chalice ``WebsocketEvent`` (or the raw API Gateway event dict).
-        app: the Chalice app (unused; kept for a uniform handler signature).
+        raw: the API Gateway ``$connect`` event (a dict).
     Returns:
         ``{"statusCode": 200}``; ``401`` without valid credentials and ``503`` when the
         settings or the registry are unavailable — in both cases nothing is written and
         API Gateway refuses the handshake.
     """
-    raw = _raw(event)
-    if _speaks_pusher(raw, connecting=True):
-        return pusher_socket.on_connect(raw)
     context = _context(raw)
     connection_id = context.get("connectionId")
     try:
@@ -167,22 +141,6 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         return {"statusCode": 500}
     log.info("connected %s for %s", connection_id, principal.user_id)
     return {"statusCode": 200}
-
-
-# --- $disconnect ------------------------------------------------------------------------------
-
-def on_disconnect(event: Any, app: Any = None) -> Dict[str, int]:
-    """``$disconnect``: remove the connection and its subscriptions. Idempotent; a registry
-    failure is logged (the TTL removes the items later). Returns ``{"statusCode": 200}``."""
-    connection_id = _context(_raw(event)).get("connectionId")
-    if isinstance(connection_id, str) and connection_id:
-        try:
-            removed = connections.remove_connection(connection_id)
-            log.info("disconnected %s; removed %d registry items", connection_id, removed)
-        except AppError as err:
-            log_error(err, "$disconnect")
-    return {"statusCode": 200}
-
 
 # --- $default ---------------------------------------------------------------------------------
 
@@ -240,15 +198,18 @@ def _frame_id(frame: Mapping[str, Any]) -> Any:
     return None
 
 
-def on_message(event: Any, app: Any = None) -> Dict[str, int]:
-    """``$default``: dispatch one frame on its ``action`` (see the module docstring).
+def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
+    """``$default`` of a native connection: dispatch one frame on its ``action`` (see the
+    module docstring).
+
+    Args:
+        raw: the API Gateway event (a dict).
+        event: the Chalice event, handed to PostToConnection (its request context names the
+            management endpoint).
 
     Every reply and error frame goes back through PostToConnection. Returns
     ``{"statusCode": 200}``; never raises.
     """
-    raw = _raw(event)
-    if _speaks_pusher(raw):
-        return pusher_socket.on_message(raw, event)
     connection_id = _context(raw).get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         log.warning("$default event without requestContext.connectionId")
@@ -365,7 +326,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
         raise channels.ClientEventRateLimited(
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
-    from chalicelib.pusher import webhooks_out  # issue 10 D: client_event to the app's handlers
+    from chalicelib.dialects.pusher import webhooks_out  # issue 10 D: client_event to the app's handlers
 
     webhooks_out.client_event(channel, event_name, outgoing["data"], connection_id,
                               outgoing.get("user_id"))
@@ -387,54 +348,3 @@ _HANDLERS = {
     "publish": _publish,
     "pushtowebsocket": _echo,
 }
-
-
-# --- POST /notifications ----------------------------------------------------------------------
-
-def notify(request: Any, app: Any = None):
-    """``POST /notifications`` (behind ``jwt_auth``): push an event to a user or a channel.
-
-    Body: ``{"user_id": U | "channel": C, "event": E, "data": D}``; ``U`` is a user id
-    (:attr:`Principal.user_id`, as ``GET /me`` shows it). A caller may always notify themself
-    (``user_id`` equal to their own user id); any other user, and every channel, needs the
-    scope :data:`NOTIFY_SCOPE`.
-
-    Returns:
-        a Chalice ``Response``: 200 with the delivery summary ``{"delivered", "gone", "failed",
-        "retryable"}``; 202 with ``"queued"`` and ``"shards"`` added when the audience was
-        over ``PUSH_SHARD_THRESHOLD`` and went to the push queue in shards
-        (:mod:`chalicelib.delivery.shards`); a JSON error otherwise: 400 (bad JSON or fields), 401,
-        403 (scope missing), 413 (body over :data:`MAX_NOTIFICATION_BODY_BYTES` bytes or a
-        frame over 128 KB), 503 (registry, push queue or settings unavailable). Every answer
-        carries the stage's CORS headers (:func:`chalicelib.pusher.pusher_auth.cors_headers`), so a
-        browser page may read it.
-    """
-    from chalice import Response
-
-    from chalicelib.pusher.pusher_auth import cors_headers
-
-    headers = cors_headers()
-    try:
-        principal = principal_from_request(request)
-        raw_body = request.raw_body or b""
-        if len(raw_body) > MAX_NOTIFICATION_BODY_BYTES:
-            raise PayloadTooLarge(f"body is over {MAX_NOTIFICATION_BODY_BYTES} bytes")
-        try:
-            body = jsonutil.loads(raw_body)
-        except jsonutil.JSONRejected as err:
-            raise BadRequest(f"the body is not valid JSON: {err.reason}") from None
-        notification = push.parse_notification(body, targets=("user_id", "channel"))
-        own = notification.target == "user_id" and notification.address == principal.user_id
-        if not own and not principal.has_scope(NOTIFY_SCOPE):
-            raise Forbidden(f"{principal.user_id} lacks {NOTIFY_SCOPE}",
-                            public_message=f"Notifying others needs the scope {NOTIFY_SCOPE}")
-        started = time.monotonic()
-        summary = push.deliver(notification)
-        log.info("notification by %s to %s %s: %s in %.3f s", principal.user_id,
-                 notification.target, for_log(notification.address), summary,
-                 time.monotonic() - started)
-        return Response(body=summary, status_code=202 if "shards" in summary else 200,
-                        headers={"Content-Type": "application/json", **headers})
-    except AppError as err:
-        log_error(err, "POST /notifications")
-        return json_response(err, headers)

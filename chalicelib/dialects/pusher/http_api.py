@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from chalicelib import channels, jsonutil
-from chalicelib.pusher import pusher_auth
+from chalicelib.dialects.pusher import auth
 from chalicelib.protocol import pusher
 from chalicelib.errors import (AppError, BadRequest, NotFound, json_response,
                                log_error)
@@ -299,7 +299,7 @@ def parse_event(body: Any) -> Event:
     checked = tuple(dict.fromkeys(validate_channel(n) for n in names))
     socket_id = body.get("socket_id")
     if socket_id is not None:
-        from chalicelib.pusher.pusher_auth import validate_socket_id
+        from chalicelib.dialects.pusher.auth import validate_socket_id
 
         socket_id = validate_socket_id(socket_id)
     return Event(name=name, data=data, channels=checked, socket_id=socket_id,
@@ -336,7 +336,7 @@ def authenticate(request, app_id: Optional[str]) -> Tuple[Dict[str, str], bytes]
     if app_id is not None and not hmac.compare_digest(app_id.encode("utf-8"),
                                                       config.app_id.encode("utf-8")):
         raise NotFound(f"The app {app_id[:40]} could not be found")
-    body = pusher_auth.raw_body(request, MAX_BODY_BYTES)
+    body = auth.raw_body(request, MAX_BODY_BYTES)
     query = single_values(request.query_params)
     verify_request(request.method, request_paths(request), query, body, config.key,
                    config.secret)
@@ -586,7 +586,7 @@ def list_channels(request, app_id: str) -> Dict[str, Any]:
     Query: ``filter_by_prefix`` (channel names starting with it), ``info``:
     ``subscription_count`` and ``user_count`` (the latter only with a ``presence-`` prefix,
     as Pusher). Listed from the registry's channel occupancy items (one Query per shard,
-    :func:`chalicelib.websocket.connections.occupied_channels`), each checked with one COUNT Query
+    :func:`chalicelib.registry.listing.occupied_channels`), each checked with one COUNT Query
     (:data:`COUNT_WORKERS` at a time), so a channel vacated an instant ago is not listed.
 
     Raises:
@@ -645,7 +645,7 @@ def channel_info(request, app_id: str, channel_name: str) -> Dict[str, Any]:
 def channel_users(request, app_id: str, channel_name: str) -> Dict[str, Any]:
     """``GET /apps/{app_id}/channels/{channel_name}/users``: ``{"users": [{"id": user id},
     ...]}`` of a presence channel (400 for any other kind, as Pusher): the distinct user ids
-    of its live subscribers (:func:`chalicelib.websocket.connections.channel_user_ids`)."""
+    of its live subscribers (:func:`chalicelib.registry.listing.channel_user_ids`)."""
     from chalicelib.registry import listing
 
     authenticate(request, app_id)

@@ -1,9 +1,9 @@
 """Pusher webhook events, dispatched by name to handlers registered here.
 
-:func:`chalicelib.pusher.pusher_auth.webhooks` checks the signature and the age of a webhook
+:func:`chalicelib.dialects.pusher.auth.webhooks` checks the signature and the age of a webhook
 (through the ``pusher`` library) and hands its ``events`` to :data:`HANDLERS`. Register a handler::
 
-    from chalicelib.pusher.webhooks import on
+    from chalicelib.dialects.pusher.webhooks import on
 
     @on("member_added")
     def remember_member(event, time_ms):
