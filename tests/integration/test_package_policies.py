@@ -48,7 +48,7 @@ TRANSACT_CALLS = {"transact_write_items": {"dynamodb:PutItem", "dynamodb:UpdateI
                                            "dynamodb:DeleteItem"}}
 #: functions of chalicelib that no Lambda handler runs (tests and the local stack create the
 #: table with them; deployments create it from CloudFormation), so their calls need no grant
-NOT_RUN_IN_LAMBDA = {("connections.py", "create_table")}
+NOT_RUN_IN_LAMBDA = {("table.py", "create_table")}
 
 
 def _operations(service: str) -> dict:
