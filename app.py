@@ -27,8 +27,8 @@ class _Room:
         module = importlib.import_module(f"chalicelib.{self._name}")
         if self._name in _REGISTRY_ROOMS:
             # joins the registry's occupancy listeners: channel_occupied/vacated reach
-            # chalicelib/dialects/pusher/webhooks.py from every room that changes subscriptions
-            importlib.import_module("chalicelib.dialects.pusher.webhooks_out")
+            # chalicelib/delivery/webhooks.py from every room that changes subscriptions
+            importlib.import_module("chalicelib.delivery.webhooks_out")
         globals()[self._alias] = module
         return getattr(module, attribute)
 
@@ -42,7 +42,7 @@ worker = _Room("worker", "doors.queue")
 pusher_auth = _Room("pusher_auth", "dialects.pusher.auth")
 pusher_http = _Room("pusher_http", "dialects.pusher.http_api")
 pusher_socket = _Room("pusher_socket", "dialects.pusher.socket")
-webhook_sender = _Room("webhook_sender", "dialects.pusher.webhook_sender")
+webhook_sender = _Room("webhook_sender", "delivery.webhook_sender")
 
 app = Chalice(app_name="realtime", configure_logs=False)  # JSON logs: chalicelib.observability
 app.experimental_feature_flags.update(["WEBSOCKETS"])
@@ -57,7 +57,7 @@ def observe(event, get_response):
 
 def batch_webhooks(event, get_response):
     """Webhooks out raised while one event is handled go to the push queue together when it
-    ends, one job per external target (chalicelib.dialects.pusher.webhook_sender); inside
+    ends, one job per external target (chalicelib.delivery.webhook_sender); inside
     ``observe``."""
     with webhook_sender.batch():
         return get_response(event)

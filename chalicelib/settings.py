@@ -26,6 +26,10 @@ from urllib.parse import urlsplit
 from chalicelib import jsonutil
 from chalicelib.errors import ConfigError
 
+#: an issuer's ``user_id_prefix`` in ``JWT_ISSUERS``: 1-32 of ``A-Z a-z 0-9 _ -`` (no ``.``, the
+#: separator of prefix and sub in a user id: :mod:`chalicelib.auth.principal`)
+USER_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
+
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 )
@@ -234,8 +238,6 @@ def _with_user_id_prefixes(entries: list, issuers: "dict[str, IssuerConfig]"
     listed twice, a prefix outside ``[A-Za-z0-9_-]{1,32}``, or several issuers without a prefix
     each, or sharing one, is a configuration error.
     """
-    from chalicelib.auth.principal import USER_ID_PREFIX_RE  # pure module; avoids an import cycle
-
     name = "JWT_ISSUERS"
     if len(issuers) != len(entries):
         raise ConfigError(f"{name} lists an issuer more than once")
@@ -544,7 +546,7 @@ def pusher_socket_settings() -> PusherSocketSettings:
 
 # --- webhooks out to external URLs -------------------------------------------------------------
 
-#: the webhook events this server sends (:mod:`chalicelib.dialects.pusher.webhooks_out`; Pusher docs, "Server
+#: the webhook events this server sends (:mod:`chalicelib.delivery.webhooks_out`; Pusher docs, "Server
 #: API" -> "Webhooks"); Pusher's ``subscription_count`` is not among them
 WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
                        "client_event", "cache_miss")

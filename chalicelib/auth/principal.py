@@ -38,6 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from chalicelib import jsonutil
 from chalicelib.errors import BadRequest, TokenError, Unauthorized
+from chalicelib.settings import USER_ID_PREFIX_RE
 
 #: claims copied from a verified token into the principal (when present)
 SELECTED_CLAIMS = ("name", "email", "email_verified", "preferred_username", "groups",
@@ -54,8 +55,6 @@ _compact_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 USER_ID_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-@,.;")
 #: between a user id prefix and the escaped sub; never part of a prefix
 USER_ID_SEPARATOR = "."
-#: a ``user_id_prefix``: 1-32 of ``A-Z a-z 0-9 _ -`` (no ``.``: see the module docstring)
-USER_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
 #: longest user id, characters: 164 (Pusher's channel-name limit) minus
 #: ``len("private-encrypted-user-")``
 MAX_USER_ID_LENGTH = 164 - len("private-encrypted-user-")

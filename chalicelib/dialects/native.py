@@ -326,7 +326,7 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
         raise channels.ClientEventRateLimited(
             f"at most {limit} client events per second per connection")
     summary = push.publish_to_channel(channel, outgoing, event=event, exclude=connection_id)
-    from chalicelib.dialects.pusher import webhooks_out  # issue 10 D: client_event to the app's handlers
+    from chalicelib.delivery import webhooks_out  # issue 10 D: client_event to the app's handlers
 
     webhooks_out.client_event(channel, event_name, outgoing["data"], connection_id,
                               outgoing.get("user_id"))

@@ -21,7 +21,7 @@ finishes, user is told" pattern).
   delivered by :func:`chalicelib.delivery.shards.handle`: a redelivered shard skips the connections
   it already reached, a poison shard is reported as failed so the dead-letter queue takes it.
 * Webhook jobs (``{"webhook": {...}}``, issue 10 D) are POSTed to their external target by
-  :mod:`chalicelib.dialects.pusher.webhook_sender`, the jobs of one batch in parallel; a failed POST is
+  :mod:`chalicelib.delivery.webhook_sender`, the jobs of one batch in parallel; a failed POST is
   reported as a batch item failure after a back-off (``ChangeMessageVisibility``).
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ def handle_record(record: Dict[str, Any]) -> bool:
             from chalicelib.delivery import shards
 
             return shards.handle(body[shards.SHARD_KEY], record)
-        if isinstance(body, dict) and "webhook" in body:  # chalicelib.dialects.pusher.webhook_sender.JOB_KEY
-            from chalicelib.dialects.pusher import webhook_sender
+        if isinstance(body, dict) and "webhook" in body:  # chalicelib.delivery.webhook_sender.JOB_KEY
+            from chalicelib.delivery import webhook_sender
 
             return webhook_sender.handle(body[webhook_sender.JOB_KEY], record)
         notification = push.parse_notification(body)
@@ -127,7 +127,7 @@ def handle_batch(event: Any, app: Any = None) -> Dict[str, List[Dict[str, str]]]
 
 
 def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
-    """The webhook jobs of a batch, POSTed in parallel (:func:`chalicelib.dialects.pusher.webhook_sender.
+    """The webhook jobs of a batch, POSTed in parallel (:func:`chalicelib.delivery.webhook_sender.
     handle_many`): ``{record index: done}``. Records that are not well-formed webhook jobs are
     left to :func:`handle_record`."""
     jobs: Dict[int, Any] = {}
@@ -142,7 +142,7 @@ def _webhook_jobs(records: List[Any]) -> Dict[int, bool]:
                 jobs[index] = parsed["webhook"]
     if not jobs:
         return {}
-    from chalicelib.dialects.pusher import webhook_sender
+    from chalicelib.delivery import webhook_sender
 
     indexes = list(jobs)
     try:

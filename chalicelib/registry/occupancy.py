@@ -93,7 +93,7 @@ def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
 
 
 #: ``listener(channel_name, occupied)`` called when a channel becomes occupied (True) or
-#: vacated (False) (:mod:`chalicelib.dialects.pusher.webhooks_out` adds itself); a listener that raises is
+#: vacated (False) (:mod:`chalicelib.delivery.webhooks_out` adds itself); a listener that raises is
 #: logged, never fails the subscription
 OCCUPANCY_LISTENERS: List[Any] = []
 

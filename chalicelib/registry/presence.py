@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from chalicelib.errors import AppError
 from chalicelib.registry import table
@@ -152,52 +151,7 @@ def _roster(channel_name: str) -> Dict[str, Any]:
     return items[0] if items else {}
 
 
-def _attempts() -> Iterable[int]:
-    """Attempt numbers 0, 1, ... of a race-prone write, sleeping a full-jitter back-off before
-    each retry, while fewer than :data:`PRESENCE_ATTEMPTS` were made or
-    :data:`PRESENCE_DEADLINE_SECONDS` have not passed."""
-    import random
 
-    started = time.monotonic()
-    attempt = 0
-    while attempt < PRESENCE_ATTEMPTS \
-            or time.monotonic() - started < PRESENCE_DEADLINE_SECONDS:
-        yield attempt
-        attempt += 1
-        time.sleep(random.uniform(0, min(PRESENCE_BACKOFF_CAP,
-                                         PRESENCE_BACKOFF_BASE * (2 ** min(attempt, 16)))))
-
-
-def _transact(items: List[Dict[str, Any]]) -> Optional[List[str]]:
-    """One TransactWriteItems. Returns None when it was applied, else the cancellation
-    reason code of each item (``"None"``, ``"ConditionalCheckFailed"``,
-    ``"TransactionConflict"``...: DynamoDB API reference, "TransactWriteItems").
-
-    Raises:
-        RegistryUnavailable: DynamoDB failed otherwise.
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        table.dynamodb().transact_write_items(TransactItems=items)
-        return None
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "ClientError")
-        if code == "TransactionCanceledException":
-            reasons = exc.response.get("CancellationReasons") or []
-            return [str(reason.get("Code", "None")) for reason in reasons] \
-                or ["TransactionConflict"]
-        if code in ("TransactionConflictException", "TransactionInProgressException"):
-            return ["TransactionConflict"]
-        raise RegistryUnavailable(f"DynamoDB transact_write_items failed: {code}") from None
-    except BotoCoreError as exc:
-        raise RegistryUnavailable(
-            f"DynamoDB transact_write_items failed: {type(exc).__name__}") from None
-
-
-def _retryable(reasons: List[str]) -> bool:
-    return all(code in ("None", "ConditionalCheckFailed", "TransactionConflict")
-               for code in reasons)
 
 
 def _read_join_state(channel_name: str, user_id: str) -> Tuple[Dict[str, Any],
@@ -274,7 +228,8 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
     info = table.s(json.dumps(user_info, separators=(",", ":")))
     table_name = table.name()
     recounted = False
-    for _ in _attempts():
+    for _ in table.attempts(PRESENCE_ATTEMPTS, PRESENCE_DEADLINE_SECONDS,
+                              PRESENCE_BACKOFF_BASE, PRESENCE_BACKOFF_CAP):
         roster, member = _read_join_state(channel_name, user_id)
         if cid in member.get("connections", {}).get("SS", []):
             seq = _number(member, SEQ_PREFIX + cid)  # 0: joined through an older version
@@ -320,7 +275,7 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
                 "ExpressionAttributeValues": {
                     ":c": {"SS": [cid]}, ":q": table.n(mine), ":i": info,
                     ":e": table.n(max(connection.expires_at, _number(member, TTL_ATTRIBUTE)))}}}
-        reasons = _transact([
+        reasons = table.transact([
             {"Update": {"TableName": table_name, "Key": _roster_key(channel_name),
                         "UpdateExpression": update, "ConditionExpression": condition,
                         "ExpressionAttributeNames": names,
@@ -328,7 +283,7 @@ def presence_enter(channel_name: str, user_id: str, user_info: Any, connection: 
             write])
         if reasons is None:
             break
-        if not _retryable(reasons):
+        if not table.retryable(reasons):
             raise RegistryUnavailable(f"presence join refused: {', '.join(reasons)}")
     else:
         raise RegistryUnavailable(f"presence join of {channel_name} kept racing")
@@ -395,7 +350,8 @@ def presence_recount(channel_name: str) -> int:
     Raises:
         RegistryUnavailable: DynamoDB failed, or joins and leaves kept changing the roster.
     """
-    for _ in _attempts():
+    for _ in table.attempts(PRESENCE_ATTEMPTS, PRESENCE_DEADLINE_SECONDS,
+                              PRESENCE_BACKOFF_BASE, PRESENCE_BACKOFF_CAP):
         roster = _roster(channel_name)
         kwargs: Dict[str, Any] = dict(
             TableName=table.name(), ConsistentRead=True, Select="COUNT",
@@ -417,19 +373,6 @@ def presence_recount(channel_name: str) -> int:
                                               believed, real):
             return real
     raise RegistryUnavailable(f"presence recount of {channel_name} kept racing")
-
-
-def presence_join(channel_name: str, user_id: str, user_info: Any, connection: Connection, *,
-                  max_members: int = 100) -> bool:
-    """:func:`presence_enter`, answering only whether the user became a member (True: its
-    first connection on the channel).
-
-    Raises:
-        PresenceFull: a new member and the channel is full.
-        RegistryUnavailable: DynamoDB failed.
-    """
-    return presence_enter(channel_name, user_id, user_info, connection,
-                          max_members=max_members).first
 
 
 def presence_hold(channel_name: str, user_id: str,
@@ -513,7 +456,8 @@ def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
     key = _member_key(channel_name, user_id)
     names = {"#conns": "connections", "#seq": SEQ_PREFIX + connection_id,
              "#ans": ANSWERED_PREFIX + connection_id, "#pend": PENDING_PREFIX + connection_id}
-    for _ in _attempts():
+    for _ in table.attempts(PRESENCE_ATTEMPTS, PRESENCE_DEADLINE_SECONDS,
+                              PRESENCE_BACKOFF_BASE, PRESENCE_BACKOFF_CAP):
         answer = table.conditional(
             "update_item", TableName=table.name(), Key=key,
             UpdateExpression="DELETE #conns :c REMOVE #seq, #ans, #pend",
@@ -530,7 +474,7 @@ def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
                 "ConditionExpression": "contains(#conns, :id) AND size(#conns) = :one",
                 "ExpressionAttributeNames": {"#conns": "connections"},
                 "ExpressionAttributeValues": {":id": table.s(connection_id), ":one": table.n(1)}}
-        reasons = _transact([
+        reasons = table.transact([
             {"Delete": last},
             {"Update": {"TableName": table.name(), "Key": _roster_key(channel_name),
                         "UpdateExpression": "ADD members :minus",
@@ -539,7 +483,7 @@ def presence_leave(channel_name: str, user_id: str, connection_id: str) -> bool:
                                                       ":zero": table.n(0)}}}])
         if reasons is None:
             return True
-        if not _retryable(reasons):
+        if not table.retryable(reasons):
             raise RegistryUnavailable(f"presence leave refused: {', '.join(reasons)}")
         if reasons[0] != "ConditionalCheckFailed" and reasons[-1] == "ConditionalCheckFailed":
             # the roster counts no member (lost or never had it): the item goes alone

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from chalicelib import aws
 from chalicelib.errors import AppError
@@ -270,3 +270,53 @@ def _items_as_sent(response_dict: Dict[str, Any], customized_response_dict: Dict
         return
     customized_response_dict["Items"] = body.pop("Items")
     response_dict["body"] = json.dumps(body).encode()
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+def transact(items: List[Dict[str, Any]]) -> Optional[List[str]]:
+    """One TransactWriteItems. Returns None when it was applied, else the cancellation
+    reason code of each item (``"None"``, ``"ConditionalCheckFailed"``,
+    ``"TransactionConflict"``...: DynamoDB API reference, "TransactWriteItems").
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed otherwise.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        dynamodb().transact_write_items(TransactItems=items)
+        return None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        if code == "TransactionCanceledException":
+            reasons = exc.response.get("CancellationReasons") or []
+            return [str(reason.get("Code", "None")) for reason in reasons] \
+                or ["TransactionConflict"]
+        if code in ("TransactionConflictException", "TransactionInProgressException"):
+            return ["TransactionConflict"]
+        raise RegistryUnavailable(f"DynamoDB transact_write_items failed: {code}") from None
+    except BotoCoreError as exc:
+        raise RegistryUnavailable(
+            f"DynamoDB transact_write_items failed: {type(exc).__name__}") from None
+
+
+def retryable(reasons: List[str]) -> bool:
+    """True when every cancellation reason of :func:`transact` is worth a re-read and retry."""
+    return all(code in ("None", "ConditionalCheckFailed", "TransactionConflict")
+               for code in reasons)
+
+
+def attempts(minimum: int, deadline: float, base: float, cap: float) -> Iterable[int]:
+    """Attempt numbers 0, 1, ... of a race-prone write, sleeping a full-jitter back-off (from
+    ``base`` seconds, doubling, at most ``cap``; AWS Architecture Blog, "Exponential Backoff And
+    Jitter") before each retry, while fewer than ``minimum`` were made or ``deadline`` seconds
+    have not passed."""
+    import random
+
+    started = time.monotonic()
+    attempt = 0
+    while attempt < minimum or time.monotonic() - started < deadline:
+        yield attempt
+        attempt += 1
+        time.sleep(random.uniform(0, min(cap, base * (2 ** min(attempt, 16)))))

@@ -160,7 +160,7 @@ def registered_member(connection_id, room, user_id):
     no socket behind it: what API Gateway leaves when a client vanishes without $disconnect."""
     connection = connections.register(connection_id, None, dialect="pusher")
     subscriptions.subscribe(connection, room, member_user_id=user_id)
-    presence.presence_join(room, user_id, {}, connection)
+    presence.presence_enter(room, user_id, {}, connection)
     return connection
 
 
@@ -350,9 +350,9 @@ WEBHOOK_EVENTS = ("member_added", "member_removed", "client_event", "cache_miss"
 
 @pytest.fixture
 def hooks(monkeypatch):
-    """Events the app's own handlers (chalicelib.dialects.pusher.webhooks.HANDLERS) receive, as
+    """Events the app's own handlers (chalicelib.delivery.webhooks.HANDLERS) receive, as
     ``(event, time_ms)``; registered on a fresh HANDLERS for the test."""
-    from chalicelib.dialects.pusher import webhooks
+    from chalicelib.delivery import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
     seen = []
@@ -480,7 +480,7 @@ def test_cache_misses_reach_the_apps_webhook_handlers(gateway, hooks):
 
 
 def test_a_failing_webhook_handler_never_fails_the_socket_operation(gateway, monkeypatch):
-    from chalicelib.dialects.pusher import webhooks
+    from chalicelib.delivery import webhooks
 
     monkeypatch.setattr(webhooks, "HANDLERS", webhooks.WebhookHandlers())
 

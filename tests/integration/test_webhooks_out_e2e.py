@@ -14,7 +14,7 @@ import uuid
 import pytest
 from websockets.sync.client import connect
 
-from chalicelib.dialects.pusher import webhook_sender
+from chalicelib.delivery import webhook_sender
 from chalicelib.protocol import pusher
 from devtools.local_sqs import SqsPoller
 from tests.support.webhook_receiver import WebhookReceiver

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chalicelib import settings
-from chalicelib.dialects.pusher import webhooks
+from chalicelib.delivery import webhooks
 from chalicelib.errors import ConfigError
 from chalicelib.logtext import for_log
 from tests.support import events

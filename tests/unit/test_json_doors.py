@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from chalicelib.auth import tokens
-from chalicelib.dialects.pusher import webhooks
+from chalicelib.delivery import webhooks
 from chalicelib.registry import connections
 from chalicelib.errors import TokenError
 from chalicelib.auth.principal import Principal

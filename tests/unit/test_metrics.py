@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chalicelib import observability
-from chalicelib.dialects.pusher import webhooks
+from chalicelib.delivery import webhooks
 from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support import events

@@ -17,7 +17,8 @@ from urllib.parse import quote
 import pytest
 
 from chalicelib import channels
-from chalicelib.dialects.pusher import auth, webhooks
+from chalicelib.dialects.pusher import auth
+from chalicelib.delivery import webhooks
 from chalicelib.auth.principal import Principal
 
 FORM = "application/x-www-form-urlencoded"

@@ -1,4 +1,4 @@
-"""Webhooks out to external URLs (issue 10 D): events of ``chalicelib.dialects.pusher.webhooks_out`` become
+"""Webhooks out to external URLs (issue 10 D): events of ``chalicelib.delivery.webhooks_out`` become
 signed Pusher webhooks, queued on the (moto) push queue and POSTed by the real ``push_worker`` to a
 real HTTP receiver on 127.0.0.1 that checks them with the ``pusher`` library's ``validate_webhook``.
 """
@@ -12,7 +12,7 @@ import time
 import boto3
 import pytest
 
-from chalicelib.dialects.pusher import webhook_sender, webhooks_out
+from chalicelib.delivery import webhook_sender, webhooks_out
 from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.websocket import aws_env, registry  # noqa: F401
 

@@ -1,11 +1,11 @@
 """Webhooks out (issue 10 D, first slice): ``channel_occupied`` and ``channel_vacated`` from the
 registry's channel occupancy bookkeeping, dispatched to the app's own handlers
-(chalicelib/dialects/pusher/webhooks.py), against a moto registry."""
+(chalicelib/delivery/webhooks.py), against a moto registry."""
 from __future__ import annotations
 
 import pytest
 
-from chalicelib.dialects.pusher import webhooks, webhooks_out
+from chalicelib.delivery import webhooks, webhooks_out
 from chalicelib.registry import connections, subscriptions
 from chalicelib.auth.principal import Principal
 from tests.support.websocket import aws_env, registry  # noqa: F401

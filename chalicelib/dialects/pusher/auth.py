@@ -14,7 +14,7 @@ Routes (see README, "Pusher Channels"):
   ``/**/<callback>(<json>);`` as ``application/javascript``.
 * ``POST /pusher/user-auth`` — ``socket_id``; answers ``{"auth", "user_data"}``.
 * ``POST /pusher/webhooks`` — ``X-Pusher-Key``/``X-Pusher-Signature`` over the raw body, at most
-  5 minutes old; events go to :mod:`chalicelib.dialects.pusher.webhooks`.
+  5 minutes old; events go to :mod:`chalicelib.delivery.webhooks`.
 
 Every JSON body (auth requests, signed webhooks) is read with :func:`chalicelib.jsonutil.loads`,
 the service's one strict reader; what it refuses is a 400 naming the reason.
@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
 from chalicelib import channels, jsonutil, observability
-from chalicelib.dialects.pusher import webhooks as webhook_events
+from chalicelib.delivery import webhooks as webhook_events
 from chalicelib.errors import (AppError, BadRequest, ConfigError, Forbidden, PayloadTooLarge,
                                Unauthorized, json_response, log_error)
 from chalicelib.auth.identity import authenticate_request

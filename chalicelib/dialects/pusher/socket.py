@@ -582,9 +582,9 @@ def _broadcast(channel: str, text: str, *, exclude: Optional[str], event: Any) -
 
 
 def _webhooks_out():
-    """:mod:`chalicelib.dialects.pusher.webhooks_out`, imported at first use (the authorizer, which loads
+    """:mod:`chalicelib.delivery.webhooks_out`, imported at first use (the authorizer, which loads
     this room for a Pusher ``$connect``, never needs it)."""
-    from chalicelib.dialects.pusher import webhooks_out
+    from chalicelib.delivery import webhooks_out
 
     return webhooks_out
 

@@ -1,5 +1,5 @@
 """Webhooks out to external URLs (issue 10, section D): the events
-:mod:`chalicelib.dialects.pusher.webhooks_out` raises, POSTed to the targets of ``PUSHER_WEBHOOKS``
+:mod:`chalicelib.delivery.webhooks_out` raises, POSTed to the targets of ``PUSHER_WEBHOOKS``
 (:func:`chalicelib.settings.webhook_targets`) as Pusher sends its webhooks, with retries through the
 push queue.
 
@@ -13,7 +13,7 @@ event of the batch), kept across retries: a receiver may tell a late delivery, a
 ``time_ms`` + ``events``.
 
 **Producer** (the socket operation never waits on a target): :func:`submit`, called by
-:func:`chalicelib.dialects.pusher.webhooks_out.emit`, keeps the events a target wants (its ``event_types``
+:func:`chalicelib.delivery.webhooks_out.emit`, keeps the events a target wants (its ``event_types``
 and ``filter``). Inside :func:`batch` (app.py opens one around each handler invocation) they are
 collected and queued when the invocation ends: one job per target — several when over
 :data:`MAX_EVENTS_PER_JOB` events or :data:`MAX_JOB_BYTES` — in one ``SendMessageBatch`` call

@@ -1,6 +1,6 @@
 """Webhooks out (issue 10, section D): events of our own WebSocket API, in the shape Pusher
 sends its webhooks (Pusher docs, "Server API" -> "Webhooks": ``{"time_ms", "events": [{"name",
-"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.dialects.pusher.webhooks` —
+"channel", ...}]}``), dispatched to the app's own handlers of :mod:`chalicelib.delivery.webhooks` —
 the same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/webhooks``.
 
 * ``channel_occupied`` (a channel's first live subscription) and ``channel_vacated`` (its last
@@ -17,7 +17,7 @@ the same handlers a Pusher (or soketi) webhook reaches through ``POST /pusher/we
 Handlers run inside the invocation where the event happened; one that raises is logged and never
 fails it, and :func:`emit` never raises. When ``PUSHER_WEBHOOKS`` names external targets, the
 events are also POSTed to them, signed with ``X-Pusher-Key``/``X-Pusher-Signature``, through
-the push queue (:mod:`chalicelib.dialects.pusher.webhook_sender`): the socket operation never waits on them.
+the push queue (:mod:`chalicelib.delivery.webhook_sender`): the socket operation never waits on them.
 """
 from __future__ import annotations
 
@@ -26,22 +26,22 @@ import logging
 import time
 from typing import Any, Dict, List, Optional
 
-from chalicelib.dialects.pusher import webhook_sender, webhooks
+from chalicelib.delivery import webhook_sender, webhooks
 from chalicelib.registry import occupancy
 
 log = logging.getLogger("realtime.webhooks_out")
 
 
 def emit(events: List[Dict[str, Any]], *, time_ms: Optional[int] = None) -> webhooks.DispatchResult:
-    """Dispatch events to the app's handlers (:data:`chalicelib.dialects.pusher.webhooks.HANDLERS`), and
+    """Dispatch events to the app's handlers (:data:`chalicelib.delivery.webhooks.HANDLERS`), and
     queue them for the external targets that want them
-    (:func:`chalicelib.dialects.pusher.webhook_sender.submit`).
+    (:func:`chalicelib.delivery.webhook_sender.submit`).
 
     Args:
         events: Pusher webhook events (``{"name", "channel", ...}``).
         time_ms: the webhook's time, milliseconds since the epoch (defaults to now).
     Returns:
-        the :class:`chalicelib.dialects.pusher.webhooks.DispatchResult` (all zero but ``received`` when the
+        the :class:`chalicelib.delivery.webhooks.DispatchResult` (all zero but ``received`` when the
         dispatch itself failed). Never raises: the socket operation that raised the event
         must not fail because of a webhook.
     """

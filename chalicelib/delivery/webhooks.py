@@ -3,7 +3,7 @@
 :func:`chalicelib.dialects.pusher.auth.webhooks` checks the signature and the age of a webhook
 (through the ``pusher`` library) and hands its ``events`` to :data:`HANDLERS`. Register a handler::
 
-    from chalicelib.dialects.pusher.webhooks import on
+    from chalicelib.delivery.webhooks import on
 
     @on("member_added")
     def remember_member(event, time_ms):
