@@ -55,7 +55,7 @@ deploy: venv
 
 # the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or page fails
 docs: venv
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache site
