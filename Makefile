@@ -1,4 +1,4 @@
-# make test | make run | make bench | make token SUB=alice | make package STAGE=prod | make deploy STAGE=prod
+# make test | make run | make docs | make bench | make token SUB=alice | make package STAGE=prod | make deploy STAGE=prod
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ SOKETI_STAMP := $(SOKETI_DIR)/node_modules/.installed
 STAGE ?= dev
 SUB ?= alice
 
-.PHONY: venv node test run bench token package deploy clean
+.PHONY: venv node test run bench token package deploy docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +53,9 @@ package: venv
 deploy: venv
 	$(PY) -m infra.deploy --stage $(STAGE)
 
+# the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or page fails
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache site

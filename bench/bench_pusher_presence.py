@@ -102,7 +102,7 @@ def _ops(counts: Counts) -> str:
 
 
 def report(result: Dict[str, object], members: int) -> List[str]:
-    """The printed tables (also what README shows)."""
+    """The printed tables (also what docs/benchmarks.md shows)."""
     joins, leaves = result["joins"], result["leaves"]
     jt, lt = result["join_total"], result["leave_total"]
     lines = [f"{members} members on {CHANNEL}, one at a time; management API answering at once",

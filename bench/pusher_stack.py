@@ -42,7 +42,7 @@ def p50_p99(values: List[float]) -> tuple:
 
 
 def figure_table(rows: List[tuple]) -> List[str]:
-    """``(figure, measured, expected on AWS)`` rows as a Markdown table (what README shows)."""
+    """``(figure, measured, expected on AWS)`` rows as a Markdown table (what docs/benchmarks.md shows)."""
     lines = ["| figure | measured | expected on AWS |", "|---|---|---|"]
     return lines + [f"| {figure} | {measured} | {expected} |"
                     for figure, measured, expected in rows]

@@ -57,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--issuer-port", type=int, default=9999)
     parser.add_argument("--user-id-prefix", default=None,
                         help="the issuer's user_id_prefix in JWT_ISSUERS, if it has one (the "
-                             "user id is then PREFIX.<escaped sub>; see README, User ids)")
+                             "user id is then PREFIX.<escaped sub>; see docs/auth.md, User ids)")
     parser.add_argument("--channel", action="append", default=[],
                         help="another channel to subscribe to (repeatable)")
     parser.add_argument("--count", type=int, default=0,

@@ -560,7 +560,7 @@ class LocalWebSocketGateway:
         pusher-js always connects to ``{host}/app/{key}``; on AWS the custom domain's
         CloudFront Function rewrites that to the stage with ``app_key={key}`` in the query
         (a WebSocket API takes no multi-level API mapping and never tells Lambda the path;
-        README "Custom domains"). This gateway does the same for any key (unless the client
+        docs/custom-domains.md). This gateway does the same for any key (unless the client
         sent ``app_key`` itself), so the app's own check of the key runs locally as on AWS.
         """
         parts = path.split("/")

@@ -532,7 +532,7 @@ class Stack:
         secret stays in this process.
 
         Args:
-            body: the parsed JSON body, ``{"user_id": <user id>}`` (README, "User ids").
+            body: the parsed JSON body, ``{"user_id": <user id>}`` (docs/auth.md, "User ids").
         Returns:
             ``(status, body)``: 200 ``{"id", "event", "channel", "user_event", "user_id",
             "servers": {"soketi": "triggered", "ours": "triggered"}}`` (``id``: 8 hex digits,
@@ -661,8 +661,9 @@ class Stack:
         ])
 
     def pusher_js_config(self) -> str:
-        """A ready pusher-js 8 configuration for the local gateway (README, "Pusher
-        protocol"): pusher-js appends ``/app/<key>`` to ``wsHost:wsPort`` itself."""
+        """A ready pusher-js 8 configuration for the local gateway (docs/pusher-dialect.md; the
+        README's quick start shows it): pusher-js appends ``/app/<key>`` to ``wsHost:wsPort``
+        itself."""
         e = self.env
         auth = "{ Authorization: `Bearer ${TOKEN}` }"
         return "\n".join([

@@ -1,2 +1,2 @@
 """Deployment tooling (never zipped into a Lambda): CloudFormation templates, ``make package``
-and ``make deploy``. See README.md, "Deploy to AWS"."""
+and ``make deploy``. See docs/deploy.md."""

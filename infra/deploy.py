@@ -615,7 +615,7 @@ def boto3_client_factory(region: Optional[str] = None) -> Callable[[str], Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Deploy one stage to AWS (see README).")
+    parser = argparse.ArgumentParser(description="Deploy one stage to AWS (see docs/deploy.md).")
     parser.add_argument("--stage", default=os.environ.get("STAGE", "prod"))
     parser.add_argument("--region", default=None)
     parser.add_argument("--attach-only", action="store_true",

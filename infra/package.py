@@ -14,8 +14,8 @@ Chalice runs with ``PYTHONDONTWRITEBYTECODE=1`` (it imports ``app.py`` to read i
 same sources give the same zip. The WebSocket stage's deployment gets a logical id that
 hashes the whole API (:func:`infra.templates.pin_websocket_deployment`), so a route change
 redeploys the stage. ``--format terraform`` runs
-``chalice package --pkg-format terraform`` instead (no merge template there: see README,
-"Terraform").
+``chalice package --pkg-format terraform`` instead (no merge template there: see
+docs/deploy.md, "Terraform").
 
 Deploy the result with::
 
@@ -346,7 +346,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for line in templates.describe_domains(templates.load_stage(args.stage)):
             print(line)
     else:
-        print(f"terraform:       {target / 'chalice.tf.json'} (add the authorizer: README)")
+        print(f"terraform:       {target / 'chalice.tf.json'} (add the authorizer: docs/deploy.md)")
     return status
 
 

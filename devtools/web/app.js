@@ -85,7 +85,7 @@
     return claims.sub;
   }
 
-  // The user id the server names this user by (README, "User ids"): every character outside
+  // The user id the server names this user by (docs/auth.md, "User ids"): every character outside
   // A-Z a-z 0-9 _ - @ , . ; becomes =XX per UTF-8 byte. The dev stack trusts one issuer without
   // a user_id_prefix; with one, the id would be `${prefix}.${escaped}`.
   const USER_ID_SAFE = /[A-Za-z0-9_\-@,.;]/;
