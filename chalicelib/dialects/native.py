@@ -261,6 +261,9 @@ def _registered(connection_id: str) -> connections.Connection:
     if connection is None:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+    if connection.principal is None:  # not a native connection (the door dispatches by dialect)
+        raise BadRequest(f"connection {connection_id} speaks {connection.dialect}",
+                         public_message="This connection does not speak the native frames")
     observability.set_fields(user_id=connection.user_id)
     return connection
 

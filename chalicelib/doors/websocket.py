@@ -26,22 +26,36 @@ def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     context = raw.get("requestContext")
     return context if isinstance(context, Mapping) else {}
 
-def _speaks_pusher(raw: Mapping[str, Any], connecting: bool = False) -> bool:
-    """Dispatch by dialect (:mod:`chalicelib.dialects.pusher.socket`): the authorizer context marks a
-    Pusher connection on every event; without ``ws_authorizer`` a ``$connect`` is Pusher when
-    its query asks for it (and the stage serves it), a frame when it has ``event`` and no
-    ``action`` (its handler then checks the registry's dialect)."""
-    if pusher_socket.is_pusher_event(raw):
-        return True
+def dialect_of(raw: Mapping[str, Any], connecting: bool = False) -> str:
+    """The dialect of the connection an event belongs to: ``connections.NATIVE`` or
+    ``connections.PUSHER``; never judged from a frame's shape.
+
+    API Gateway repeats the ``$connect`` authorizer's context on every event of a connection
+    (AWS docs, "Controlling access to WebSocket APIs with AWS Lambda REQUEST authorizers"):
+    ``ws_authorizer`` marks a Pusher connect ``{"dialect": "pusher"}``
+    (:func:`chalicelib.dialects.pusher.socket.authorizer_answer`) and gives a native one its
+    principal (``sub``). Without an authorizer context (an API deployed without
+    ``ws_authorizer``) a ``$connect`` is Pusher when its query string asks for protocol 7 and
+    the stage serves it (:func:`chalicelib.dialects.pusher.socket.requested`); a later event
+    takes the dialect the registry recorded for the connection (one Query), native when
+    unknown (the native handler then refuses an unregistered connection).
+    """
     authorizer = _context(raw).get("authorizer")
-    if isinstance(authorizer, Mapping) and authorizer.get("sub"):
-        return False
+    if isinstance(authorizer, Mapping):
+        if pusher_socket.is_pusher_event(raw):
+            return connections.PUSHER
+        if authorizer.get("sub"):
+            return connections.NATIVE
     if connecting:
-        return pusher_socket.requested(raw)
-    body = raw.get("body")
-    if isinstance(body, str) and '"event"' in body and '"action"' not in body:
-        return pusher_socket.enabled()
-    return False
+        return connections.PUSHER if pusher_socket.requested(raw) else connections.NATIVE
+    connection_id = _context(raw).get("connectionId")
+    if not isinstance(connection_id, str) or not connection_id:
+        return connections.NATIVE
+    try:
+        return connections.dialect_of(connection_id) or connections.NATIVE
+    except AppError as err:
+        log_error(err, "$default dialect")
+        return connections.NATIVE
 
 
 def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
@@ -56,7 +70,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         :func:`chalicelib.dialects.pusher.socket.on_connect`).
     """
     raw = _raw(event)
-    if _speaks_pusher(raw, connecting=True):
+    if dialect_of(raw, connecting=True) == connections.PUSHER:
         return pusher_socket.on_connect(raw)
     return native.on_connect(raw)
 
@@ -65,7 +79,7 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
     """``$default``: one frame, handed to the connection's dialect. Returns
     ``{"statusCode": 200}``; never raises."""
     raw = _raw(event)
-    if _speaks_pusher(raw):
+    if dialect_of(raw) == connections.PUSHER:
         return pusher_socket.on_message(raw, event)
     return native.on_message(raw, event)
 

@@ -138,6 +138,31 @@ def test_native_clients_are_unchanged_beside_pusher_ones(gateway, dev_issuer):
         assert recv(pusher_client) == {"event": "greet", "channel": "news", "data": "text"}
 
 
+@pytest.mark.parametrize("with_authorizer", [True, False])
+def test_the_dialect_comes_from_the_connection_never_from_a_frames_shape(
+        serial_registry, monkeypatch, dev_issuer, with_authorizer):
+    """A Pusher client's frame with an ``action`` member is still a Pusher frame, and a native
+    client's frame shaped like Pusher's is still a native one: the door asks the authorizer
+    context (or, on an API deployed without ``ws_authorizer``, the registry), not the frame."""
+    monkeypatch.setenv("PUSHER_DIALECT", "true")
+    config = {} if with_authorizer else {"authorizer": None}
+    token = dev_issuer.mint("alice")
+    with app_gateway(monkeypatch, **config) as gw, \
+            connect(f"ws://127.0.0.1:{gw.port}/test?token={token}") as native, \
+            connect(url(gw)) as pusher_client:
+        established(pusher_client)
+        pusher_client.send(json.dumps({"event": "pusher:ping", "action": "subscribe",
+                                       "channel": "news", "data": {}}))
+        assert recv(pusher_client) == {"event": "pusher:pong", "data": "{}"}
+        pusher_client.send(json.dumps({"action": "ping"}))
+        assert recv(pusher_client)["event"] == "pusher:error"
+        native.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "news"}}))
+        refused = recv(native)
+        assert refused["type"] == "error" and refused["code"] == "invalid_frame", refused
+        native.send(json.dumps({"action": "ping", "event": "pusher:ping"}))
+        assert recv(native) == {"type": "pong"}
+
+
 def test_first_frame_waits_for_connect_to_return(gateway):
     """The gateway answers 410 while $connect runs; pusher_hello retries until it returns."""
     started = time.monotonic()
