@@ -80,6 +80,8 @@ METRICS: Dict[str, Tuple[str, Optional[str]]] = {
     "WebhooksNotQueued": ("Count", None),
     "ShardsProcessed": ("Count", None),
     "ShardsRetried": ("Count", None),
+    "EventsReplayed": ("Count", None),
+    "ResumesFailed": ("Count", "reason"),
 }
 #: metrics recorded as a list of values per invocation (one value per fan-out)
 DISTRIBUTIONS = frozenset({"FanoutDuration", "FanoutAudience"})

@@ -509,6 +509,57 @@ def websocket_settings() -> WebSocketSettings:
     )
 
 
+# --- event history (replay after a reconnect) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """How long published events are kept for clients that reconnect
+    (:mod:`chalicelib.registry.history`).
+
+    Attributes:
+        window_seconds: ``HISTORY_WINDOW_SECONDS`` (default 120, 0..3600; 0 turns history
+            off): an event is kept this long after its publication.
+        max_events: ``HISTORY_MAX_EVENTS`` (default 100, 1..10000): a client that missed more
+            than this many events of one stream is told its resume failed instead of getting
+            them.
+        channel_prefixes: ``HISTORY_CHANNEL_PREFIXES``, comma-separated (default: every
+            channel; ``none``: no channel): channels whose name starts with one of them keep
+            history.
+        users: ``HISTORY_USERS`` (default true): events to users (``send_to_user``,
+            ``POST /notifications`` to a user, queue jobs to a user) keep history.
+    """
+
+    window_seconds: int = 120
+    max_events: int = 100
+    channel_prefixes: Tuple[str, ...] = ("",)
+    users: bool = True
+
+    def keeps_channel(self, channel_name: str) -> bool:
+        """True when events published on ``channel_name`` get ids and are kept."""
+        return self.window_seconds > 0 and any(channel_name.startswith(prefix)
+                                               for prefix in self.channel_prefixes)
+
+    def keeps_users(self) -> bool:
+        """True when events to users get ids and are kept."""
+        return self.window_seconds > 0 and self.users
+
+
+@functools.lru_cache(maxsize=None)
+def history_settings() -> HistorySettings:
+    """Load :class:`HistorySettings`. Raises ConfigError naming a bad variable."""
+    prefixes = _csv("HISTORY_CHANNEL_PREFIXES")
+    if prefixes == ("none",):
+        prefixes = ()
+    elif not prefixes:
+        prefixes = ("",)
+    return HistorySettings(
+        window_seconds=_int("HISTORY_WINDOW_SECONDS", 120, 0, 3600),
+        max_events=_int("HISTORY_MAX_EVENTS", 100, 1, 10000),
+        channel_prefixes=prefixes,
+        users=_bool("HISTORY_USERS", True),
+    )
+
+
 # --- the Pusher dialect of the WebSocket API ---------------------------------------------------
 
 @dataclass(frozen=True)
@@ -729,6 +780,7 @@ def observability_settings() -> ObservabilitySettings:
 def reset() -> None:
     """Forget every cached section (tests; Chalice's test client switching stages)."""
     for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings,
-                   pusher_socket_settings, observability_settings, webhook_targets):
+                   pusher_socket_settings, observability_settings, webhook_targets,
+                   history_settings):
         loader.cache_clear()
     _secret_failures.clear()

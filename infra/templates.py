@@ -470,6 +470,8 @@ def dashboard_body(cfg: StageConfig) -> Dict[str, Any]:
         widget("Webhooks out (PUSHER_WEBHOOKS)",
                [emf("WebhooksDelivered"), emf("WebhooksRetried"), emf("WebhooksDropped"),
                 emf("WebhooksNotQueued")], 0, 21),
+        widget("Resumes after a reconnect", [emf("EventsReplayed"),
+                                              search("ResumesFailed", "reason")], 8, 21),
     ]}
 
 

@@ -11,7 +11,7 @@ their last event (:mod:`chalicelib.registry.cache`). Every function answers a de
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from chalicelib import channels, jsonutil, observability
 from chalicelib.auth.principal import validate_user_id
@@ -20,8 +20,8 @@ from chalicelib.delivery.sender import FAILED
 from chalicelib.delivery.summary import Summary, merge
 from chalicelib.errors import AppError, BadRequest, PayloadTooLarge
 from chalicelib.protocol import pusher as pusher_protocol
-from chalicelib.registry import cache, connections, subscriptions
-from chalicelib.settings import websocket_settings
+from chalicelib.registry import cache, connections, history, subscriptions
+from chalicelib.settings import history_settings, websocket_settings
 
 log = logging.getLogger("realtime.push")
 
@@ -79,18 +79,77 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
     return merge(*summaries)
 
 
-def send_to_user(user_id: str, frame: Any, *, event: Any = None) -> Summary:
+def send_to_user(user_id: str, frame: Any, *, event: Any = None,
+                 exclude: Optional[str] = None) -> Summary:
     """Post one frame to every live connection of a user (one registry Query, then fan-out),
-    encoded for each connection's dialect.
+    encoded for each connection's dialect. An event frame is first kept in the user's history
+    (:func:`record`), so native frames carry its ``id``.
 
+    Args:
+        exclude: a connection id left out (Pusher's ``socket_id`` exclusion).
     Raises:
         PayloadTooLarge: checked before the registry is read.
-        RegistryUnavailable: the registry could not be read.
+        RegistryUnavailable: the registry could not be read or written.
         ConfigError: no management endpoint is configured.
     """
     post.encode_frame(frame)
-    return send_by_dialect(subscriptions.connections_of_user_by_dialect(user_id), frame,
+    frame, _ = record(history.user_stream(user_id), frame)
+    groups = subscriptions.connections_of_user_by_dialect(user_id)
+    return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
+                            for dialect, ids in groups.items()}, frame,
                            event=event, frames=_user_frames(user_id, frame))
+
+
+def record(stream: str, frame: Any) -> Tuple[Any, Optional[int]]:
+    """Keep an event frame in its stream's history when the stream keeps history
+    (:func:`chalicelib.settings.history_settings`), before any audience is read.
+
+    Args:
+        stream: :func:`chalicelib.registry.history.channel_stream` or ``user_stream``.
+        frame: the frame to publish; only event frames (``{"type": "event", ...}``) are kept.
+    Returns:
+        ``(frame, id)``: the frame with its ``id`` added (native frames carry it; the Pusher
+        form leaves it out, as stock clients parse), or the frame unchanged and None.
+    Raises:
+        RegistryUnavailable: the history could not be written (nothing was delivered).
+    """
+    if not (isinstance(frame, Mapping) and frame.get("type") == "event"):
+        return frame, None
+    settings = history_settings()
+    kind, _, name = stream.partition(":")
+    if not (settings.keeps_channel(name) if kind == "channel" else settings.keeps_users()):
+        return frame, None
+    event_id = history.record(stream, frame.get("event"), frame.get("data"),
+                              window_seconds=settings.window_seconds,
+                              channel=frame.get("channel"), user_id=frame.get("user_id"))
+    return {**frame, "id": event_id}, event_id
+
+
+def channel_audience(channel_name: str, event_id: Optional[int]) -> Dict[str, List[str]]:
+    """``{dialect: [connection id, ...]}``: the subscribers of a channel that get event
+    ``event_id`` live. A subscription resuming the channel (its gate, see
+    :mod:`chalicelib.registry.subscriptions`) gets only events after the id its replay
+    reached; while it waits it gets none (its replay sends them). Gates the index may show
+    stale are read again consistently.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read.
+    """
+    if event_id is None:
+        return subscriptions.subscribers_by_dialect(channel_name)
+    groups: Dict[str, List[str]] = {}
+    waiting: List[str] = []
+    for connection_id, dialect, gate in subscriptions.subscribers_with_gates(channel_name):
+        if gate == subscriptions.GATE_WAIT:
+            waiting.append(connection_id)
+        elif gate is None or event_id > gate:
+            groups.setdefault(dialect, []).append(connection_id)
+    if waiting:
+        for connection_id, (dialect, gate) in subscriptions.gates_of(waiting,
+                                                                     channel_name).items():
+            if gate is None or (gate != subscriptions.GATE_WAIT and event_id > gate):
+                groups.setdefault(dialect, []).append(connection_id)
+    return groups
 
 
 def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
@@ -129,7 +188,8 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
     """
     post.encode_frame(frame)
     _remember_cache(channel_name, frame)
-    groups = subscriptions.subscribers_by_dialect(channel_name)
+    frame, event_id = record(history.channel_stream(channel_name), frame)
+    groups = channel_audience(channel_name, event_id)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event)
 
@@ -257,11 +317,13 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
         return send_by_dialect({dialect: [notification.address]}, frame, event=event)
     post.encode_frame(frame)
     if notification.target == "user_id":
+        frame, _ = record(history.user_stream(notification.address), frame)
         groups = subscriptions.connections_of_user_by_dialect(notification.address)
         frames = _user_frames(notification.address, frame)
     else:
         _remember_cache(notification.address, frame)
-        groups = subscriptions.subscribers_by_dialect(notification.address)
+        frame, event_id = record(history.channel_stream(notification.address), frame)
+        groups = channel_audience(notification.address, event_id)
         frames = {}
     if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
         # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)

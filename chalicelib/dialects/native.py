@@ -35,15 +35,15 @@ valid id (a value fault such as ``1e400`` elsewhere in the frame still lets the 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from chalicelib import channels, jsonutil, observability
 from chalicelib.auth.identity import authenticate_request, header
 from chalicelib.auth.principal import Principal
-from chalicelib.delivery import post, push
+from chalicelib.delivery import post, push, replay
 from chalicelib.errors import AppError, BadRequest, PayloadTooLarge, Unauthorized, log_error
 from chalicelib.registry import connections, rates, subscriptions
-from chalicelib.settings import websocket_settings
+from chalicelib.settings import history_settings, websocket_settings
 
 log = logging.getLogger("realtime.ws")
 
@@ -215,9 +215,12 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
         log.warning("$default event without requestContext.connectionId")
         return {"statusCode": 200}
     frame: Dict[str, Any] = {}
+    then = None
     try:
         frame = load_frame(raw)  # the id is known before the action is judged
         reply = _HANDLERS[check_action(frame)](connection_id, frame, event)
+        if isinstance(reply, tuple):  # (reply, work once the reply is sent: a resume)
+            reply, then = reply
     except AppError as err:
         if isinstance(err, InvalidFrame) and err.salvaged is not None:
             frame = err.salvaged
@@ -236,6 +239,8 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     if frame_id is not None:
         reply["id"] = frame_id
     _reply(connection_id, reply, event)
+    if then is not None:
+        then()
     return {"statusCode": 200}
 
 
@@ -281,11 +286,87 @@ def _ping(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str,
     return {"type": "pong"}
 
 
-def _subscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:
+def _subscribe(connection_id: str, frame: Mapping[str, Any], event: Any):
     connection = _registered(connection_id)
     grant = _grant(connection.principal, frame.get("channel"))
-    subscriptions.subscribe(connection, grant.channel_name)
-    return {"type": "subscribed", "channel": grant.channel_name}
+    name = grant.channel_name
+    after = _resume_id(frame)
+    reply = {"type": "subscribed", "channel": name}
+    if after is None:
+        subscriptions.subscribe(connection, name)
+        return reply
+    if not history_settings().keeps_channel(name):
+        subscriptions.subscribe(connection, name)
+        return reply, lambda: _send_quietly(connection_id, {
+            "type": "resume_failed", "channel": name, "reason": "no_history"}, event)
+    if not subscriptions.subscribe(connection, name, gated=True):
+        return reply  # subscribed already: it has been getting the channel's events live
+    return reply, lambda: _resume(connection, name, after, event)
+
+
+#: largest id a resume may name (JavaScript's safe integers: what a browser client holds)
+MAX_EVENT_ID = 2 ** 53 - 1
+
+
+def _resume_id(frame: Mapping[str, Any]) -> Optional[int]:
+    """The ``after`` of a subscribe frame: the last event id the client has of the channel
+    (an integer, 0 to 2**53 - 1), or None when it asks for no resume.
+
+    Raises:
+        BadRequest: ``after`` is not such an integer.
+    """
+    value = frame.get("after")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EVENT_ID:
+        raise BadRequest('"after" must be the last event id received: an integer >= 0')
+    return value
+
+
+class _ConnectionLost(Exception):
+    """A replayed event could not be posted: the replay stops."""
+
+
+def _resume(connection: connections.Connection, name: str, after: int, event: Any) -> None:
+    """Replay what the connection missed on ``name`` after ``after``, then let live events in
+    (:func:`chalicelib.delivery.replay.replay`); a failed resume is told with
+    ``{"type": "resume_failed", "channel", "reason", "id"}`` (live events follow after
+    ``id``). Never raises: a registry failure drops the subscription and answers an error
+    frame naming the channel, so the client subscribes again."""
+    cid = connection.connection_id
+
+    def post_event(stored) -> None:
+        summary = post.send_to_connection(cid, replay.frame_of(stored), event=event)
+        if not summary.get("delivered"):
+            raise _ConnectionLost(cid)
+
+    def failed(reason: str, head: int) -> None:
+        _send_quietly(cid, {"type": "resume_failed", "channel": name, "reason": reason,
+                            "id": head}, event)
+
+    try:
+        result = replay.replay(connection, name, after, post_event, on_failed=failed)
+        log.info("resume of %s by %s: %d replayed, live after %d", name, cid, result.replayed,
+                 result.head)
+    except _ConnectionLost:
+        log.info("resume of %s stopped: %s is gone", name, cid)
+    except AppError as err:
+        log_error(err, "$default subscribe (resume)")
+        try:
+            subscriptions.unsubscribe(cid, name)
+        except AppError:
+            pass  # expires with the connection
+        _send_quietly(cid, {**err.frame(), "action": "subscribe", "channel": name}, event)
+    except Exception:
+        log.exception("resume of %s failed", name)
+        _send_quietly(cid, {**AppError().frame(), "action": "subscribe", "channel": name}, event)
+
+
+def _send_quietly(connection_id: str, frame: Dict[str, Any], event: Any) -> None:
+    try:
+        post.send_to_connection(connection_id, frame, event=event)
+    except Exception:
+        log.exception("a frame to %s could not be sent", connection_id)
 
 
 def _unsubscribe(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[str, Any]:

@@ -72,7 +72,7 @@ def test_trigger_reaches_both_dialects_and_socket_id_is_left_out(stack):
                                       "data": '{"n": 1}'}
         assert json.loads(second.next_event()["data"]) == {"n": 1}
         assert native.next_event() == {"type": "event", "channel": channel, "event": "greet",
-                                       "data": '{"n": 1}'}
+                                       "data": '{"n": 1}', "id": 1}  # a new channel's first
         library(stack).trigger([channel], "again", "x", socket_id=first.socket_id)
         assert second.next_event()["event"] == "again"
         assert native.next_event()["event"] == "again"
@@ -138,7 +138,7 @@ def test_send_to_user_and_terminate_user_connections(stack):
         assert lib.send_to_user(user, "note", {"x": 1}) == {}
         for client in (mine, mine_too):
             assert client.next_event() == {"type": "event", "event": "note",
-                                           "data": '{"x": 1}'}
+                                           "data": '{"x": 1}', "id": 1}  # the user's first
         assert lib.terminate_user_connections(user) == {}
         for client in (mine, mine_too):
             with pytest.raises(ConnectionClosed):

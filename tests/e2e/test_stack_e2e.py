@@ -299,7 +299,7 @@ def test_the_command_line_client_prints_what_arrives(stack):
     frames = [json.loads(line) for line in out.splitlines()]
     assert frames[0] == {"type": "subscribed", "channel": f"private-user-{user_id}",
                          "id": f"sub-private-user-{user_id}"}
-    assert frames[1] == {"type": "event", "event": "cli-hello", "data": [1]}
+    assert frames[1] == {"type": "event", "event": "cli-hello", "data": [1], "id": 1}
     assert proc.returncode == 0
     assert token not in out + err
 

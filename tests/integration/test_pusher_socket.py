@@ -134,7 +134,7 @@ def test_native_clients_are_unchanged_beside_pusher_ones(gateway, dev_issuer):
         push.deliver(push.parse_notification(
             {"channel": "news", "event": "greet", "data": "text"}))
         assert recv(native) == {"type": "event", "channel": "news", "event": "greet",
-                                "data": "text"}
+                                "data": "text", "id": 1}
         assert recv(pusher_client) == {"event": "greet", "channel": "news", "data": "text"}
 
 

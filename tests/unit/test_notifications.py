@@ -39,7 +39,7 @@ def test_a_user_may_notify_themself_without_the_scope(env, dev_issuer):
                                              "data": {"job": 7}})
     assert status == 200
     assert body == {"delivered": 2, "gone": 0, "failed": 0, "retryable": 0}
-    expected = {"type": "event", "event": "job.done", "data": {"job": 7}}
+    expected = {"type": "event", "event": "job.done", "data": {"job": 7}, "id": 1}
     assert api.frames("alice-1=") == [expected]
     assert api.frames("alice-2=") == [expected]
     assert api.frames("bob-1=") == []
@@ -54,7 +54,7 @@ def test_notifying_another_user_needs_the_scope(env, dev_issuer):
 
     status, body = post(client, dev_issuer, {"user_id": "bob", "event": "poke"}, scope=SCOPE)
     assert status == 200 and body["delivered"] == 1
-    assert api.frames("bob-1=") == [{"type": "event", "event": "poke", "data": None}]
+    assert api.frames("bob-1=") == [{"type": "event", "event": "poke", "data": None, "id": 1}]
 
 
 def test_channel_notifications_need_the_scope(env, dev_issuer):
@@ -67,7 +67,7 @@ def test_channel_notifications_need_the_scope(env, dev_issuer):
     assert status == 200
     assert body == {"delivered": 1, "gone": 0, "failed": 0, "retryable": 0}
     assert api.frames("bob-1=") == [{"type": "event", "channel": "news", "event": "e",
-                                     "data": 1}]
+                                     "data": 1, "id": 1}]
 
 
 def test_gone_connections_are_reported_and_removed(env, dev_issuer):

@@ -257,7 +257,7 @@ def test_trigger_reaches_both_dialects(api):
     assert (status, body) == (200, {})
     assert mgmt.frames("p1=") == [{"event": "greet", "channel": "news", "data": '{"n": 1}'}]
     assert mgmt.frames("n1=") == [{"type": "event", "channel": "news", "event": "greet",
-                                   "data": '{"n": 1}'}]
+                                   "data": '{"n": 1}', "id": 1}]
 
 
 def test_trigger_to_several_channels_and_socket_id_exclusion(api):
@@ -300,7 +300,8 @@ def test_send_to_user_reaches_every_connection_of_the_user(api):
     native_connection("n2=", BOB)
     status, _ = library_call_send_to_user(client, "alice", "note", {"x": 1})
     assert status == 200
-    assert mgmt.frames("n1=") == [{"type": "event", "event": "note", "data": '{"x": 1}'}]
+    assert mgmt.frames("n1=") == [{"type": "event", "event": "note", "data": '{"x": 1}',
+                                   "id": 1}]
     assert mgmt.frames("n2=") == []
 
 

@@ -110,7 +110,7 @@ def test_a_large_audience_is_answered_at_once_with_the_shard_count(env, client, 
     assert env["api"].attempts == {}  # nothing posted by the API call itself
 
     _drain(env)
-    frame = {"type": "event", "channel": "stadium", "event": "goal", "data": 1}
+    frame = {"type": "event", "channel": "stadium", "event": "goal", "data": 1, "id": 1}
     assert all(env["api"].frames(cid) == [frame] for cid in ids)
     assert env["api"].delivered_total() == 10
 
@@ -226,7 +226,7 @@ def test_a_sharded_fan_out_reaches_each_dialect_in_its_own_encoding(env):
     assert summary["queued"] == 8 and summary["shards"] == 2  # one shard per dialect
     _drain(env)
     assert all(env["api"].frames(cid) == [{"type": "event", "channel": "stadium",
-                                          "event": "goal", "data": {"score": 1}}]
+                                          "event": "goal", "data": {"score": 1}, "id": 1}]
                for cid in native)
     assert all(env["api"].frames(cid) == [{"event": "goal", "channel": "stadium",
                                           "data": '{"score":1}'}]

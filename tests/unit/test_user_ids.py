@@ -213,7 +213,8 @@ def test_notifications_and_registry_keep_the_two_alices_apart(two_issuers, regis
     assert notify(alice_b, {"user_id": "alice", "event": "hi"})[0] == 403
     status, summary = notify(alice_b, {"user_id": "b.alice", "event": "hi"})
     assert status == 200 and summary["delivered"] == 1
-    assert management_api.frames(ids["b"]) == [{"type": "event", "event": "hi", "data": None}]
+    assert management_api.frames(ids["b"]) == [{"type": "event", "event": "hi", "data": None,
+                                                "id": 1}]
     assert management_api.frames(ids["a"]) == []
 
 

@@ -33,10 +33,10 @@ def test_a_good_batch_is_delivered_with_no_failures(env):
                     events.sqs_record({"channel": "news", "event": "flash", "data": "x"}),
                     events.sqs_record({"connection_id": "bob-1=", "event": "direct"}))
     assert result == {"batchItemFailures": []}
-    assert api.frames("alice-1=") == [{"type": "event", "event": "job.done", "data": 1}]
+    assert api.frames("alice-1=") == [{"type": "event", "event": "job.done", "data": 1, "id": 1}]
     assert api.frames("bob-1=") == [
-        {"type": "event", "channel": "news", "event": "flash", "data": "x"},
-        {"type": "event", "event": "direct", "data": None}]
+        {"type": "event", "channel": "news", "event": "flash", "data": "x", "id": 1},
+        {"type": "event", "event": "direct", "data": None}]  # no stream: no id
 
 
 def test_malformed_messages_are_dropped_and_the_rest_delivered(env, caplog):
@@ -56,7 +56,7 @@ def test_malformed_messages_are_dropped_and_the_rest_delivered(env, caplog):
     good = events.sqs_record({"user_id": "alice", "event": "ok"}, message_id="m-good")
     result = invoke(client, *bad, good)
     assert result == {"batchItemFailures": []}
-    assert api.frames("alice-1=") == [{"type": "event", "event": "ok", "data": None}]
+    assert api.frames("alice-1=") == [{"type": "event", "event": "ok", "data": None, "id": 1}]
     for record in bad:
         assert f"push message {record['messageId']} dropped" in caplog.text
 
@@ -81,8 +81,9 @@ def test_transient_failures_are_reported_per_message(env):
     result = invoke(client, events.sqs_record({"channel": "news", "event": "busy"},
                                               message_id="m2"))
     assert result == {"batchItemFailures": []}
+    # a redelivered job is published again: a new id in the channel's history
     assert api.frames("bob-1=") == [{"type": "event", "channel": "news", "event": "busy",
-                                     "data": None}]
+                                     "data": None, "id": 2}]
 
 
 def test_registry_outage_fails_only_the_messages_that_need_it(env, monkeypatch):

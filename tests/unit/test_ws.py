@@ -136,7 +136,7 @@ def test_subscribe_publish_unsubscribe(ws, dev_issuer):
                                         "event": "headline", "data": {"title": "Hi"}})
     assert replies == [{"type": "published", "channel": "news", "event": "headline"}]
     event_frame = {"type": "event", "channel": "news", "event": "headline",
-                   "data": {"title": "Hi"}}
+                   "data": {"title": "Hi"}, "id": 1}
     assert api.frames(alice)[-1] == event_frame
     assert api.frames(bob)[-1] == event_frame
 
@@ -308,7 +308,7 @@ def test_client_event_on_presence_reaches_the_others_with_the_senders_user_id(ws
     assert replies == [{"type": "published", "channel": "presence-room",
                         "event": "client-typing"}]
     expected = {"type": "event", "channel": "presence-room", "event": "client-typing",
-                "data": {"on": True}, "user_id": "auth0=7Calice"}
+                "data": {"on": True}, "user_id": "auth0=7Calice", "id": 1}
     assert _events(api, bob) == [expected]
     assert _events(api, carol) == [expected]
     assert _events(api, alice) == []          # never echoed to its sender
@@ -323,7 +323,7 @@ def test_client_event_on_a_private_channel_skips_only_the_sending_connection(ws,
     send(client, api, phone, {"action": "publish", "channel": "private-user-alice",
                               "event": "client-sync", "data": 3})
     assert _events(api, laptop) == [{"type": "event", "channel": "private-user-alice",
-                                     "event": "client-sync", "data": 3}]
+                                     "event": "client-sync", "data": 3, "id": 1}]
     assert _events(api, phone) == []
 
 
@@ -356,7 +356,7 @@ def test_server_events_over_the_socket_need_the_scope_and_act_like_rest(ws, dev_
         "action": "publish", "channel": "news", "event": "deploy", "data": 1})
         if f["type"] != "event"]
     assert reply == {"type": "published", "channel": "news", "event": "deploy"}
-    frame = {"type": "event", "channel": "news", "event": "deploy", "data": 1}
+    frame = {"type": "event", "channel": "news", "event": "deploy", "data": 1, "id": 1}
     assert _events(api, listener) == [frame]
     assert _events(api, sender) == [frame]    # as POST /notifications: every subscriber
 

@@ -420,18 +420,16 @@ def publish(event: Event) -> None:
         PayloadTooLarge: see :func:`check_size` (checked before anything is sent).
         RegistryUnavailable, ConfigError: (503) the registry or the management endpoint.
     """
-    from chalicelib.registry import connections, subscriptions
     from chalicelib.delivery import push
 
     check_size(event)
     exclude = _excluded(event.socket_id)
     for channel in event.channels:
         if channel.startswith(SERVER_TO_USER_PREFIX):
-            groups = subscriptions.connections_of_user_by_dialect(
-                channel[len(SERVER_TO_USER_PREFIX):])
-            for dialect, ids in groups.items():
-                frame = event_frame(event, channel if dialect == connections.PUSHER else None)
-                push.send_by_dialect({dialect: [cid for cid in ids if cid != exclude]}, frame)
+            # native connections get {"type": "event", "event", "data", "id"?}; signed-in
+            # Pusher ones the event on #server-to-user-<user id> (push._user_frames)
+            push.send_to_user(channel[len(SERVER_TO_USER_PREFIX):], event_frame(event, None),
+                              exclude=exclude)
         else:
             push.publish_to_channel(channel, event_frame(event, channel), exclude=exclude)
 
