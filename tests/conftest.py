@@ -33,6 +33,23 @@ PUSHER_ENV = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_botocore_loader():
+    """Every botocore session of the test process shares one data loader (its cache of parsed
+    service models and endpoints). The app builds each client from a new ``boto3`` session,
+    and tests reset clients often: each new session would parse the same JSON again, ~0.1 s
+    per client, minutes over the suite. The clients are the same; only the parsing is shared
+    (as it is between the clients of one session)."""
+    import functools
+
+    import botocore.session
+
+    original = botocore.session.create_loader
+    botocore.session.create_loader = functools.lru_cache(maxsize=None)(original)
+    yield
+    botocore.session.create_loader = original
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     settings.reset()
