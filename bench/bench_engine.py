@@ -7,7 +7,7 @@ pinned to core 0 with ``taskset``; the servers run on core 1:
    one fixed frame (74 bytes) to :data:`CPU_POSTS` targets; process CPU time (all threads,
    ``time.process_time``) divided by the posts; median of :data:`REPEAT` runs after a warm-up.
    Compared in the same run: a plain boto3 client posting one after the other, the previous
-   engine (one boto3 client on a thread pool of 32), and ``push.send_to_connections``.
+   engine (one boto3 client on a thread pool of 32), and ``post.send_to_connections``.
    Target: <= 150 µs per post. Then the plain client and ours again over TLS, as on AWS (the
    management API serves a self-signed certificate for 127.0.0.1, trusted through
    ``AWS_CA_BUNDLE``, which botocore and the sender both read): encryption and the TLS
@@ -213,9 +213,9 @@ def main() -> None:
     print(f"|{'-' * 66}|{'-' * 13}|{'-' * 16}|")
     rows = (("plain boto3 client, one post after the other (reference)", "plain"),
             ("previous engine: boto3 client on a thread pool of 32", "engine32"),
-            ("push.send_to_connections (botocore SigV4, httptools answers)", "ours"),
+            ("post.send_to_connections (botocore SigV4, httptools answers)", "ours"),
             ("over TLS, as on AWS: plain boto3 client (reference)", "plain-tls"),
-            ("over TLS, as on AWS: push.send_to_connections", "ours-tls"))
+            ("over TLS, as on AWS: post.send_to_connections", "ours-tls"))
     for label, key in rows:
         reference = cpu["plain-tls" if key.endswith("-tls") else "plain"]["us"]
         print(f"| {label:<64} | {cpu[key]['us']:>11.0f} | "

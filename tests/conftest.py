@@ -5,7 +5,9 @@
   every allowed algorithm, one per test session;
 * ``app_env``: environment variables of a dev-like stage trusting ``dev_issuer``;
 * ``client``: Chalice's test client on the config-less stage ``test``, so the environment the
-  test sets is the one the app sees (named stages would overwrite it with config.json).
+  test sets is the one the app sees (named stages would overwrite it with config.json);
+* ``local_stack``: the local stack (``devtools.stack`` on free ports), one per test session,
+  shared by every end-to-end and conformance module that needs no stack of its own.
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ PUSHER_ENV = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_botocore_loader():
+    """Every botocore session of the test process shares one data loader (its cache of parsed
+    service models and endpoints). The app builds each client from a new ``boto3`` session,
+    and tests reset clients often: each new session would parse the same JSON again, ~0.1 s
+    per client, minutes over the suite. The clients are the same; only the parsing is shared
+    (as it is between the clients of one session)."""
+    import functools
+
+    import botocore.session
+
+    original = botocore.session.create_loader
+    botocore.session.create_loader = functools.lru_cache(maxsize=None)(original)
+    yield
+    botocore.session.create_loader = original
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings():
     settings.reset()
@@ -43,6 +62,19 @@ def dev_issuer(tmp_path_factory):
     issuer = DevIssuer(keys_dir=tmp_path_factory.mktemp("devkeys"), port=0).start()
     yield issuer
     issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The local stack every module shares (started on first use, stopped at the end of the
+    session): starting one costs seconds. Tests on it must not depend on what others left
+    there: unique channel names and users per test, and checks scoped to what the test
+    created (no "the registry is empty"). A test that needs a stack to itself (stack-wide
+    figures, counted work) starts its own with :func:`tests.support.local_stack.running_stack`."""
+    from tests.support.local_stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("local-stack-run")) as stack:
+        yield stack
 
 
 @pytest.fixture

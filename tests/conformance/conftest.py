@@ -16,7 +16,6 @@ import pusher
 import pytest
 
 from devtools.stack import Stack
-from tests.support.local_stack import running_stack
 
 SERVERS = ("soketi", "ours")
 
@@ -73,10 +72,9 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def conformance_stack(tmp_path_factory):
-    """One local stack for every conformance test (soketi and ours side by side)."""
-    with running_stack(tmp_path_factory.mktemp("conformance-run")) as stack:
-        yield stack
+def conformance_stack(local_stack):
+    """The session's shared local stack (tests/conftest.py): soketi and ours side by side."""
+    return local_stack
 
 
 @pytest.fixture(params=SERVERS)

@@ -19,16 +19,15 @@ from pusher.errors import PusherBadAuth, PusherBadRequest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.support.local_stack import running_stack
 from tests.support.pusher_socket import PusherSocket, recv
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("pusher-http-run")) as running:
-        yield running
+def stack(local_stack):
+    """The session's shared local stack (tests/conftest.py)."""
+    return local_stack
 
 
 def library(stack, secret=None):

@@ -22,15 +22,14 @@ import pytest
 import requests
 
 from tests.e2e.test_pusher_e2e import NODE_DIR, NodeClient
-from tests.support.local_stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("pusher-socket-run")) as running:
-        yield running
+def stack(local_stack):
+    """The session's shared local stack (tests/conftest.py)."""
+    return local_stack
 
 
 def node(stack, scenario, **extra):

@@ -1,12 +1,13 @@
 """End to end through the running local stack (devtools.stack on free ports): the dev issuer,
 moto (DynamoDB + SQS), soketi, ``chalice local`` and the local WebSocket gateway.
 
-200 real WebSocket clients (100 users, two connections each) connect with their tokens and
-subscribe; pushes made through ``POST /notifications``, through the SQS push queue (the stack
-feeds it to ``push_worker`` as Lambda's event source mapping would) and through the WebSocket
-``publish`` action (a client event) must each reach every intended client exactly once and no
-other client.
-Closing the clients empties the connection registry.
+50 real WebSocket clients (25 users, two connections each, one of them in a presence room)
+connect with their tokens and subscribe; pushes made through ``POST /notifications``, through
+the SQS push queue (the stack feeds it to ``push_worker`` as Lambda's event source mapping
+would) and through the WebSocket ``publish`` action (a client event) must each reach every
+intended client exactly once and no other client.
+Closing the clients removes every registry item they made (the stack is shared: the check is
+scoped to this test's connections, users and channels).
 """
 from __future__ import annotations
 
@@ -30,20 +31,18 @@ import requests
 from websockets.asyncio.client import connect
 
 from devtools.stack import ROOT, Ports, Stack, StackError, load_config, stage_env
-from tests.support.local_stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
-USERS = 100
+USERS = 25
 CONNECTIONS_PER_USER = 2
-ROOM = "presence-e2e"          # every even-numbered client subscribes to it
 QUIET_SECONDS = 0.7            # after the expected frames, wait this long for strays
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack-run")) as running:
-        yield running
+def stack(local_stack):
+    """The session's shared local stack (tests/conftest.py)."""
+    return local_stack
 
 
 def aws(stack, service):
@@ -52,16 +51,22 @@ def aws(stack, service):
         aws_access_key_id="local", aws_secret_access_key="local")
 
 
-def registry_items(stack):
+def registry_items(stack, run: str, connection_ids=frozenset()) -> list:
+    """The registry's items of one test (the stack is shared): those of its connections, and
+    any naming its run id (its users, channels, presence members)."""
     table = stack.env["CONNECTIONS_TABLE"]
-    return aws(stack, "dynamodb").scan(TableName=table, Select="COUNT")["Count"]
+    pages = aws(stack, "dynamodb").get_paginator("scan").paginate(TableName=table)
+    return [item for page in pages for item in page["Items"]
+            if item["connection_id"]["S"] in connection_ids
+            or any(run in value.get("S", "") for value in item.values())]
 
 
 class Client:
-    """One WebSocket client: its user, whether it is in ROOM, every event frame it got."""
+    """One WebSocket client: its user, whether it is in ``room`` (every even-numbered client
+    is), every event frame it got."""
 
-    def __init__(self, index: int, user: str, token: str):
-        self.index, self.user, self.token = index, user, token
+    def __init__(self, index: int, user: str, token: str, room: str):
+        self.index, self.user, self.token, self.room = index, user, token, room
         self.in_room = index % 2 == 0
         self.events: list = []
         self.replies: list = []
@@ -71,7 +76,7 @@ class Client:
     async def open(self, url: str) -> None:
         self.ws = await connect(f"{url}?token={quote(self.token)}", open_timeout=30)
         self.reader = asyncio.create_task(self._read())
-        channels = [f"private-user-{self.user}"] + ([ROOM] if self.in_room else [])
+        channels = [f"private-user-{self.user}"] + ([self.room] if self.in_room else [])
         for channel in channels:
             await self.ws.send(json.dumps({"action": "subscribe", "channel": channel}))
 
@@ -95,13 +100,15 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry(stack):
+def test_many_clients_get_each_push_exactly_once_and_closing_removes_their_items(stack):
     run = uuid.uuid4().hex[:8]
+    room = f"presence-e2e-{run}"
     users = [f"e2e-{run}-{i}" for i in range(USERS)]
     tokens = {user: stack.mint(user, name=user) for user in users}
     sender_token = stack.mint(f"e2e-{run}-service", scope="notifications:send")
-    clients = [Client(i, users[i % USERS], tokens[users[i % USERS]])
+    clients = [Client(i, users[i % USERS], tokens[users[i % USERS]], room)
                for i in range(USERS * CONNECTIONS_PER_USER)]
+    connection_ids: set = set()
     expected = {c.index: Counter() for c in clients}
 
     def expect(event: str, who) -> None:
@@ -119,7 +126,9 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
         await asyncio.gather(*(open_client(c) for c in clients))
         await wait_until(lambda: all(c.subscribed() == (2 if c.in_room else 1) for c in clients),
                          60, "every subscription to be confirmed")
-        assert registry_items(stack) >= len(clients)
+        connection_ids.update(item["connection_id"]["S"] for item in registry_items(stack, run)
+                              if item["sk"]["S"] == "connection")
+        assert len(connection_ids) == len(clients)
 
         loop = asyncio.get_running_loop()
         http = requests.Session()
@@ -140,7 +149,7 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
 
         # 2. POST /notifications to a channel (needs the notifications:send scope)
         summary = await loop.run_in_executor(
-            None, post, {"channel": ROOM, "event": "notify-room", "data": {"n": 2}},
+            None, post, {"channel": room, "event": "notify-room", "data": {"n": 2}},
             sender_token)
         assert summary["delivered"] == sum(c.in_room for c in clients)
         expect("notify-room", lambda c: c.in_room)
@@ -148,7 +157,7 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
         # 3. the SQS push queue: to a user, and to a single connection
         sqs = aws(stack, "sqs")
         queue_url = sqs.get_queue_url(QueueName=stack.env["PUSH_QUEUE_NAME"])["QueueUrl"]
-        sqs_user = users[42]
+        sqs_user = users[17]
         connection_target = clients[3]
         connection_id = await _connection_id_of(connection_target, stack)
         for body in ({"user_id": sqs_user, "event": "sqs-user", "data": {"n": 3}},
@@ -158,10 +167,10 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
         expect("sqs-user", lambda c: c.user == sqs_user)
         expect("sqs-connection", lambda c: c is connection_target)
 
-        # 4. a client event from a client to ROOM: every other subscriber (Pusher's model: never
-        #    echoed to the sending connection), with the sender's user id on a presence channel
+        # 4. a client event from a client to the room: every other subscriber (Pusher's model:
+        #    never echoed to the sender), with the sender's user id on a presence channel
         publisher = clients[10]
-        await publisher.ws.send(json.dumps({"action": "publish", "channel": ROOM,
+        await publisher.ws.send(json.dumps({"action": "publish", "channel": room,
                                             "event": "client-published", "data": {"n": 5}}))
         expect("client-published", lambda c: c.in_room and c is not publisher)
 
@@ -181,9 +190,9 @@ def test_200_clients_get_each_push_exactly_once_and_closing_empties_the_registry
 
     asyncio.run(scenario())
     deadline = time.monotonic() + 30
-    while registry_items(stack) and time.monotonic() < deadline:
+    while registry_items(stack, run, connection_ids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert registry_items(stack) == 0
+    assert registry_items(stack, run, connection_ids) == []
 
 
 async def _connection_id_of(client, stack) -> str:

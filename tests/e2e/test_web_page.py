@@ -90,22 +90,33 @@ class Problems:
         assert not self.seen, "unexpected browser problems:\n" + "\n".join(map(str, self.seen))
 
 
-@pytest.fixture
-def browser_page(tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (starting Playwright and Chromium costs about a
+    second); each test gets a fresh context of its own (:func:`browser_page`)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=_chromium_or_skip(),
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1100, "height": 900})
+        chromium = playwright.chromium.launch(executable_path=_chromium_or_skip(),
+                                              headless=True, args=CHROMIUM_ARGS)
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(20_000)
-            problems = Problems()
-            problems.watch(page)
-            yield page, problems
+            yield chromium
         finally:
-            context.close()
+            chromium.close()
+
+
+@pytest.fixture
+def browser_page(browser):
+    """A page in a new browser context: no cookies, storage or cache of another test."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        problems = Problems()
+        problems.watch(page)
+        yield page, problems
+    finally:
+        context.close()
 
 
 def _open(page, stack) -> None:

@@ -254,8 +254,14 @@ def packaged(tmp_path_factory):
             "transformed": package.sam_transform(template)}
 
 
-def test_packaged_template_with_both_domains_is_lint_clean(packaged):
-    result = package.cfn_lint(packaged["dir"] / "sam.json")  # sam.json and its transform
+@pytest.fixture(scope="module")
+def packaged_lint(packaged):
+    """cfn-lint's run on the packaged sam.json and its transform, once for the module."""
+    return package.cfn_lint(packaged["dir"] / "sam.json")
+
+
+def test_packaged_template_with_both_domains_is_lint_clean(packaged_lint):
+    result = packaged_lint
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -327,8 +333,10 @@ def test_outputs_give_pusher_js_options_server_host_and_dns_targets(packaged):
     assert "WebSocketURL" in outputs and "HttpURL" in outputs
 
 
-def test_make_package_prints_what_the_domains_give(packaged, monkeypatch, capsys):
+def test_make_package_prints_what_the_domains_give(packaged, packaged_lint, monkeypatch,
+                                                   capsys):
     monkeypatch.setattr(package, "chalice_package", lambda *a, **k: packaged["dir"])
+    monkeypatch.setattr(package, "cfn_lint", lambda template: packaged_lint)  # linted above
     monkeypatch.setattr(package, "reference_zip",  # no pip run: the size is not asserted here
                         lambda cache: packaged["dir"] / "deployment.zip")
     monkeypatch.setattr(templates, "load_stage", lambda stage, *a: packaged["cfg"])

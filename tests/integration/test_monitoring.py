@@ -157,13 +157,16 @@ def test_invalid_alarm_settings_are_refused(tmp_path, infra, message):
         templates.load_stage(STAGE, project)
 
 
-def test_the_packaged_template_has_the_same_dashboard_and_alarms_and_lints(tmp_path):
-    target = package.chalice_package(STAGE, tmp_path / "out")
-    template = json.loads((target / "sam.json").read_text())
+def test_the_packaged_template_has_the_same_dashboard_and_alarms_and_lints(prod_package,
+                                                                          prod_package_lint):
+    # the session's `chalice package` of the prod stage, and its cfn-lint run
+    # (tests/integration/conftest.py)
+    assert STAGE == "prod"
+    template = prod_package["template"]
     resources = template["Resources"]
     standalone = templates.infrastructure_template(templates.load_stage(STAGE))["Resources"]
     for name in ALARMS | {"Dashboard"}:
         assert resources[name] == standalone[name]
     assert "DashboardURL" in template["Outputs"]
-    result = package.cfn_lint(target / "sam.json")
+    result = prod_package_lint
     assert result.returncode == 0, result.stdout + result.stderr

@@ -97,6 +97,7 @@ def test_other_services_never_wait_for_a_transaction():
         dynamodb.transact_write_items(TransactItems=[{"Put": {
             "TableName": table, "Item": {"pk": {"S": "x"}}}}])
         assert time.monotonic() - started < 1.0  # not after the poll's 2 s
+        sqs.send_message(QueueUrl=queue, MessageBody="done")  # the poll ends now
         poll.join(5)
     finally:
         server.shutdown()

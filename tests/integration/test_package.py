@@ -19,20 +19,19 @@ STAGE = "prod"
 
 
 @pytest.fixture(scope="module")
-def packaged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("package")
-    target = package.chalice_package(STAGE, out)
-    template = json.loads((target / "sam.json").read_text())
-    return {"dir": target, "template": template, "resources": template["Resources"],
-            "cfg": templates.load_stage(STAGE)}
+def packaged(prod_package):
+    assert STAGE == "prod"  # the session's package (tests/integration/conftest.py)
+    template = prod_package["template"]
+    return {"dir": prod_package["dir"], "template": template,
+            "resources": template["Resources"], "cfg": templates.load_stage(STAGE)}
 
 
 def _ref(value):
     return value.get("Ref") if isinstance(value, dict) else None
 
 
-def test_cfn_lint_passes_on_the_packaged_template(packaged):
-    result = package.cfn_lint(packaged["dir"] / "sam.json")
+def test_cfn_lint_passes_on_the_packaged_template(prod_package_lint):
+    result = prod_package_lint  # package.cfn_lint on the packaged sam.json
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -259,18 +258,25 @@ def test_terraform_format_packages_the_same_app(tmp_path):
     assert (target / "deployment.zip").exists()
 
 
-def test_make_package_reports_size_and_lint(packaged, monkeypatch, capsys):
-    # `make package`'s entry point on the session's package (packaging once per session)
-    calls = []
+def test_make_package_reports_size_and_lint(packaged, prod_package_lint, monkeypatch, capsys):
+    # `make package`'s entry point on the session's package (packaging and linting it once
+    # per session)
+    calls, linted = [], []
 
     def already_packaged(stage, out_dir, *, pkg_format="cloudformation", project_dir=None):
         calls.append((stage, pkg_format))
         return packaged["dir"]
 
+    def already_linted(template):
+        linted.append(template)
+        return prod_package_lint
+
     monkeypatch.setattr(package, "chalice_package", already_packaged)
+    monkeypatch.setattr(package, "cfn_lint", already_linted)
     assert package.main(["--stage", STAGE]) == 0
     out = capsys.readouterr().out
     assert calls == [(STAGE, "cloudformation")]
+    assert linted == [packaged["dir"] / "sam.json"]
     assert "Lambda zip:" in out and "ratio:" in out and "9.00 MiB: within" in out
     assert "cfn-lint:        passed" in out
 

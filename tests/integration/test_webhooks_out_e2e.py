@@ -48,7 +48,9 @@ def stack(serial_registry, receiver, monkeypatch):
 
     aws.reset_clients()
     with app_gateway(monkeypatch) as gw:
-        poller = SqsPoller(app_module.app, "push_worker", queue, wait_seconds=1)
+        # no long polls: the moto server is serial, and a receive waiting there would hold up
+        # every registry request of the handlers meanwhile (seconds per $disconnect)
+        poller = SqsPoller(app_module.app, "push_worker", queue, wait_seconds=0)
         poller.queue_url = poller.sqs.create_queue(QueueName=queue)["QueueUrl"]
         try:
             yield gw, poller
@@ -75,7 +77,8 @@ def subscribe_presence(ws, user_id):
 def work_until(poller, receiver, count, timeout=15.0):
     deadline = time.monotonic() + timeout
     while len(receiver.accepted) < count and time.monotonic() < deadline:
-        poller.poll_once()
+        if not poller.poll_once():
+            time.sleep(0.05)
     return receiver.accepted
 
 

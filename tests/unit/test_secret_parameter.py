@@ -85,25 +85,31 @@ def assert_503_naming_the_setting(response):
 
 
 @pytest.mark.timeout(30)
-def test_stuck_ssm_is_503_within_the_bound_then_remembered(ssm, post):
+def test_stuck_ssm_is_503_within_the_bound_then_remembered(ssm, post, monkeypatch):
+    attempts = settings.SSM_MAX_ATTEMPTS
+    # the bound: every attempt connects and waits for its read; far below API Gateway's 29 s
+    assert attempts * (settings.SSM_CONNECT_TIMEOUT + settings.SSM_READ_TIMEOUT) <= 6.5
+    # measured with a shorter read timeout (the 2 s one would make this test wait 4 s)
+    monkeypatch.setattr(settings, "SSM_READ_TIMEOUT", 0.5)
     ssm.mode = "hang"
     start = time.monotonic()
     message = assert_503_naming_the_setting(post())
     elapsed = time.monotonic() - start
-    assert elapsed < 6.5                       # far below API Gateway's 29 s
+    assert attempts * 0.5 <= elapsed < attempts * 0.5 + 1.5   # each attempt's read timed out
     assert "ReadTimeoutError" in message
-    assert ssm.connections == settings.SSM_MAX_ATTEMPTS
+    assert ssm.connections == attempts
     ssm.mode = "ok"                            # fixed, but the failure is still remembered
     start = time.monotonic()
     assert_503_naming_the_setting(post())
-    assert time.monotonic() - start < 2.0      # no new wait of a timeout (3 s each)
-    assert ssm.connections == settings.SSM_MAX_ATTEMPTS   # no new connection to SSM
+    assert time.monotonic() - start < 0.5      # no new wait of a read timeout
+    assert ssm.connections == attempts         # no new connection to SSM
 
 
 @pytest.mark.timeout(30)
 def test_remembered_failure_expires_and_the_fixed_secret_is_used(ssm, post, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(settings, "monotonic", clock)
+    monkeypatch.setattr(settings, "SSM_READ_TIMEOUT", 0.3)  # the stuck SSM fails sooner
     ssm.mode = "hang"
     assert_503_naming_the_setting(post())
     attempts = len(ssm.requests)
