@@ -90,7 +90,9 @@ def test_a_sharded_channel_gets_each_subscriber_exactly_one_frame():
 
         assert left == 0
         assert api.delivered_total() == SUBSCRIBERS - len(gone)
-        body = json.dumps(FRAME, separators=(",", ":")).encode()
+        # the channel's first event: id 1, recorded once in its history before any shard
+        assert len(registry.events["history#channel:stadium"]) == 1
+        body = json.dumps({**FRAME, "id": 1}, separators=(",", ":")).encode()
         missed = [cid for cid in ids if cid not in api.gone and api.received[cid] != [body]]
         assert missed == []  # each connection got exactly one frame, the right one
         assert all(api.attempts[cid] == 1 and not api.received[cid] for cid in gone)

@@ -12,6 +12,9 @@ so the real client code (boto3, :mod:`chalicelib.registry.connections`) runs aga
 * ``Query`` of a shard's progress marker (``connection_id = fanout#...``) and ``UpdateItem``
   ``ADD reached`` on it (:func:`chalicelib.registry.progress.shard_progress` /
   ``add_shard_progress``), kept in memory;
+* the event history of a publication (:func:`chalicelib.registry.history.record`):
+  ``UpdateItem`` ``ADD seq 1`` on a ``history#...`` head answers the next id, ``PutItem`` of
+  the event is kept (``events``);
 * any other ``Query`` answers no items, ``BatchWriteItem`` answers nothing unprocessed (a gone
   connection's removal finds nothing to delete); other operations answer 400
   ``ValidationException``.
@@ -65,6 +68,8 @@ class RegistryStandIn:
         self.page = max(1, page)
         self.latency = latency
         self.progress: Dict[str, Set[str]] = {}
+        self.heads: Dict[str, int] = {}
+        self.events: Dict[str, list] = {}
         self.queries = 0
         self._pages: Dict[tuple, bytes] = {}
         self.lock = threading.Lock()
@@ -111,6 +116,18 @@ class RegistryStandIn:
             key = request["Key"]["connection_id"]["S"]
             with self.lock:
                 self.progress.setdefault(key, set()).update(values[":ids"]["SS"])
+            return 200, {}
+        key = request.get("Key", {}).get("connection_id", {}).get("S", "")
+        if operation == "UpdateItem" and key.startswith("history#"):
+            with self.lock:
+                self.heads[key] = self.heads.get(key, 0) + 1
+                seq = self.heads[key]
+            return 200, {"Attributes": {"seq": {"N": str(seq)}}}
+        item = request.get("Item", {})
+        if operation == "PutItem" and item.get("connection_id", {}).get(
+                "S", "").startswith("history#"):
+            with self.lock:
+                self.events.setdefault(item["connection_id"]["S"], []).append(item)
             return 200, {}
         if operation == "BatchWriteItem":
             return 200, {"UnprocessedItems": {}}
