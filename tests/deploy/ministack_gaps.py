@@ -45,7 +45,9 @@ Gaps worked around:
 * ``import-rest-api``: ``make deploy`` (``chalice deploy``) fails against the emulator:
   Chalice's ``ImportRestApi`` is taken as a plain ``CreateRestApi`` (an empty API named
   "unnamed"), and the ``UpdateRestApi`` that follows answers ``"minimumCompressionSize": ""``,
-  which botocore refuses to parse (``ValueError``). See :data:`MAKE_DEPLOY_FAILURE`.
+  which botocore refuses to parse (``ValueError``); ``PutRestApi`` (Chalice's update) answers
+  ``NotFoundException``. Not worked around (it would no longer be ``make deploy``): see
+  :data:`MAKE_DEPLOY_FAILURE` and docs/deploy.md.
 """
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ AWS_REFUSED_HANDSHAKE_STATUS = 401
 MAKE_DEPLOY_FAILURE = (
     "chalice deploy: ImportRestApi creates an empty REST API named \"unnamed\"; the "
     "UpdateRestApi after it answers {\"minimumCompressionSize\": \"\"} and botocore raises "
-    "ValueError: invalid literal for int() with base 10: ''")
+    "ValueError: invalid literal for int() with base 10: ''; PutRestApi answers "
+    "NotFoundException (Unknown API Gateway v1 path)")
 
 
 def adapt_template(template: Dict[str, Any], management_endpoint: Dict[str, Any]) -> List[str]:
