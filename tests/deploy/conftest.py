@@ -4,6 +4,7 @@ loopback relays (tests/deploy/relay.py). Everything stops at the end of the sess
 with its process group."""
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from typing import Dict
@@ -64,8 +65,6 @@ def deployment(tmp_path_factory):
         stack = emulator.deploy(build, STAGE, stage_settings(issuer.issuer, issuer.audience))
         ws, http = relay.relays(emulator.port, stack.outputs["WebsocketAPIId"],
                                 stack.outputs["RestAPIId"], STAGE)
-        import json
-
         template = json.loads((build / "sam.json").read_text())
         env = {name: value for name, value in
                template["Resources"]["APIHandler"]["Properties"]["Environment"]["Variables"].items()
