@@ -1,4 +1,4 @@
-# make test | make run | make docs | make bench | make token SUB=alice | make package STAGE=prod | make deploy STAGE=prod
+# make test | make test-deploy | make try-deploy | make run | make docs | make bench | make token SUB=alice | make package STAGE=prod | make deploy STAGE=prod
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,10 +8,14 @@ NODE_DIR := devtools/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 SOKETI_DIR := devtools/soketi
 SOKETI_STAMP := $(SOKETI_DIR)/node_modules/.installed
+# ministack, the AWS emulator of tests/deploy: its own venv (it pins its own botocore)
+MINISTACK_VENV ?= .venv-ministack
+MINISTACK_STAMP := $(MINISTACK_VENV)/.installed
+MINISTACK_REQUIREMENTS := tests/deploy/requirements-ministack.txt
 STAGE ?= dev
 SUB ?= alice
 
-.PHONY: venv node test run bench token package deploy docs clean
+.PHONY: venv node ministack-venv test test-deploy try-deploy run bench token package deploy docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +37,25 @@ $(SOKETI_STAMP): $(SOKETI_DIR)/package.json $(SOKETI_DIR)/package-lock.json
 
 node: $(NODE_STAMP) $(SOKETI_STAMP)
 
+# the emulator runs the Lambda functions with this venv's python: the Lambda runtime's (3.11)
+$(MINISTACK_STAMP): $(MINISTACK_REQUIREMENTS)
+	$(PYTHON) -m venv $(MINISTACK_VENV)
+	$(MINISTACK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MINISTACK_VENV)/bin/python -m pip install -q -r $(MINISTACK_REQUIREMENTS)
+	touch $@
+
+ministack-venv: $(MINISTACK_STAMP)
+
 test: venv node
 	$(PY) -m pytest
+
+# make package STAGE=dev deployed on ministack through CloudFormation, used with stock clients
+test-deploy: venv node ministack-venv
+	$(PY) -m pytest -m deploy tests/deploy
+
+# the same deployment to keep: ministack on 4566, pusher-js options printed; Ctrl-C stops it
+try-deploy: venv ministack-venv
+	$(PY) -m tests.deploy --stage $(STAGE)
 
 run: venv node
 	$(PY) -m devtools.stack
@@ -58,4 +79,4 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache site
+	rm -rf $(VENV) $(MINISTACK_VENV) $(NODE_DIR)/node_modules $(SOKETI_DIR)/node_modules .pytest_cache site
