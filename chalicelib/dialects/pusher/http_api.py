@@ -433,7 +433,8 @@ def publish(event: Event) -> None:
                 frame = event_frame(event, channel if dialect == connections.PUSHER else None)
                 push.send_by_dialect({dialect: [cid for cid in ids if cid != exclude]}, frame)
         else:
-            push.publish_to_channel(channel, event_frame(event, channel), exclude=exclude)
+            push.publish_to_channel(channel, event_frame(event, channel), exclude=exclude,
+                                    server_event=True)
 
 
 def channel_attributes(channel: str, info: Iterable[str]) -> Dict[str, int]:
