@@ -465,6 +465,9 @@ class WebSocketSettings:
             ``WEBSOCKET_DOMAIN`` is set.
         client_event_rate_limit: client events one connection may publish per second
             (``CLIENT_EVENT_RATE_LIMIT``, default 10: Pusher's limit, "Events" docs).
+        client_event_max_bytes: largest ``data`` of a client event, bytes of its UTF-8 text
+            (a string as sent, anything else as compact JSON) (``CLIENT_EVENT_MAX_BYTES``,
+            default 10,240: Pusher's 10 KB message size limit; 1..131,072).
         push_throttle_seconds: how long a fan-out keeps waiting out throttling (429) without
             counting attempts, seconds (``PUSH_THROTTLE_WAIT_SECONDS``, default 10, 0..600).
         push_shard_threshold: audiences larger than this many connections are sharded
@@ -483,6 +486,7 @@ class WebSocketSettings:
     push_max_attempts: int
     api_name: str
     client_event_rate_limit: int = 10
+    client_event_max_bytes: int = 10240
     push_throttle_seconds: int = 10
     push_shard_threshold: int = 2000
     push_shard_size: int = 1000
@@ -503,6 +507,7 @@ def websocket_settings() -> WebSocketSettings:
         api_name=_raw("WEBSOCKET_API_NAME")
         or f"realtime-{app_settings().stage}-websocket-api",
         client_event_rate_limit=_int("CLIENT_EVENT_RATE_LIMIT", 10, 1, 1000),
+        client_event_max_bytes=_int("CLIENT_EVENT_MAX_BYTES", 10240, 1, 131072),
         push_throttle_seconds=_int("PUSH_THROTTLE_WAIT_SECONDS", 10, 0, 600),
         push_shard_threshold=_int("PUSH_SHARD_THRESHOLD", 2000, 1, 1_000_000),
         push_shard_size=_int("PUSH_SHARD_SIZE", 1000, 1, 5000),

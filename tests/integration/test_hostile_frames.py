@@ -68,3 +68,62 @@ def test_client_events_never_become_a_cache_channels_state(gateway, dev_issuer):
         established(later)
         subscribe_public(later, channel)
         assert recv(later) == {"event": "score", "channel": channel, "data": '{"home":2}'}
+
+
+# --- defect 2: client events over Pusher's 10 KB are refused in both dialects ------------------
+
+def test_client_events_over_pushers_10_kb_are_refused_in_both_dialects(gateway, dev_issuer):
+    """Pusher's limit is 10 KB of data per event (``CLIENT_EVENT_MAX_BYTES``, default 10,240):
+    at the limit an event is relayed; one byte more gets soketi's ``pusher:error`` 4301 (Pusher
+    dialect) or ``client_event_too_large`` (native), and nobody receives it."""
+    room = "presence-big"
+    token = dev_issuer.mint("carol")
+    # a list of one string: counted as its compact JSON, brackets and quotes included
+    at_limit, over = "x" * (10240 - 4), "x" * (10241 - 4)
+    with connect(url(gateway)) as alice, connect(url(gateway)) as bob, \
+            connect(f"ws://127.0.0.1:{gateway.port}/test?token={token}") as carol:
+        subscribe_presence(alice, established(alice)["socket_id"], room, "alice")
+        recv(alice)
+        subscribe_presence(bob, established(bob)["socket_id"], room, "bob")
+        recv(bob)
+        recv(alice)  # member_added bob
+        carol.send(json.dumps({"action": "subscribe", "channel": room}))
+        assert recv(carol)["type"] == "subscribed"
+        alice.send(json.dumps({"event": "client-big", "channel": room, "data": [over]}))
+        refused = recv(alice)
+        assert refused["event"] == "pusher:error", refused
+        assert data_of(refused)["code"] == 4301
+        assert "10240 bytes" in data_of(refused)["message"]
+        carol.send(json.dumps({"action": "publish", "channel": room, "event": "client-big",
+                               "data": [over], "id": 7}))
+        refused = recv(carol)
+        assert (refused["type"], refused["code"], refused["id"]) == (
+            "error", "client_event_too_large", 7)
+        assert "10240 bytes" in refused["message"]
+        # at the limit: relayed (the others get it, nothing above got through)
+        alice.send(json.dumps({"event": "client-big", "channel": room, "data": [at_limit]}))
+        got = recv(bob)
+        assert (got["event"], len(got["data"].encode())) == ("client-big", 10240)
+        assert recv(carol)["event"] == "client-big"
+        carol.send(json.dumps({"action": "publish", "channel": room, "event": "client-big",
+                               "data": "x" * 10240}))  # a string counts as sent
+        assert recv(carol)["type"] == "published"
+        assert len(recv(bob)["data"].encode()) == 10240
+
+
+def test_the_client_event_limit_is_a_setting(gateway, monkeypatch):
+    from chalicelib import settings
+
+    monkeypatch.setenv("CLIENT_EVENT_MAX_BYTES", "100")
+    settings.reset()
+    room = "private-small"
+    from tests.integration.test_pusher_socket import subscribe_private
+
+    with connect(url(gateway)) as alice, connect(url(gateway)) as bob:
+        subscribe_private(alice, established(alice)["socket_id"], room)
+        subscribe_private(bob, established(bob)["socket_id"], room)
+        alice.send(json.dumps({"event": "client-x", "channel": room, "data": "é" * 51}))
+        refused = recv(alice)  # 102 bytes of UTF-8: counted in bytes, not characters
+        assert (refused["event"], data_of(refused)["code"]) == ("pusher:error", 4301)
+        alice.send(json.dumps({"event": "client-x", "channel": room, "data": "é" * 50}))
+        assert recv(bob)["data"] == "é" * 50

@@ -634,7 +634,8 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
                   event: Any) -> None:
     """A ``client-…`` event: the rules of :func:`chalicelib.channels.check_client_event`
     (private or presence channel the connection is subscribed to), at most
-    ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), never echoed to the
+    ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), its ``data`` at most
+    ``CLIENT_EVENT_MAX_BYTES`` (Pusher's 10 KB; else 4301 as soketi), never echoed to the
     sender; on presence channels it carries the sender's member ``user_id`` (Pusher docs,
     "Client events"). Pusher answers nothing on success."""
     from chalicelib.delivery import post, push
@@ -650,7 +651,12 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
         user_id = subscriptions.member_of(connection_id, target)
         if user_id:
             outgoing["user_id"] = user_id
-    post.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    try:  # 4301 before the event counts against the rate limit, as soketi
+        channels.check_client_event_size(data, websocket_settings().client_event_max_bytes)
+    except channels.ClientEventTooLarge as err:
+        raise protocol.ProtocolError(err.public_message, protocol.CLIENT_EVENT_REJECTED) \
+            from None
+    post.encode_frame(outgoing)
     limit = websocket_settings().client_event_rate_limit
     if not rates.allow_client_event(connection_id, limit):
         raise protocol.ProtocolError(
