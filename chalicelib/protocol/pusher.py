@@ -25,6 +25,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from chalicelib import jsonutil
+from chalicelib.errors import clip
 
 #: the only protocol version served (pusher-js 3+ speaks 7)
 PROTOCOL_VERSION = 7
@@ -224,8 +225,13 @@ def connection_established(socket_id: str,
 
 def error(message: str, code: Optional[int] = None) -> str:
     """``pusher:error`` with ``{"code", "message"}`` (``code`` may be null, as Pusher's
-    protocol allows)."""
-    return encode("pusher:error", {"code": code, "message": message})
+    protocol allows).
+
+    The message is cut to :data:`chalicelib.errors.MAX_ECHO_CHARS` characters
+    (:func:`chalicelib.errors.clip`): whatever input it quotes, the frame stays a few KB, far
+    inside API Gateway's 128 KB message quota (a frame over it is dropped: silence).
+    """
+    return encode("pusher:error", {"code": code, "message": clip(message)})
 
 
 def pong() -> str:
@@ -244,9 +250,17 @@ def subscription_error(channel: str, status: int, message: str,
                        error_type: str = "AuthError") -> str:
     """``pusher:subscription_error`` with ``{"type", "error", "status"}`` (pusher-js hands
     ``data`` to the channel's ``subscription_error`` callbacks; soketi sends the same
-    shape)."""
+    shape).
+
+    The channel and the message are each cut to :data:`chalicelib.errors.MAX_ECHO_CHARS`
+    characters (:func:`chalicelib.errors.clip`, ending in ``…``): every valid channel name
+    (164 characters at most) comes back exactly, so pusher-js finds its channel; a name of
+    131,000 characters still gets an answer of a few KB instead of a frame over API Gateway's
+    128 KB quota, which would be dropped.
+    """
     return encode("pusher:subscription_error",
-                  {"type": error_type, "error": message, "status": status}, channel)
+                  {"type": clip(error_type, 64), "error": clip(message), "status": status},
+                  clip(channel))
 
 
 def event_frame(event: str, data: Any, channel: Optional[str] = None,

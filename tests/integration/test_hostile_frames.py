@@ -127,3 +127,57 @@ def test_the_client_event_limit_is_a_setting(gateway, monkeypatch):
         assert (refused["event"], data_of(refused)["code"]) == ("pusher:error", 4301)
         alice.send(json.dumps({"event": "client-x", "channel": room, "data": "é" * 50}))
         assert recv(bob)["data"] == "é" * 50
+
+
+# --- defect 3: error frames always fit, whatever they repeat -----------------------------------
+
+def fragments(text, size=32 * 1024):
+    """``text`` as the fragments of one WebSocket message, each within API Gateway's 32 KB
+    frame quota (a message may be 128 KB)."""
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def test_an_over_long_channel_name_gets_an_answer_never_silence(gateway, dev_issuer):
+    """``pusher:subscribe`` of a 131,000-character channel (the whole frame just under API
+    Gateway's 128 KB message quota) gets its ``pusher:subscription_error`` with the name cut
+    to 1,024 characters ending in ``…``; a shorter bad name comes back whole (pusher-js finds
+    its channel by it). The native dialect answers the same frame's twin too."""
+    name = "n" * 131000
+    frame = json.dumps({"event": "pusher:subscribe", "data": {"channel": name}})
+    assert len(frame) <= 128 * 1024
+    with connect(url(gateway), max_size=None) as ws:
+        established(ws)
+        ws.send(fragments(frame))
+        refused = recv(ws)
+        assert refused["event"] == "pusher:subscription_error", refused
+        assert refused["channel"] == "n" * 1023 + "…"
+        assert data_of(refused)["status"] == 400
+        bad = "bad channel " * 20  # 240 characters, spaces: invalid, echoed whole
+        ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": bad}}))
+        refused = recv(ws)
+        assert (refused["event"], refused["channel"]) == ("pusher:subscription_error", bad)
+        ws.send(json.dumps({"event": "pusher:ping", "data": {}}))  # the socket still works
+        assert recv(ws)["event"] == "pusher:pong"
+    token = dev_issuer.mint("alice")
+    with connect(f"ws://127.0.0.1:{gateway.port}/test?token={token}", max_size=None) as ws:
+        ws.send(fragments(json.dumps({"action": "subscribe", "channel": name, "id": 1})))
+        refused = recv(ws)
+        assert (refused["type"], refused["code"], refused["id"]) == ("error", "bad_request", 1)
+
+
+def test_a_reply_over_128_kb_becomes_a_pusher_error_never_silence(gateway):
+    """A presence roster of 70 members with 2 KB of ``user_info`` each makes a
+    ``subscription_succeeded`` over 128 KB: the joiner is told so with a ``pusher:error``
+    instead of hearing nothing."""
+    from chalicelib.registry import connections, presence, subscriptions
+
+    room = "presence-crowded"
+    for n in range(70):
+        member = connections.register(f"crowd-{n}=", None, dialect="pusher")
+        subscriptions.subscribe(member, room, member_user_id=f"user-{n}")
+        presence.presence_enter(room, f"user-{n}", {"bio": "b" * 2000}, member)
+    with connect(url(gateway)) as ws:
+        subscribe_presence(ws, established(ws)["socket_id"], room, "late")
+        refused = recv(ws)
+        assert refused["event"] == "pusher:error", refused
+        assert "131072 bytes" in data_of(refused)["message"]

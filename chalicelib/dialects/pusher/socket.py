@@ -385,10 +385,18 @@ class _Answer:
 
 
 def _send(connection_id: str, text: str, event: Any) -> None:
+    """Post one reply; one over 128 KB is answered with a ``pusher:error`` instead (never
+    silence). Failures are logged, never raised."""
     from chalicelib.delivery import post
+    from chalicelib.errors import PayloadTooLarge
 
     try:
-        post.send_to_connection(connection_id, text, event=event)
+        try:
+            post.send_to_connection(connection_id, text, event=event)
+        except PayloadTooLarge as err:
+            log.warning("reply to %s too large: %s", connection_id, err)
+            post.send_to_connection(connection_id, protocol.error(err.public_message),
+                                    event=event)
     except Exception:
         log.exception("reply to %s failed", connection_id)
 
