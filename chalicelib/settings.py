@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
-from chalicelib import jsonutil
+from chalicelib import addresses, jsonutil
 from chalicelib.errors import ConfigError
 
 #: an issuer's ``user_id_prefix`` in ``JWT_ISSUERS``: 1-32 of ``A-Z a-z 0-9 _ -`` (no ``.``, the
@@ -563,8 +563,17 @@ WEBHOOK_RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", 
                                       "x-pusher-signature"})
 _WEBHOOK_FIELDS = ("url", "event_types", "filter", "headers")
 _WEBHOOK_FILTERS = ("channel_name_starts_with", "channel_name_ends_with")
-#: an HTTP header name (RFC 9110 §5.1: a token)
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+#: an HTTP header name (RFC 9110 §5.1: a token); ``fullmatch`` only (``$`` would let a final
+#: newline through)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", re.ASCII)
+
+
+def _header_value_ok(value: object) -> bool:
+    """A header value http.client can send as it is: a string of at most 4096 characters, all
+    Latin-1 (it encodes values so: ``€`` or U+2028 would fail every delivery), no control
+    character but tab (C0, DEL, C1)."""
+    return isinstance(value, str) and len(value) <= 4096 and all(
+        char == "\t" or (32 <= ord(char) < 127) or 160 <= ord(char) <= 255 for char in value)
 
 
 @dataclass(frozen=True)
@@ -579,7 +588,8 @@ class WebhookTarget:
         channel_name_starts_with, channel_name_ends_with: soketi's ``filter``: only events
             whose channel starts / ends so (None: any channel).
         headers: extra request headers ``((name, value), ...)``, e.g. the receiver's own
-            ``Authorization``; never one of :data:`WEBHOOK_RESERVED_HEADERS`.
+            ``Authorization``; never one of :data:`WEBHOOK_RESERVED_HEADERS` nor
+            ``X-Pusher-*``; values Latin-1 without control characters.
     """
 
     url: str
@@ -591,7 +601,9 @@ class WebhookTarget:
 
 def _webhook_url(where: str, url: object, stage: str) -> str:
     """A target's URL, checked as :func:`_check_url` checks key-set URLs, plus: plain http on
-    the dev stage only, no user info (credentials go in ``headers``), a valid port."""
+    the dev stage only, no user info (credentials go in ``headers``), a valid port, and no
+    link-local or instance-metadata address given literally
+    (:func:`chalicelib.addresses.forbidden_host`)."""
     message = f"{where} must be an https URL (http only for localhost on the dev stage)"
     if not isinstance(url, str):
         raise ConfigError(message)
@@ -603,6 +615,9 @@ def _webhook_url(where: str, url: object, stage: str) -> str:
         raise ConfigError(f"{where} has an invalid port") from None
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"{where} must not carry user info; put credentials in 'headers'")
+    if addresses.forbidden_host(parts.hostname):
+        raise ConfigError(f"{where} must not be a link-local or instance-metadata address "
+                          "(169.254.0.0/16, fe80::/10, fd00:ec2::/32, in any spelling)")
     if url_scheme(url) == "http" and stage != "dev":
         raise ConfigError(f"{where}: plain-http (local dev) targets are only allowed on the "
                           "dev stage")
@@ -632,13 +647,12 @@ def _webhook_target(where: str, entry: object, stage: str) -> WebhookTarget:
     if not isinstance(headers, dict) or len(headers) > 20:
         raise ConfigError(f"{where}.headers must be an object of at most 20 name: value")
     for name, value in headers.items():
-        if not _HEADER_NAME.match(name) or name.lower() in WEBHOOK_RESERVED_HEADERS \
-                or not isinstance(value, str) or len(value) > 4096 \
-                or any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in value):
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in WEBHOOK_RESERVED_HEADERS \
+                or name.lower().startswith("x-pusher-") or not _header_value_ok(value):
             raise ConfigError(f"{where}.headers: each name must be a header token other than "
                               "Content-Type, Content-Length, Host, Connection, "
-                              "Transfer-Encoding, X-Pusher-Key, X-Pusher-Signature, and each "
-                              "value a string without control characters")
+                              "Transfer-Encoding, X-Pusher-*, and each value a string of "
+                              "Latin-1 characters without control characters")
     return WebhookTarget(url=url, event_types=frozenset(types),
                          channel_name_starts_with=filters.get("channel_name_starts_with"),
                          channel_name_ends_with=filters.get("channel_name_ends_with"),
@@ -657,7 +671,9 @@ def webhook_targets() -> Tuple[WebhookTarget, ...]:
     Raises:
         ConfigError: invalid JSON, more than :data:`MAX_WEBHOOK_TARGETS` entries, an entry's
             field wrong (named as ``PUSHER_WEBHOOKS[i].field``; a URL is never echoed), an
-            unknown event type, a URL listed twice.
+            unknown event type, a URL listed twice, a link-local or metadata address, a header
+            name that is not a token (a final newline included) or is ``X-Pusher-*``, a header
+            value outside Latin-1 or with a control character.
     """
     name = "PUSHER_WEBHOOKS"
     raw = _raw(name)
