@@ -1,10 +1,18 @@
-"""``chalice local`` as the local stack runs it: the same CLI, with a difference from API
+"""``chalice local`` as the local stack runs it: the same CLI, with two differences from API
 Gateway fixed (dev-only code; never deployed).
 
 * **No secrets in the access log.** ``chalice local``'s request handler is
   ``http.server``'s, which logs every request line with its query string: the Pusher HTTP
   API's ``auth_signature``, the JWT of a JSONP ``/pusher/auth?token=…``. Every line it logs goes
   through :func:`redact` first (the request line, and the raw line ``send_error`` quotes).
+* **A ``;`` in a path is part of the path, as on API Gateway.** ``chalice local`` matches routes
+  with ``urllib.parse.urlparse``, which cuts ``;params`` off the last path segment (RFC 2396's
+  parameters), so ``GET /apps/1/channels/c;x`` (the Node ``pusher`` library sends ``;``
+  unescaped) answered for channel ``c``. API Gateway REST APIs treat ``;`` as a path character
+  (``pathParameters.channel_name`` is ``c;x``; only a *query string*'s ``;`` splits data: API
+  Gateway developer guide, "Amazon API Gateway important notes for REST APIs"; ``;`` is a
+  Pusher channel character). Routes are matched here with ``urllib.parse.urlsplit``, which
+  has no parameters.
 
 Run as ``python -m devtools.chalice_local --project-dir … local --host 127.0.0.1 --port …
 --stage dev --no-autoreload`` (the arguments of ``chalice``); :mod:`devtools.stack` does.
@@ -43,9 +51,13 @@ def redact(text: str) -> str:
 
 def install() -> None:
     """Patch the ``chalice.local`` of this process: its request handler logs through
-    :func:`redact` (see the module docstring). Idempotent."""
+    :func:`redact`, and its route matcher keeps ``;`` in the path (see the module docstring).
+    Idempotent."""
+    import urllib.parse
+
     from chalice import local
 
+    local.urlparse = urllib.parse.urlsplit  # RouteMatcher.match_route's only use of it
     handler = local.ChaliceRequestHandler
     if getattr(handler, "_redacting", False):
         return

@@ -10,7 +10,7 @@ dynamodb   moto server (devtools.moto_registry): DynamoDB + SQS     4567
 soketi     Pusher-protocol server (``devtools/soketi``), webhooks    6001 (metrics 9601)
            to ``/pusher/webhooks``
 http       ``chalice local --stage dev --no-autoreload``            8000
-           (``devtools.chalice_local``: access log redacted)
+           (``devtools.chalice_local``: access log redacted, ``;`` kept in paths)
 gateway    ``devtools.local_gateway`` (WebSocket API + management   3001, 3002
            API) and the SQS push queue feeding ``push_worker``
 web        the demo page (``devtools/web``), served by this process 8080

@@ -188,3 +188,19 @@ def test_the_http_access_log_shows_no_signature_and_no_token(stack):
     assert token not in everything and token.split(".")[2] not in everything
     assert not re.search(r"auth_signature=[0-9a-f]{64}", everything)
 
+
+def test_a_semicolon_in_a_channel_name_stays_in_the_path(stack):
+    """Issue 19 defect 7: the ``pusher`` library sends ``/apps/1/channels/c;x`` with ``;``
+    unescaped (so does the Node one); API Gateway takes ``;`` as a path character, and so does
+    the local stack now: the answer is about ``c;x``, not ``c``."""
+    channel = f"c{uuid.uuid4().hex[:8]};x"
+    listener = pusher_socket(stack)
+    lib = library(stack)
+    try:
+        listener.subscribe(channel)
+        assert lib.channel_info(channel, ["subscription_count"]) == \
+            {"occupied": True, "subscription_count": 1}
+        assert http_log(stack, f"/channels/{channel}?")  # sent as it is, not %3B
+        assert lib.channel_info(channel.split(";")[0]) == {"occupied": False}
+    finally:
+        listener.close()
