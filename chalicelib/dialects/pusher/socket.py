@@ -19,7 +19,8 @@ dialect.
   410 every 10 ms ten times, then doubling to 160 ms, for up to :data:`HELLO_DEADLINE_SECONDS`. A refused
   handshake (bad version, unknown key, registry down) gets its ``pusher:error`` the same way,
   and the socket is then closed (DeleteConnection), as Pusher closes it.
-* ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong``;
+* ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong`` (a ``pusher:pong``
+  is taken silently);
   ``pusher:subscribe`` for public channels and, with a valid ``auth`` (constant-time HMAC
   check), ``private-`` and ``private-encrypted-`` channels ->
   ``pusher_internal:subscription_succeeded``, else ``pusher:subscription_error`` with its
@@ -136,7 +137,8 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
 
     Checks the handshake, registers the connection (dialect ``pusher``, no user) and invokes
     :func:`hello` asynchronously with ``pusher:connection_established`` — or with the
-    ``pusher:error`` of a refused handshake (4006/4007/4008 version, 4001 app key, 4100
+    ``pusher:error`` of a refused handshake (4006/4007/4008 version: protocols 4-7 are
+    served, :data:`chalicelib.protocol.pusher.SUPPORTED_PROTOCOL_VERSIONS`; 4001 app key, 4100
     registry unavailable), which then closes the socket.
 
     Returns:
@@ -707,9 +709,16 @@ def _signin(connection_id: str, data: Any, channel: Optional[str], event: Any) -
     return protocol.encode("pusher:signin_success", {"user_data": user_data})
 
 
+def _pong(connection_id: str, data: Any, channel: Optional[str], event: Any) -> None:
+    """``pusher:pong``: a client's answer to a ping (protocol 5+; pysher sends one for every
+    ``pusher:ping``). This server sends no ``pusher:ping``; a pong is taken, unanswered."""
+    return None
+
+
 _HANDLERS = {
     "pusher:signin": _signin,
     "pusher:ping": _ping,
+    "pusher:pong": _pong,
     "pusher:subscribe": _subscribe,
     "pusher:unsubscribe": _unsubscribe,
 }
