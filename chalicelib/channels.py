@@ -36,12 +36,13 @@ This module is pure: no I/O, no Pusher import, no AWS SDK (it is shared with the
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
 
-from chalicelib.errors import AppError, BadRequest, Forbidden, Unauthorized
+from chalicelib.errors import AppError, BadRequest, Forbidden, PayloadTooLarge, Unauthorized
 from chalicelib.auth.principal import Principal
 
 log = logging.getLogger("realtime.channels")
@@ -320,6 +321,51 @@ class ClientEventRateLimited(AppError):
     code = "client_event_rate_limited"
     public_message = "Too many client events"
     expose_message = True
+
+
+class ClientEventTooLarge(PayloadTooLarge):
+    """A client event whose ``data`` is over ``CLIENT_EVENT_MAX_BYTES`` (413)."""
+
+    code = "client_event_too_large"
+
+
+def client_event_size(data: Any) -> int:
+    """The size of a client event's ``data`` as Pusher and soketi count it: the bytes of its
+    UTF-8 text, a string as it is, anything else as compact JSON (soketi
+    ``Utils.dataToBytes``; Pusher docs, "What is the message size limit": the bytes of the data
+    content).
+
+    Args:
+        data: the event's data (any JSON value).
+    Returns:
+        bytes (an int >= 0; ``None`` counts 4, ``null``).
+    Raises:
+        TypeError, ValueError: ``data`` is not JSON-serializable (never for parsed frames).
+    """
+    text = data if isinstance(data, str) else json.dumps(
+        data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_client_event_size(data: Any, limit: int) -> int:
+    """Refuse a client event whose ``data`` is over ``limit`` bytes (:func:`client_event_size`);
+    Pusher's limit is 10 KB per event (Pusher docs, "What is the message size limit when
+    publishing an event in Channels?"), soketi answers ``pusher:error`` 4301 "The event data
+    should be less than N KB.".
+
+    Args:
+        data: the event's data.
+        limit: ``CLIENT_EVENT_MAX_BYTES``.
+    Returns:
+        the size, bytes.
+    Raises:
+        ClientEventTooLarge: over ``limit``; the message names the limit, not the data.
+    """
+    size = client_event_size(data)
+    if size > limit:
+        raise ClientEventTooLarge(f"The event data should be at most {limit} bytes; "
+                                  f"it is {size} bytes")
+    return size
 
 
 def is_client_event(event_name: Any) -> bool:

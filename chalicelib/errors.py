@@ -21,6 +21,26 @@ from chalicelib.logtext import for_log
 
 log = logging.getLogger("realtime")
 
+#: longest text an error repeats to its caller, characters (a message, a channel name): what is
+#: longer is cut (:func:`clip`), so every error frame fits API Gateway's 128 KB WebSocket
+#: message quota whatever the input was — an error frame over it would be dropped: silence
+MAX_ECHO_CHARS = 1024
+#: what marks a cut text
+ELLIPSIS = "…"
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters (code points), the last one :data:`ELLIPSIS`
+    when it was cut.
+
+    Args:
+        text: any string.
+        limit: characters, at least 1.
+    Returns:
+        ``text`` unchanged when it fits, else its first ``limit - 1`` characters + ``"…"``.
+    """
+    return text if len(text) <= limit else text[:limit - 1] + ELLIPSIS
+
 
 class AppError(Exception):
     """Base of every error the service answers deliberately.
@@ -47,13 +67,17 @@ class AppError(Exception):
             self.public_message = message
 
     def body(self) -> Dict[str, Any]:
-        """The JSON body a REST route answers: ``{"error": code, "message": text}``."""
-        return {"error": self.public_code or self.code, "message": self.public_message}
+        """The JSON body a REST route answers: ``{"error": code, "message": text}``; the
+        message is cut to :data:`MAX_ECHO_CHARS` (:func:`clip`)."""
+        return {"error": self.public_code or self.code, "message": clip(self.public_message)}
 
     def frame(self) -> Dict[str, Any]:
-        """The WebSocket error frame: ``{"type": "error", "code", "message"}``."""
+        """The WebSocket error frame: ``{"type": "error", "code", "message"}``; the message is
+        cut to :data:`MAX_ECHO_CHARS` (:func:`clip`), so the frame always fits a WebSocket
+        message (with the ``id`` and ``action`` the native dialect adds, a few hundred bytes
+        more)."""
         return {"type": "error", "code": self.public_code or self.code,
-                "message": self.public_message}
+                "message": clip(self.public_message)}
 
 
 class BadRequest(AppError):

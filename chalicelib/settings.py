@@ -465,6 +465,9 @@ class WebSocketSettings:
             ``WEBSOCKET_DOMAIN`` is set.
         client_event_rate_limit: client events one connection may publish per second
             (``CLIENT_EVENT_RATE_LIMIT``, default 10: Pusher's limit, "Events" docs).
+        client_event_max_bytes: largest ``data`` of a client event, bytes of its UTF-8 text
+            (a string as sent, anything else as compact JSON) (``CLIENT_EVENT_MAX_BYTES``,
+            default 10,240: Pusher's 10 KB message size limit; 1..131,072).
         push_throttle_seconds: how long a fan-out keeps waiting out throttling (429) without
             counting attempts, seconds (``PUSH_THROTTLE_WAIT_SECONDS``, default 10, 0..600).
         push_shard_threshold: audiences larger than this many connections are sharded
@@ -483,6 +486,7 @@ class WebSocketSettings:
     push_max_attempts: int
     api_name: str
     client_event_rate_limit: int = 10
+    client_event_max_bytes: int = 10240
     push_throttle_seconds: int = 10
     push_shard_threshold: int = 2000
     push_shard_size: int = 1000
@@ -503,6 +507,7 @@ def websocket_settings() -> WebSocketSettings:
         api_name=_raw("WEBSOCKET_API_NAME")
         or f"realtime-{app_settings().stage}-websocket-api",
         client_event_rate_limit=_int("CLIENT_EVENT_RATE_LIMIT", 10, 1, 1000),
+        client_event_max_bytes=_int("CLIENT_EVENT_MAX_BYTES", 10240, 1, 131072),
         push_throttle_seconds=_int("PUSH_THROTTLE_WAIT_SECONDS", 10, 0, 600),
         push_shard_threshold=_int("PUSH_SHARD_THRESHOLD", 2000, 1, 1_000_000),
         push_shard_size=_int("PUSH_SHARD_SIZE", 1000, 1, 5000),
@@ -595,133 +600,6 @@ def pusher_socket_settings() -> PusherSocketSettings:
     )
 
 
-# --- webhooks out to external URLs -------------------------------------------------------------
-
-#: the webhook events this server sends (:mod:`chalicelib.delivery.webhooks_out`; Pusher docs, "Server
-#: API" -> "Webhooks"); Pusher's ``subscription_count`` is not among them
-WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
-                       "client_event", "cache_miss")
-#: targets at most: one ``SendMessageBatch`` (10 entries) carries an invocation's webhooks
-MAX_WEBHOOK_TARGETS = 10
-#: headers a target's ``headers`` may not set: the request's framing and Pusher's own
-WEBHOOK_RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "connection",
-                                      "transfer-encoding", "x-pusher-key",
-                                      "x-pusher-signature"})
-_WEBHOOK_FIELDS = ("url", "event_types", "filter", "headers")
-_WEBHOOK_FILTERS = ("channel_name_starts_with", "channel_name_ends_with")
-#: an HTTP header name (RFC 9110 §5.1: a token)
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class WebhookTarget:
-    """One external webhook target of ``PUSHER_WEBHOOKS`` (soketi's app ``webhooks`` entry:
-    ``{"url", "event_types", "filter"?, "headers"?}``).
-
-    Attributes:
-        url: where the webhooks are POSTed (https; plain http to a loopback host on the dev
-            stage only). May carry a secret path or query: never logged beyond scheme and host.
-        event_types: names of :data:`WEBHOOK_EVENT_TYPES` this target receives.
-        channel_name_starts_with, channel_name_ends_with: soketi's ``filter``: only events
-            whose channel starts / ends so (None: any channel).
-        headers: extra request headers ``((name, value), ...)``, e.g. the receiver's own
-            ``Authorization``; never one of :data:`WEBHOOK_RESERVED_HEADERS`.
-    """
-
-    url: str
-    event_types: frozenset
-    channel_name_starts_with: Optional[str] = None
-    channel_name_ends_with: Optional[str] = None
-    headers: Tuple[Tuple[str, str], ...] = ()
-
-
-def _webhook_url(where: str, url: object, stage: str) -> str:
-    """A target's URL, checked as :func:`_check_url` checks key-set URLs, plus: plain http on
-    the dev stage only, no user info (credentials go in ``headers``), a valid port."""
-    message = f"{where} must be an https URL (http only for localhost on the dev stage)"
-    if not isinstance(url, str):
-        raise ConfigError(message)
-    _check_url(where, url)
-    parts = urlsplit(url)
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError(f"{where} has an invalid port") from None
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{where} must not carry user info; put credentials in 'headers'")
-    if url_scheme(url) == "http" and stage != "dev":
-        raise ConfigError(f"{where}: plain-http (local dev) targets are only allowed on the "
-                          "dev stage")
-    return url
-
-
-def _webhook_target(where: str, entry: object, stage: str) -> WebhookTarget:
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where} must be an object with 'url' and 'event_types'")
-    for name in entry:
-        if name not in _WEBHOOK_FIELDS:
-            raise ConfigError(f"{where}.{str(name)[:40]} is not supported (fields: "
-                              f"{', '.join(_WEBHOOK_FIELDS)}; only URL targets)")
-    url = _webhook_url(f"{where}.url", entry.get("url"), stage)
-    types = entry.get("event_types")
-    if not isinstance(types, list) or not types or not all(
-            isinstance(name, str) and name in WEBHOOK_EVENT_TYPES for name in types):
-        raise ConfigError(f"{where}.event_types must be a non-empty list of: "
-                          f"{', '.join(WEBHOOK_EVENT_TYPES)}")
-    filters = entry.get("filter") or {}
-    if not isinstance(filters, dict) or not all(
-            name in _WEBHOOK_FILTERS and isinstance(value, str)
-            for name, value in filters.items()):
-        raise ConfigError(f"{where}.filter must be an object of strings: "
-                          f"{', '.join(_WEBHOOK_FILTERS)}")
-    headers = entry.get("headers") or {}
-    if not isinstance(headers, dict) or len(headers) > 20:
-        raise ConfigError(f"{where}.headers must be an object of at most 20 name: value")
-    for name, value in headers.items():
-        if not _HEADER_NAME.match(name) or name.lower() in WEBHOOK_RESERVED_HEADERS \
-                or not isinstance(value, str) or len(value) > 4096 \
-                or any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in value):
-            raise ConfigError(f"{where}.headers: each name must be a header token other than "
-                              "Content-Type, Content-Length, Host, Connection, "
-                              "Transfer-Encoding, X-Pusher-Key, X-Pusher-Signature, and each "
-                              "value a string without control characters")
-    return WebhookTarget(url=url, event_types=frozenset(types),
-                         channel_name_starts_with=filters.get("channel_name_starts_with"),
-                         channel_name_ends_with=filters.get("channel_name_ends_with"),
-                         headers=tuple(headers.items()))
-
-
-@functools.lru_cache(maxsize=None)
-def webhook_targets() -> Tuple[WebhookTarget, ...]:
-    """Load ``PUSHER_WEBHOOKS``: a JSON list of :class:`WebhookTarget` entries, e.g.
-    ``[{"url": "https://hooks.example.com/pusher", "event_types": ["member_added"]}]``
-    (soketi's app ``webhooks`` shape; its Lambda targets are not supported).
-
-    Returns:
-        the targets; ``()`` when unset or ``[]`` (webhooks out go to the app's own handlers
-        only).
-    Raises:
-        ConfigError: invalid JSON, more than :data:`MAX_WEBHOOK_TARGETS` entries, an entry's
-            field wrong (named as ``PUSHER_WEBHOOKS[i].field``; a URL is never echoed), an
-            unknown event type, a URL listed twice.
-    """
-    name = "PUSHER_WEBHOOKS"
-    raw = _raw(name)
-    if raw is None:
-        return ()
-    entries = _json_list(name, raw)
-    if len(entries) > MAX_WEBHOOK_TARGETS:
-        raise ConfigError(f"{name} may list at most {MAX_WEBHOOK_TARGETS} targets")
-    stage = app_settings().stage
-    targets = []
-    for index, entry in enumerate(entries):
-        target = _webhook_target(f"{name}[{index}]", entry, stage)
-        if any(other.url == target.url for other in targets):
-            raise ConfigError(f"{name}[{index}].url is already listed; list each URL once")
-        targets.append(target)
-    return tuple(targets)
-
-
 def push_queue_name() -> str:
     """The SQS queue the push worker listens to: ``PUSH_QUEUE_NAME``, default
     ``realtime-push-<STAGE>`` with ``STAGE``'s own default (:data:`DEFAULT_STAGE`, ``prod``).
@@ -777,10 +655,15 @@ def observability_settings() -> ObservabilitySettings:
                                  problems=tuple(problems))
 
 
+#: cached loaders of other settings modules (:mod:`chalicelib.webhook_settings`), cleared by
+#: :func:`reset` too; each adds itself when imported
+OTHER_LOADERS: list = []
+
+
 def reset() -> None:
     """Forget every cached section (tests; Chalice's test client switching stages)."""
     for loader in (app_settings, jwt_settings, pusher_settings, websocket_settings,
-                   pusher_socket_settings, observability_settings, webhook_targets,
-                   history_settings):
+                   pusher_socket_settings, observability_settings, history_settings,
+                   *OTHER_LOADERS):
         loader.cache_clear()
     _secret_failures.clear()

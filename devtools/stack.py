@@ -10,6 +10,7 @@ dynamodb   moto server (devtools.moto_registry): DynamoDB + SQS     4567
 soketi     Pusher-protocol server (``devtools/soketi``), webhooks    6001 (metrics 9601)
            to ``/pusher/webhooks``
 http       ``chalice local --stage dev --no-autoreload``            8000
+           (``devtools.chalice_local``: access log redacted, ``;`` kept in paths)
 gateway    ``devtools.local_gateway`` (WebSocket API + management   3001, 3002
            API) and the SQS push queue feeding ``push_worker``
 web        the demo page (``devtools/web``), served by this process 8080
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from devtools.chalice_local import redact
 from devtools.live_metrics import LiveMetrics
 from devtools.loopback import LoopbackHTTPServer
 
@@ -194,7 +196,8 @@ class Part:
     def _pump(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
+            # no part's line shows a token or a signature from a query string
+            line = redact(raw.decode("utf-8", "replace").rstrip())
             if self.on_line is not None and self.on_line(line):
                 continue
             self.tail.append(line)
@@ -398,7 +401,6 @@ class Stack:
                 "event_types": ["channel_occupied", "channel_vacated", "member_added",
                                 "member_removed"]}]),
         })
-        chalice_main = "import sys; from chalice.cli import main; sys.exit(main())"
         self.parts = [
             Part("issuer", [py, "-m", "devtools.dev_issuer", "serve", "--port", str(p.issuer)],
                  env, ROOT, self.out,
@@ -415,7 +417,8 @@ class Stack:
                  self.out,
                  lambda: _http_answers(f"http://127.0.0.1:{p.soketi}/ready",
                                        lambda s, _: s == 200)),
-            Part("http", [py, "-c", chalice_main, "--project-dir", str(project), "local",
+            Part("http", [py, "-m", "devtools.chalice_local", "--project-dir", str(project),
+                          "local",
                           "--host", "127.0.0.1", "--port", str(p.http), "--stage", STAGE,
                           "--no-autoreload"], env, ROOT, self.out,
                  lambda: _http_answers(f"{self.http_url}/me")),

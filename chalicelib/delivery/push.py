@@ -164,7 +164,9 @@ def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
 
 def _remember_cache(channel_name: str, frame: Any) -> None:
     """Keep the event of a cache channel 30 min for new subscribers (Pusher docs, "Cache
-    channels")."""
+    channels"). Only for events the server publishes (HTTP API, ``POST /notifications``, the
+    queue, a native ``publish`` with ``notifications:send``): a client event never sets the
+    cache, as in soketi, which caches only what its HTTP API triggers."""
     if channels.is_cache_channel(channel_name) and isinstance(frame, Mapping) \
             and frame.get("type") == "event":
         cache.cache_put(channel_name, frame.get("event"), frame.get("data"))
@@ -172,7 +174,7 @@ def _remember_cache(channel_name: str, frame: Any) -> None:
 
 @observability.timed_fanout
 def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
-                       exclude: Optional[str] = None) -> Summary:
+                       exclude: Optional[str] = None, server_event: bool = False) -> Summary:
     """Post one frame to every live subscriber of a channel (one registry Query, then
     fan-out), encoded for each subscriber's dialect. The channel name is not judged here:
     callers authorize first.
@@ -180,6 +182,10 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
     Args:
         exclude: a connection id left out (the sender of a client event, which Pusher never
             echoes: Pusher docs, "Events" -> "Triggering client events").
+        server_event: True for an event the server publishes (the HTTP API): on a cache
+            channel it becomes the channel's cached event. False (client events) leaves the
+            cache alone: any member could otherwise set what every later subscriber is given
+            as the channel's state.
 
     Raises:
         PayloadTooLarge: checked before the registry is read.
@@ -187,7 +193,8 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     post.encode_frame(frame)
-    _remember_cache(channel_name, frame)
+    if server_event:
+        _remember_cache(channel_name, frame)
     frame, event_id = record(history.channel_stream(channel_name), frame)
     groups = channel_audience(channel_name, event_id)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]

@@ -1,7 +1,7 @@
 """Webhooks out to external URLs (issue 10, section D): the events
 :mod:`chalicelib.delivery.webhooks_out` raises, POSTed to the targets of ``PUSHER_WEBHOOKS``
-(:func:`chalicelib.settings.webhook_targets`) as Pusher sends its webhooks, with retries through the
-push queue.
+(:func:`chalicelib.webhook_settings.webhook_targets`) as Pusher sends its webhooks, with
+retries through the push queue.
 
 **Format** (Pusher docs, "Server API" -> "Webhooks"; soketi's ``src/webhook-sender.ts`` sends the
 same): ``POST <url>`` with the body ``{"time_ms": <int>, "events": [{"name", "channel", ...},
@@ -17,7 +17,7 @@ event of the batch), kept across retries: a receiver may tell a late delivery, a
 and ``filter``). Inside :func:`batch` (app.py opens one around each handler invocation) they are
 collected and queued when the invocation ends: one job per target — several when over
 :data:`MAX_EVENTS_PER_JOB` events or :data:`MAX_JOB_BYTES` — in one ``SendMessageBatch`` call
-(10 entries at most: :data:`chalicelib.settings.MAX_WEBHOOK_TARGETS`), as Pusher batches the
+(10 entries at most: :data:`chalicelib.webhook_settings.MAX_WEBHOOK_TARGETS`), as Pusher batches the
 events of a short window into one POST. Outside a batch they are queued at once. The SQS client
 waits at most 1 s to connect and 2 s for an answer, 2 attempts; a failure to queue is logged
 (never with a URL) and counted (``WebhooksNotQueued``, in events) and never raises.
@@ -73,7 +73,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from chalicelib import observability, settings
+from chalicelib import observability, settings, webhook_settings
 from chalicelib.errors import ConfigError
 from chalicelib.logtext import for_log
 
@@ -124,7 +124,7 @@ def origin(url: str) -> str:
     return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
 
 
-def wants(target: settings.WebhookTarget, event: Mapping[str, Any]) -> bool:
+def wants(target: webhook_settings.WebhookTarget, event: Mapping[str, Any]) -> bool:
     """Whether ``target`` receives ``event``: its name is among the target's ``event_types``
     and its channel passes the target's ``filter`` (soketi's ``channel_name_starts_with`` /
     ``channel_name_ends_with``)."""
@@ -189,7 +189,7 @@ def submit(events: Sequence[Dict[str, Any]], time_ms: int) -> None:
     Never raises: a bad ``PUSHER_WEBHOOKS`` or a queue failure is logged and counted.
     """
     try:
-        targets = settings.webhook_targets()
+        targets = webhook_settings.webhook_targets()
     except ConfigError as err:
         log.error("webhook events not queued for external targets: %s", err)
         observability.count("WebhooksNotQueued", len(events))
@@ -206,7 +206,7 @@ def submit(events: Sequence[Dict[str, Any]], time_ms: int) -> None:
     _enqueue([(time_ms, copies)])
 
 
-def jobs_for(targets: Sequence[settings.WebhookTarget],
+def jobs_for(targets: Sequence[webhook_settings.WebhookTarget],
              items: Sequence[Tuple[int, Sequence[Dict[str, Any]]]]) -> Tuple[List[str], int]:
     """The job messages (bodies) for a batch of events.
 
@@ -283,7 +283,7 @@ def _enqueue(items: Sequence[Tuple[int, Sequence[Dict[str, Any]]]]) -> None:
     """Put the jobs of ``items`` on the push queue; never raises."""
     total = sum(len(events) for _, events in items)
     try:
-        messages, too_large = jobs_for(settings.webhook_targets(), items)
+        messages, too_large = jobs_for(webhook_settings.webhook_targets(), items)
     except Exception as exc:  # settings changed under us, an event that is not JSON
         log.error("webhook events not queued: %s", type(exc).__name__)
         observability.count("WebhooksNotQueued", total)
@@ -524,7 +524,7 @@ def deliver(job: Any, record: Mapping[str, Any]) -> str:
         log.warning("%s dropped: %s", label, err)
         return DROPPED
     try:
-        targets = settings.webhook_targets()
+        targets = webhook_settings.webhook_targets()
         pusher_config = settings.pusher_settings()
     except ConfigError as err:
         log.error("%s will be retried: %s", label, err)

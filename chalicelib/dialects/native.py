@@ -13,8 +13,9 @@ client when route responses are configured):
   other subscriber of the ``private-``/``presence-`` channel C the connection is subscribed
   to, as ``{"type": "event", "channel": C, "event": E, "data": D}`` plus ``"user_id"`` (the
   sender's) on presence channels, at most ``CLIENT_EVENT_RATE_LIMIT`` per second per
-  connection. Any other event needs the scope ``notifications:send`` and then behaves exactly
-  like ``POST /notifications`` to C;
+  connection, its ``data`` at most ``CLIENT_EVENT_MAX_BYTES`` (Pusher's 10 KB; else
+  ``client_event_too_large``). Any other event needs the scope ``notifications:send`` and
+  then behaves exactly like ``POST /notifications`` to C;
 * ``{"action": "pushtowebsocket", "message": M}`` (the seeds' echo route) ->
   ``{"type": "message", "message": M}``.
 
@@ -404,7 +405,10 @@ def _publish(connection_id: str, frame: Mapping[str, Any], event: Any) -> Dict[s
                                 "data": frame.get("data")}
     if channels.channel_kind(channel) == channels.PRESENCE:
         outgoing["user_id"] = connection.user_id
-    post.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    # 413 before the event counts against the rate limit
+    channels.check_client_event_size(outgoing["data"],
+                                     websocket_settings().client_event_max_bytes)
+    post.encode_frame(outgoing)
     limit = websocket_settings().client_event_rate_limit
     if not rates.allow_client_event(connection_id, limit):
         raise channels.ClientEventRateLimited(

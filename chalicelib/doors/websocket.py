@@ -35,7 +35,7 @@ def dialect_of(raw: Mapping[str, Any], connecting: bool = False) -> str:
     ``ws_authorizer`` marks a Pusher connect ``{"dialect": "pusher"}``
     (:func:`chalicelib.dialects.pusher.socket.authorizer_answer`) and gives a native one its
     principal (``sub``). Without an authorizer context (an API deployed without
-    ``ws_authorizer``) a ``$connect`` is Pusher when its query string asks for protocol 7 and
+    ``ws_authorizer``) a ``$connect`` is Pusher when its query string carries ``protocol`` and
     the stage serves it (:func:`chalicelib.dialects.pusher.socket.requested`); a later event
     takes the dialect the registry recorded for the connection (one Query), native when
     unknown (the native handler then refuses an unregistered connection).

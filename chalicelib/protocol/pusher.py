@@ -25,9 +25,19 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from chalicelib import jsonutil
+from chalicelib.errors import clip
 
-#: the only protocol version served (pusher-js 3+ speaks 7)
+#: the current protocol version (pusher-js 3+ speaks 7)
 PROTOCOL_VERSION = 7
+#: the versions served: those Pusher serves ("Pusher Channels Protocol": "Protocols 1, 2, and 3
+#: are no longer supported"; soketi checks no version at all). Their changelog makes them one
+#: protocol for this server: 4 added ``subscription_succeeded`` for public and private
+#: channels (sent to all); 5 has clients answer a server's ``pusher:ping`` (this server sends
+#: none, and takes an unasked ``pusher:pong`` silently); 6 closes a connection on error with a
+#: close code and no ``pusher:error`` (API Gateway's DeleteConnection closes without a chosen
+#: code, so every version gets the ``pusher:error``, then the close: pysher 1.0.8, which speaks
+#: 6, reads its code); 7 only renamed Pusher to Channels. pysher 1.0.8 sends ``protocol=6``.
+SUPPORTED_PROTOCOL_VERSIONS = (4, 5, 6, 7)
 #: seconds of silence after which a client pings (pusher-js uses min(server's, its own
 #: option)); API Gateway closes a socket idle for 10 minutes, so anything up to 120 s keeps
 #: pusher-js's ping well inside it
@@ -169,8 +179,9 @@ def handshake_error(query: Optional[Mapping[str, Any]], app_key: str) -> Optiona
         app_key: ``PUSHER_KEY``.
     Returns:
         None when the connection may go on, else the :class:`ProtocolError` to send
-        (4008 no version, 4006 a version that is not a number, 4007 a version other than 7,
-        4001 another app key), as Pusher answers them.
+        (4008 no version, 4006 a version that is not a number, 4007 a version outside
+        :data:`SUPPORTED_PROTOCOL_VERSIONS` (4-7), 4001 another app key), as Pusher answers
+        them.
     """
     query = query if isinstance(query, Mapping) else {}
     version = query.get(PROTOCOL_PARAMETER)
@@ -178,9 +189,11 @@ def handshake_error(query: Optional[Mapping[str, Any]], app_key: str) -> Optiona
         return ProtocolError("No protocol version supplied", NO_PROTOCOL_VERSION)
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         return ProtocolError("Invalid version string format", INVALID_VERSION_FORMAT)
-    if int(version) != PROTOCOL_VERSION:
-        return ProtocolError(f"Unsupported protocol version {int(version)}; this server "
-                             f"speaks {PROTOCOL_VERSION}", UNSUPPORTED_PROTOCOL_VERSION)
+    if int(version) not in SUPPORTED_PROTOCOL_VERSIONS:
+        return ProtocolError(
+            f"Unsupported protocol version {int(version)}; this server speaks "
+            f"{SUPPORTED_PROTOCOL_VERSIONS[0]}-{SUPPORTED_PROTOCOL_VERSIONS[-1]}",
+            UNSUPPORTED_PROTOCOL_VERSION)
     given = query.get(APP_KEY_PARAMETER)
     if given is not None and not hmac.compare_digest(str(given).encode("utf-8"),
                                                      app_key.encode("utf-8")):
@@ -224,8 +237,13 @@ def connection_established(socket_id: str,
 
 def error(message: str, code: Optional[int] = None) -> str:
     """``pusher:error`` with ``{"code", "message"}`` (``code`` may be null, as Pusher's
-    protocol allows)."""
-    return encode("pusher:error", {"code": code, "message": message})
+    protocol allows).
+
+    The message is cut to :data:`chalicelib.errors.MAX_ECHO_CHARS` characters
+    (:func:`chalicelib.errors.clip`): whatever input it quotes, the frame stays a few KB, far
+    inside API Gateway's 128 KB message quota (a frame over it is dropped: silence).
+    """
+    return encode("pusher:error", {"code": code, "message": clip(message)})
 
 
 def pong() -> str:
@@ -244,9 +262,17 @@ def subscription_error(channel: str, status: int, message: str,
                        error_type: str = "AuthError") -> str:
     """``pusher:subscription_error`` with ``{"type", "error", "status"}`` (pusher-js hands
     ``data`` to the channel's ``subscription_error`` callbacks; soketi sends the same
-    shape)."""
+    shape).
+
+    The channel and the message are each cut to :data:`chalicelib.errors.MAX_ECHO_CHARS`
+    characters (:func:`chalicelib.errors.clip`, ending in ``…``): every valid channel name
+    (164 characters at most) comes back exactly, so pusher-js finds its channel; a name of
+    131,000 characters still gets an answer of a few KB instead of a frame over API Gateway's
+    128 KB quota, which would be dropped.
+    """
     return encode("pusher:subscription_error",
-                  {"type": error_type, "error": message, "status": status}, channel)
+                  {"type": clip(error_type, 64), "error": clip(message), "status": status},
+                  clip(channel))
 
 
 def event_frame(event: str, data: Any, channel: Optional[str] = None,

@@ -152,3 +152,54 @@ def test_send_to_user_and_terminate_user_connections(stack):
 def test_a_wrong_secret_is_refused(stack):
     with pytest.raises(PusherBadAuth, match="Invalid signature"):
         library(stack, secret="not-the-secret").trigger("news", "e", "x")
+
+
+def http_log(stack, needle, count=1, timeout=10.0):
+    """The ``http`` part's log lines (``chalice local``, as ``make run`` prints them) that
+    contain ``needle``, once there are ``count`` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in list(stack.logs)
+                 if line.lstrip().startswith("http |") and needle in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+
+
+def test_the_http_access_log_shows_no_signature_and_no_token(stack):
+    """Issue 19 defect 6: the HTTP API's ``auth_signature`` and a JSONP ``/pusher/auth``'s
+    ``token=`` JWT appear in ``make run``'s ``http`` lines only as ``<redacted>``; the other
+    parameters stay readable."""
+    import re
+
+    import requests
+
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    library(stack).channels_info(prefix_filter=marker)
+    token = stack.mint("alice")
+    requests.get(f"{stack.http_url}/pusher/auth", timeout=20, params={
+        "callback": "Pusher.auth_callbacks['0']", "socket_id": "1.2",
+        "channel_name": f"private-{marker}", "token": token})
+    (api_line,) = http_log(stack, f"filter_by_prefix={marker}")
+    assert "auth_signature=<redacted>" in api_line and "auth_key=" in api_line
+    (jsonp_line,) = http_log(stack, f"channel_name=private-{marker}")
+    assert "token=<redacted>" in jsonp_line
+    everything = "\n".join(stack.logs)
+    assert token not in everything and token.split(".")[2] not in everything
+    assert not re.search(r"auth_signature=[0-9a-f]{64}", everything)
+
+
+def test_a_semicolon_in_a_channel_name_stays_in_the_path(stack):
+    """Issue 19 defect 7: the ``pusher`` library sends ``/apps/1/channels/c;x`` with ``;``
+    unescaped (so does the Node one); API Gateway takes ``;`` as a path character, and so does
+    the local stack now: the answer is about ``c;x``, not ``c``."""
+    channel = f"c{uuid.uuid4().hex[:8]};x"
+    listener = pusher_socket(stack)
+    lib = library(stack)
+    try:
+        listener.subscribe(channel)
+        assert lib.channel_info(channel, ["subscription_count"]) == \
+            {"occupied": True, "subscription_count": 1}
+        assert http_log(stack, f"/channels/{channel}?")  # sent as it is, not %3B
+        assert lib.channel_info(channel.split(";")[0]) == {"occupied": False}
+    finally:
+        listener.close()

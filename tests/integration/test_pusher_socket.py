@@ -61,7 +61,7 @@ def test_connection_established_carries_a_reversible_socket_id(gateway):
 
 
 @pytest.mark.parametrize("query, code", [
-    ("protocol=6", 4007), ("protocol=seven", 4006), ("protocol=", 4008),
+    ("protocol=3", 4007), ("protocol=8", 4007), ("protocol=seven", 4006), ("protocol=", 4008),
     ("protocol=7&app_key=other", 4001)])
 def test_refused_handshakes_get_the_protocols_error_then_close(gateway, query, code):
     with connect(url(gateway, path="/test", query=query)) as ws:

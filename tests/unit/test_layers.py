@@ -18,7 +18,8 @@ PACKAGE = ROOT / "chalicelib"
 #: lowest first; a module may import its own layer or a lower one, never a higher one. The
 #: first prefix that matches a module's dotted name (without ``chalicelib.``) gives its layer.
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
-    ("base", ("settings", "errors", "jsonutil", "logtext", "aws", "observability")),
+    ("base", ("settings", "webhook_settings", "addresses", "errors", "jsonutil", "logtext", "aws",
+              "observability")),
     ("rules", ("auth", "channels", "protocol")),
     ("registry", ("registry",)),
     ("delivery", ("delivery",)),

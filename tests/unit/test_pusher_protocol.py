@@ -52,14 +52,19 @@ def test_foreign_socket_ids_are_refused(socket_id):
 
 @pytest.mark.parametrize("query, code", [
     (None, 4008), ({}, 4008), ({"protocol": ""}, 4008), ({"protocol": "x7"}, 4006),
-    ({"protocol": "7.0"}, 4006), ({"protocol": "5"}, 4007), ({"protocol": "8"}, 4007),
+    ({"protocol": "7.0"}, 4006), ({"protocol": "3"}, 4007), ({"protocol": "1"}, 4007),
+    ({"protocol": "0"}, 4007), ({"protocol": "8"}, 4007), ({"protocol": "999999"}, 4007),
     ({"protocol": "7", "app_key": "other"}, 4001)])
 def test_handshake_errors_use_pushers_codes(query, code):
     assert protocol.handshake_error(query, "app-key").code == code
 
 
-@pytest.mark.parametrize("query", [{"protocol": "7"}, {"protocol": "7", "app_key": "app-key",
-                                                       "client": "js", "version": "8.6.0"}])
+@pytest.mark.parametrize("query", [
+    {"protocol": "7"}, {"protocol": "7", "app_key": "app-key", "client": "js",
+                        "version": "8.6.0"},
+    # the versions Pusher still serves (its protocol doc: only 1-3 are not); pysher sends 6
+    {"protocol": "4"}, {"protocol": "5"}, {"protocol": "06"},
+    {"protocol": "6", "client": "pysher", "version": "1.0.8", "app_key": "app-key"}])
 def test_good_handshakes_pass(query):
     assert protocol.handshake_error(query, "app-key") is None
 

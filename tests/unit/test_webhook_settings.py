@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings as settings_h, strategies as st
 
-from chalicelib import settings
+from chalicelib import settings, webhook_settings
 from chalicelib.errors import ConfigError
 
 SECRET_URL = "https://hooks.example.com/pusher/s3cr3t-path?token=tok-123"
@@ -20,7 +21,7 @@ def load(monkeypatch, value, stage="prod"):
         monkeypatch.setenv("PUSHER_WEBHOOKS",
                            value if isinstance(value, str) else json.dumps(value))
     settings.reset()
-    return settings.webhook_targets()
+    return webhook_settings.webhook_targets()
 
 
 def refused(monkeypatch, value, message_part, stage="prod"):
@@ -51,7 +52,7 @@ def test_a_full_target(monkeypatch):
 
 def test_every_event_type_we_send_is_accepted(monkeypatch):
     (target,) = load(monkeypatch, [{"url": SECRET_URL, "event_types": list(
-        settings.WEBHOOK_EVENT_TYPES)}])
+        webhook_settings.WEBHOOK_EVENT_TYPES)}])
     assert target.event_types == {"channel_occupied", "channel_vacated", "member_added",
                                   "member_removed", "client_event", "cache_miss"}
 
@@ -123,6 +124,102 @@ def test_malformed_entries_are_refused_with_the_entry_named(monkeypatch, value, 
 def test_read_once_and_reset(monkeypatch):
     first = load(monkeypatch, [{"url": SECRET_URL, "event_types": ["member_added"]}])
     monkeypatch.setenv("PUSHER_WEBHOOKS", "[]")
-    assert settings.webhook_targets() is first
+    assert webhook_settings.webhook_targets() is first
     settings.reset()
-    assert settings.webhook_targets() == ()
+    assert webhook_settings.webhook_targets() == ()
+
+
+# --- issue 19 defect 5: what PUSHER_WEBHOOKS cannot send is refused at load -------------------
+
+def headers_entry(headers):
+    return [{"url": SECRET_URL, "event_types": ["member_added"], "headers": headers}]
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Receiver\n": "v"},  # a final newline: `$` matched before it
+    {"X-Receiver": "price in €"}, {"X-Receiver": "line\u2028separator"},  # not Latin-1
+    {"X-Receiver": "next\u0085line"},  # a C1 control (NEL)
+    {"X-Pusher-Extra": "v"}, {"x-pusher-key": "forged"}, {"X-PUSHER-Anything": "v"},
+], ids=["newline-name", "euro", "u2028", "c1", "x-pusher", "x-pusher-key", "X-PUSHER"])
+def test_headers_http_client_cannot_send_or_pushers_own_are_refused(monkeypatch, headers):
+    refused(monkeypatch, headers_entry(headers), "PUSHER_WEBHOOKS[0].headers")
+
+
+def test_latin_1_header_values_are_kept(monkeypatch):
+    (target,) = load(monkeypatch, headers_entry({"X-Receiver": "café\tau lait ÿ"}))
+    assert target.headers == (("X-Receiver", "café\tau lait ÿ"),)
+
+
+@settings_h(max_examples=300, deadline=None)
+@given(name=st.text(max_size=70), value=st.text(max_size=100))
+def test_every_header_the_loader_keeps_http_client_sends(name, value):
+    """What the sender does with a target's headers (``http.client``, which encodes values
+    as Latin-1 and refuses names and values it cannot frame): nothing the loader accepts
+    fails there."""
+    import http.client
+    import os
+
+    from chalicelib import settings as config
+
+    os.environ["PUSHER_WEBHOOKS"] = json.dumps(headers_entry({name: value}))
+    config.reset()
+    try:
+        (target,) = webhook_settings.webhook_targets()
+    except ConfigError:
+        return
+    finally:
+        del os.environ["PUSHER_WEBHOOKS"]
+        config.reset()
+    connection = http.client.HTTPConnection("127.0.0.1", 9)  # never connected
+    connection.putrequest("POST", "/")
+    for header, text in target.headers:
+        connection.putheader(header, text)
+
+
+@pytest.mark.parametrize("url", [
+    "https://169.254.169.254/latest/meta-data/", "https://169.254.170.2/v2/credentials",
+    "https://2852039166/", "https://0xa9fea9fe/", "https://0251.0376.0251.0376/",
+    "https://169.254.43518/", "https://169.16689662/", "https://169.254.169.254./",
+    "https://１６９．２５４．１６９．２５４/",
+    "https://[fd00:ec2::254]/", "https://[FE80::1]/", "https://[fe80::1%25eth0]/",
+    "https://[febf:ffff::1]/", "https://[::ffff:169.254.169.254]/",
+    "https://[::ffff:a9fe:a9fe]/", "https://[::169.254.169.254]/",
+    "https://[64:ff9b::a9fe:a9fe]/", "https://[2002:a9fe:a9fe::1]/",
+])
+def test_link_local_and_metadata_addresses_are_refused_in_every_spelling(monkeypatch, url):
+    message = refused(monkeypatch, [{"url": url, "event_types": ["member_added"]}],
+                      "PUSHER_WEBHOOKS[0].url")
+    assert "link-local" in message
+
+
+@pytest.mark.parametrize("url", [
+    "https://hooks.example.com/", "https://10.0.0.5/", "https://169.255.0.1/",
+    "https://[2001:db8::1]/", "https://[fec0::1]/", "https://[fd00:ec3::254]/",
+    "https://0x7f.1/", "https://169.254.example.com/", "https://2852039166.example/",
+])
+def test_other_hosts_are_kept(monkeypatch, url):
+    assert load(monkeypatch, [{"url": url, "event_types": ["member_added"]}])[0].url == url
+
+
+@pytest.mark.parametrize("host, address", [
+    ("2852039166", "169.254.169.254"), ("0xA9FEA9FE", "169.254.169.254"),
+    ("0251.0376.0251.0376", "169.254.169.254"), ("169.254.43518", "169.254.169.254"),
+    ("169.16689662", "169.254.169.254"), ("127.1", "127.0.0.1"), ("0", "0.0.0.0"),
+    ("4294967296", None), ("256.1.1.1", None), ("08.1.1.1", None), ("1.2.3.4.5", None),
+    ("example.com", None), ("", None),
+])
+def test_inet_aton_spellings(host, address):
+    """What glibc's inet_aton (so getaddrinfo, so every HTTP client) reads as an IPv4
+    address."""
+    from chalicelib.addresses import inet_aton_address
+
+    found = inet_aton_address(host.lower())
+    assert (str(found) if found else None) == address
+    import socket
+
+    try:
+        expected = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        expected = None
+    if host:
+        assert (str(found) if found else None) == expected

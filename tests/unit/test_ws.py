@@ -192,7 +192,9 @@ def test_publish_cannot_reach_a_channel_of_someone_else(ws, dev_issuer):
     ({"action": "publish", "channel": "news", "event": "e" * 201}, "bad_request"),
     ({"action": "publish", "event": "e"}, "bad_request"),
     ({"action": "publish", "channel": "presence-room", "event": "client-e",
-      "data": "x" * 140_000}, "payload_too_large"),
+      "data": "x" * 140_000}, "client_event_too_large"),  # over 10 KB (CLIENT_EVENT_MAX_BYTES)
+    ({"action": "publish", "channel": "news", "event": "server-e",
+      "data": "x" * 140_000}, "payload_too_large"),  # a server event: the 128 KB frame
     ({"action": "pushtowebsocket"}, "bad_request"),
 ])
 def test_bad_action_fields_get_error_frames(ws, dev_issuer, body, code):

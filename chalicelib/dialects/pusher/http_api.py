@@ -431,7 +431,8 @@ def publish(event: Event) -> None:
             push.send_to_user(channel[len(SERVER_TO_USER_PREFIX):], event_frame(event, None),
                               exclude=exclude)
         else:
-            push.publish_to_channel(channel, event_frame(event, channel), exclude=exclude)
+            push.publish_to_channel(channel, event_frame(event, channel), exclude=exclude,
+                                    server_event=True)
 
 
 def channel_attributes(channel: str, info: Iterable[str]) -> Dict[str, int]:

@@ -19,7 +19,8 @@ dialect.
   410 every 10 ms ten times, then doubling to 160 ms, for up to :data:`HELLO_DEADLINE_SECONDS`. A refused
   handshake (bad version, unknown key, registry down) gets its ``pusher:error`` the same way,
   and the socket is then closed (DeleteConnection), as Pusher closes it.
-* ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong``;
+* ``$default`` (:func:`on_message`): ``pusher:ping`` -> ``pusher:pong`` (a ``pusher:pong``
+  is taken silently);
   ``pusher:subscribe`` for public channels and, with a valid ``auth`` (constant-time HMAC
   check), ``private-`` and ``private-encrypted-`` channels ->
   ``pusher_internal:subscription_succeeded``, else ``pusher:subscription_error`` with its
@@ -136,7 +137,8 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
 
     Checks the handshake, registers the connection (dialect ``pusher``, no user) and invokes
     :func:`hello` asynchronously with ``pusher:connection_established`` — or with the
-    ``pusher:error`` of a refused handshake (4006/4007/4008 version, 4001 app key, 4100
+    ``pusher:error`` of a refused handshake (4006/4007/4008 version: protocols 4-7 are
+    served, :data:`chalicelib.protocol.pusher.SUPPORTED_PROTOCOL_VERSIONS`; 4001 app key, 4100
     registry unavailable), which then closes the socket.
 
     Returns:
@@ -385,10 +387,18 @@ class _Answer:
 
 
 def _send(connection_id: str, text: str, event: Any) -> None:
+    """Post one reply; one over 128 KB is answered with a ``pusher:error`` instead (never
+    silence). Failures are logged, never raised."""
     from chalicelib.delivery import post
+    from chalicelib.errors import PayloadTooLarge
 
     try:
-        post.send_to_connection(connection_id, text, event=event)
+        try:
+            post.send_to_connection(connection_id, text, event=event)
+        except PayloadTooLarge as err:
+            log.warning("reply to %s too large: %s", connection_id, err)
+            post.send_to_connection(connection_id, protocol.error(err.public_message),
+                                    event=event)
     except Exception:
         log.exception("reply to %s failed", connection_id)
 
@@ -634,7 +644,8 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
                   event: Any) -> None:
     """A ``client-…`` event: the rules of :func:`chalicelib.channels.check_client_event`
     (private or presence channel the connection is subscribed to), at most
-    ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), never echoed to the
+    ``CLIENT_EVENT_RATE_LIMIT`` per second (else ``pusher:error`` 4301), its ``data`` at most
+    ``CLIENT_EVENT_MAX_BYTES`` (Pusher's 10 KB; else 4301 as soketi), never echoed to the
     sender; on presence channels it carries the sender's member ``user_id`` (Pusher docs,
     "Client events"). Pusher answers nothing on success."""
     from chalicelib.delivery import post, push
@@ -650,7 +661,12 @@ def _client_event(connection_id: str, name: str, data: Any, channel: Optional[st
         user_id = subscriptions.member_of(connection_id, target)
         if user_id:
             outgoing["user_id"] = user_id
-    post.encode_frame(outgoing)  # 413 before the event counts against the rate limit
+    try:  # 4301 before the event counts against the rate limit, as soketi
+        channels.check_client_event_size(data, websocket_settings().client_event_max_bytes)
+    except channels.ClientEventTooLarge as err:
+        raise protocol.ProtocolError(err.public_message, protocol.CLIENT_EVENT_REJECTED) \
+            from None
+    post.encode_frame(outgoing)
     limit = websocket_settings().client_event_rate_limit
     if not rates.allow_client_event(connection_id, limit):
         raise protocol.ProtocolError(
@@ -693,9 +709,16 @@ def _signin(connection_id: str, data: Any, channel: Optional[str], event: Any) -
     return protocol.encode("pusher:signin_success", {"user_data": user_data})
 
 
+def _pong(connection_id: str, data: Any, channel: Optional[str], event: Any) -> None:
+    """``pusher:pong``: a client's answer to a ping (protocol 5+; pysher sends one for every
+    ``pusher:ping``). This server sends no ``pusher:ping``; a pong is taken, unanswered."""
+    return None
+
+
 _HANDLERS = {
     "pusher:signin": _signin,
     "pusher:ping": _ping,
+    "pusher:pong": _pong,
     "pusher:subscribe": _subscribe,
     "pusher:unsubscribe": _unsubscribe,
 }
