@@ -26,15 +26,17 @@ class _Room:
     def __getattr__(self, attribute: str):
         module = importlib.import_module(f"chalicelib.{self._name}")
         if self._name in _REGISTRY_ROOMS:
-            # joins the registry's occupancy listeners: channel_occupied/vacated reach
-            # chalicelib/delivery/webhooks.py from every room that changes subscriptions
+            # joins the registry's occupancy listeners (channel_occupied/vacated webhooks) and
+            # removal hooks (presence member_removed, the departures a reconnect resumes) in
+            # every room that changes subscriptions or removes connections (a 410 anywhere)
             importlib.import_module("chalicelib.delivery.webhooks_out")
+            importlib.import_module("chalicelib.dialects.pusher.socket")
         globals()[self._alias] = module
         return getattr(module, attribute)
 
 
 #: rooms that subscribe, unsubscribe or remove connections
-_REGISTRY_ROOMS = ("doors.websocket", "doors.queue", "dialects.pusher.socket",
+_REGISTRY_ROOMS = ("doors.websocket", "doors.queue", "doors.rest", "dialects.pusher.socket",
                    "dialects.pusher.http_api")
 rest = _Room("rest", "doors.rest")
 ws = _Room("ws", "doors.websocket")

@@ -57,8 +57,8 @@ from chalicelib import aws, jsonutil, observability
 from chalicelib.delivery.sender import Sender
 from chalicelib.delivery.summary import Summary, empty_summary, tally
 from chalicelib.errors import AppError, ConfigError, PayloadTooLarge
-from chalicelib.registry import connections
-from chalicelib.settings import websocket_settings
+from chalicelib.registry import connections, departures
+from chalicelib.settings import history_settings, websocket_settings
 
 log = logging.getLogger("realtime.push")
 
@@ -308,9 +308,21 @@ def reset_clients() -> None:
 _sleep = time.sleep
 
 
-def _forget(connection_id: str) -> None:
+#: ``(channel name, event id)`` of a fan-out's event, noted for a connection whose post came
+#: back 410 (:func:`chalicelib.registry.departures.note_gone`)
+GoneNote = Tuple[str, int]
+
+
+def _forget(connection_id: str, gone_note: Optional[GoneNote] = None) -> None:
     """Delete a gone connection and its subscriptions; a registry failure is only logged (TTL
-    removes the items later)."""
+    removes the items later). With ``gone_note``, first note that the connection never got
+    that event of that channel (a reconnecting Pusher client of the same user gets it)."""
+    if gone_note is not None:
+        try:
+            departures.note_gone(connection_id, gone_note[0], gone_note[1],
+                                 window_seconds=history_settings().window_seconds)
+        except AppError as err:
+            log.warning("gone note of %s not written: %s", connection_id, err.code)
     try:
         removed = connections.remove_connection(connection_id)
         log.info("connection %s is gone; removed %d registry items", connection_id, removed)
@@ -322,7 +334,7 @@ def _forget(connection_id: str) -> None:
 
 @observability.counts_deliveries
 def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
-                        event: Any = None) -> Summary:
+                        event: Any = None, gone_note: Optional[GoneNote] = None) -> Summary:
     """Post one frame to many connections, at most ``PUSH_MAX_WORKERS`` posts in flight.
 
     Gone connections (410) are removed from the registry by a few helper threads while the
@@ -332,6 +344,8 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
         connection_ids: target connection ids (duplicates and empty ids are dropped).
         frame: see :func:`encode_frame`.
         event: the WebSocket event being handled, if any (see :func:`management_endpoint`).
+        gone_note: the channel and id of the event posted, noted for connections found gone
+            (:func:`_forget`).
     Returns:
         the delivery summary.
     Raises:
@@ -342,13 +356,14 @@ def send_to_connections(connection_ids: Iterable[str], frame: Any, *,
     ids = [cid for cid in dict.fromkeys(connection_ids) if isinstance(cid, str) and cid]
     if not ids:
         return empty_summary()
-    summary = tally(post_outcomes(ids, data, event=event).values())
+    summary = tally(post_outcomes(ids, data, event=event, gone_note=gone_note).values())
     if len(ids) > 1:
         log.info("pushed to %d connections: %s", len(ids), summary)
     return summary
 
 
-def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None) -> Dict[str, str]:
+def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None,
+                  gone_note: Optional[GoneNote] = None) -> Dict[str, str]:
     """:func:`send_to_connections` for encoded, distinct ids, answering per connection.
 
     Args:
@@ -373,7 +388,7 @@ def post_outcomes(connection_ids: List[str], data: bytes, *, event: Any = None) 
         if cleanup is None:
             cleanup = ThreadPoolExecutor(max_workers=CLEANUP_WORKERS,
                                          thread_name_prefix="push-cleanup")
-        removals.append(cleanup.submit(_forget, connection_id))
+        removals.append(cleanup.submit(_forget, connection_id, gone_note))
 
     try:
         return sender.post_many(connection_ids, data, max_attempts=ws.push_max_attempts,

@@ -47,7 +47,8 @@ def encode_for(dialect: str, frame: Any) -> bytes:
 
 
 def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
-                    event: Any = None, frames: Optional[Mapping[str, Any]] = None) -> Summary:
+                    event: Any = None, frames: Optional[Mapping[str, Any]] = None,
+                    gone_note: Optional[post.GoneNote] = None) -> Summary:
     """Post one frame to connections grouped by dialect, each group's frame encoded once
     (:func:`encode_for`).
 
@@ -75,7 +76,7 @@ def send_by_dialect(groups: Mapping[str, Iterable[str]], frame: Any, *,
             log.warning("%d %s connections not sent a frame: %s", len(ids), dialect, err)
             summaries.append({FAILED: len(ids)})
             continue
-        summaries.append(post.send_to_connections(ids, data, event=event))
+        summaries.append(post.send_to_connections(ids, data, event=event, gone_note=gone_note))
     return merge(*summaries)
 
 
@@ -198,7 +199,8 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
     frame, event_id = record(history.channel_stream(channel_name), frame)
     groups = channel_audience(channel_name, event_id)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
-                            for dialect, ids in groups.items()}, frame, event=event)
+                            for dialect, ids in groups.items()}, frame, event=event,
+                           gone_note=(channel_name, event_id) if event_id else None)
 
 
 # --- notifications: the message shape shared by POST /notifications and the SQS worker --------
@@ -341,4 +343,6 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
                 for key, value in queued.items():
                     total[key] = total.get(key, 0) + value
         return total
-    return send_by_dialect(groups, frame, event=event, frames=frames)
+    note = (notification.address, frame["id"]) \
+        if notification.target == "channel" and "id" in frame else None
+    return send_by_dialect(groups, frame, event=event, frames=frames, gone_note=note)

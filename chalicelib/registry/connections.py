@@ -54,6 +54,9 @@ class Connection:
         source_ip, user_agent: from the ``$connect`` request, or None.
         channels: channel names this connection is subscribed to (sorted).
         dialect: :data:`NATIVE` or :data:`PUSHER`.
+        bound_user: the user whose JWT signed a private or presence subscription for this
+            (Pusher) connection at ``/pusher/auth`` (:func:`bind_user`), or None: whose
+            departed connections it may resume (:mod:`chalicelib.registry.departures`).
     """
 
     connection_id: str
@@ -65,6 +68,7 @@ class Connection:
     user_agent: Optional[str] = None
     channels: Tuple[str, ...] = ()
     dialect: str = NATIVE
+    bound_user: Optional[str] = None
 
 
 def register(connection_id: str, principal: Optional[Principal], *,
@@ -161,7 +165,8 @@ def get_connection(connection_id: str, *, now: Optional[float] = None) -> Option
         connected_at=int(meta["connected_at"]["N"]), expires_at=int(meta[TTL_ATTRIBUTE]["N"]),
         source_ip=meta.get("source_ip", {}).get("S"),
         user_agent=meta.get("user_agent", {}).get("S"),
-        channels=tuple(sorted(channels)), dialect=dialect)
+        channels=tuple(sorted(channels)), dialect=dialect,
+        bound_user=meta.get("bound_user", {}).get("S"))
 
 
 def remove_connection(connection_id: str) -> int:
@@ -180,7 +185,9 @@ def remove_connection(connection_id: str) -> int:
     items = table.query_all(TableName=table.name(), ConsistentRead=True,
                        KeyConditionExpression="connection_id = :c",
                        ExpressionAttributeValues={":c": table.s(connection_id)},
-                       ProjectionExpression="connection_id, sk, member_user_id")
+                       ProjectionExpression="connection_id, sk, member_user_id, #u, #b, #d",
+                       ExpressionAttributeNames={"#u": "user_id", "#b": "bound_user",
+                                                 "#d": "dialect"})
     keys = [{"connection_id": item["connection_id"], "sk": item["sk"]} for item in items]
     _batch_delete(keys)
     for key in keys:
@@ -196,8 +203,9 @@ def remove_connection(connection_id: str) -> int:
 
 
 #: functions called as ``hook(connection_id, items)`` after :func:`remove_connection`
-#: deleted a connection's items (``connection_id``, ``sk``, ``member_user_id`` each); the
-#: Pusher dialect registers one that turns presence memberships into ``member_removed``
+#: deleted a connection's items (``connection_id``, ``sk``, ``member_user_id`` each, and on the
+#: connection item ``user_id``, ``bound_user``, ``dialect``); the Pusher dialect registers one
+#: that turns presence memberships into ``member_removed``, and one that records departures
 REMOVAL_HOOKS: List[Any] = []
 
 
@@ -257,3 +265,21 @@ def sign_in(connection_id: str, user_id: str) -> None:
     if "refused" in answer:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+
+
+def bind_user(connection_id: str, user_id: str) -> bool:
+    """Tie a connection to the user whose JWT signed a private or presence subscription for it
+    (``/pusher/auth``): one conditional UpdateItem ``SET bound_user`` on the connection item
+    (never re-creates a removed one).
+
+    Returns:
+        True when the connection is registered (and now bound), False otherwise.
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    answer = table.conditional(
+        "update_item", TableName=table.name(),
+        Key={"connection_id": table.s(connection_id), "sk": table.s(CONNECTION_SK)},
+        UpdateExpression="SET bound_user = :u", ConditionExpression="attribute_exists(sk)",
+        ExpressionAttributeValues={":u": table.s(user_id)})
+    return "refused" not in answer

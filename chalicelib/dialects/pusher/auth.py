@@ -438,6 +438,25 @@ def _principal(request) -> Principal:
     return principal
 
 
+def bind_socket(socket_id: str, user_id: str) -> None:
+    """Tie the WebSocket connection of ``socket_id`` (when it is one of our Pusher dialect's)
+    to the user whose JWT signed a subscription for it, so a reconnect of that user can resume
+    what this connection misses (:mod:`chalicelib.dialects.pusher.resume`). One conditional
+    UpdateItem; never fails the answer (a failure is logged)."""
+    from chalicelib.protocol import pusher as protocol
+    from chalicelib.registry import connections
+    from chalicelib.settings import history_settings, pusher_socket_settings
+
+    try:
+        if not pusher_socket_settings().enabled or history_settings().window_seconds <= 0:
+            return
+        connections.bind_user(protocol.connection_id_for(socket_id), user_id)
+    except ValueError:  # protocol.ProtocolError too
+        return  # a socket of hosted Pusher or soketi: none of ours
+    except AppError as err:
+        log.warning("socket %s not tied to its user: %s", socket_id, err.code)
+
+
 def channel_auth(request):
     """``POST /pusher/auth``: one channel (pusher-js) or a batch (pusher-js-auth).
 
@@ -457,6 +476,7 @@ def channel_auth(request):
                       for name in parsed.channel_names}
         else:
             answer = sign_channel(principal, parsed.channel_names[0], parsed.socket_id, config)
+        bind_socket(parsed.socket_id, principal.user_id)
         return _json_answer(answer, headers)
     except AppError as err:
         if isinstance(err, Forbidden):  # the channel rules said no
@@ -556,6 +576,7 @@ def channel_auth_jsonp(request):
         if channel_name is None or channel_name == "":
             raise BadRequest("channel_name is required")
         body, status = sign_channel(principal, channel_name, socket_id, config), 200
+        bind_socket(socket_id, principal.user_id)
     except AppError as err:
         log_error(err, "pusher.auth jsonp")
         body, status = err.body(), err.status

@@ -46,6 +46,7 @@ import time
 from typing import Any, Dict, Mapping, Optional
 
 from chalicelib import channels
+from chalicelib.dialects.pusher import resume
 from chalicelib.protocol import pusher as protocol
 from chalicelib.registry import cache, connections, presence, rates, subscriptions, table
 from chalicelib.errors import AppError, BadRequest
@@ -491,15 +492,16 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
     if connection is None or connection.dialect != DIALECT:
         raise protocol.ProtocolError("Connection not registered; reconnect",
                                      protocol.UNAUTHORIZED_CONNECTION)
-    entry = None
+    entry, after = None, resume.claim(connection, name)
     try:
         if member is not None:
             entry = presence.presence_enter(
                 name, member[0], member[1], connection,
                 max_members=pusher_socket_settings().presence_max_members)
         try:
-            subscriptions.subscribe(connection, name,
-                                  member_user_id=member[0] if member else None)
+            if not subscriptions.subscribe(connection, name, gated=after is not None,
+                                           member_user_id=member[0] if member else None):
+                after = None  # subscribed already: it has been getting the events live
         except AppError:
             if member is not None:
                 presence.presence_leave(name, member[0], connection_id)
@@ -511,8 +513,10 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
     except table.RegistryUnavailable:
         raise SubscriptionRefused(503, "Connection registry unavailable; retry",
                                   "ServiceUnavailable") from None
+    replay_then = resume.replayer(connection, name, after, event)
     if member is None:
-        return _with_cache(name, protocol.subscription_succeeded(name))
+        succeeded = _with_cache(name, protocol.subscription_succeeded(name))
+        return _Answer(succeeded, replay_then) if replay_then else succeeded
     # Exact under simultaneous joins (connections.presence_enter): the list holds the members
     # that joined before this connection, member_added goes to the connections that joined
     # before this member, so of two joiners each learns of the other exactly once.
@@ -546,7 +550,8 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
                               {"user_id": member[0], "user_info": member[1]}, name),
               name, event)
 
-    return _Answer(succeeded, answered)
+    return _Answer(succeeded, answered if replay_then is None
+                   else lambda: (answered(), replay_then()))
 
 
 def _with_cache(name: str, succeeded: str):

@@ -1,0 +1,114 @@
+"""Nothing lost across a reconnect, for stock pusher-js: a user's Pusher connection that left a
+channel without unsubscribing (closed, 410 Gone, API Gateway's 2-hour cap) is followed by a
+connection of the same user subscribing to it again within the history window; the new one
+gets, once, in order and before live events, the channel's events the old one never got.
+
+pusher-js sends no event id and knows nothing of this: the server remembers.
+
+* **Who.** A connection belongs to a user when it signed in (``pusher:signin``) or when our
+  ``/pusher/auth`` signed a private or presence subscription for it with the user's JWT
+  (:func:`chalicelib.registry.connections.bind_user`). Anonymous connections on public
+  channels have no user: they get no replay.
+* **Where it left.** When such a connection is removed (``$disconnect``, a 410 Gone, TTL), its
+  departure from each channel that keeps history is recorded with the channel's head at that
+  moment (:func:`record_departures`). A fan-out whose post came back 410 notes the first event
+  the connection missed (:func:`chalicelib.registry.departures.note_gone`): the departure
+  counts the smaller.
+* **Coming back.** At ``pusher:subscribe``, the oldest unclaimed departure of the user from
+  the channel is claimed once (:func:`claim`); the subscription is written closed to live
+  events, ``pusher_internal:subscription_succeeded`` is answered, the missed events are posted
+  in Pusher's frames, and the subscription opens at the last one
+  (:func:`chalicelib.delivery.replay.replay`).
+
+Not covered: events posted while the old socket was silently dead (API Gateway still answered
+200 to their posts), and a new connection that subscribes before the old one's departure was
+recorded (the old one is then still registered: two connections of the same user).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional
+
+from chalicelib.delivery import post, replay
+from chalicelib.errors import AppError
+from chalicelib.protocol import pusher as protocol
+from chalicelib.registry import connections, departures, history
+from chalicelib.registry.table import CHANNEL_SK_PREFIX, CONNECTION_SK
+from chalicelib.settings import history_settings
+
+log = logging.getLogger("realtime.pusher")
+
+
+def _user_of(item: Dict[str, Any]) -> Optional[str]:
+    return item.get("user_id", {}).get("S") or item.get("bound_user", {}).get("S")
+
+
+def record_departures(connection_id: str, items: List[Dict[str, Any]]) -> None:
+    """:data:`chalicelib.registry.connections.REMOVAL_HOOKS`: a removed Pusher connection with
+    a user leaves a departure on each channel it was subscribed to that keeps history (the
+    channel's head read now: one Query and one UpdateItem per channel). Failures are logged."""
+    meta = next((item for item in items if item.get("sk", {}).get("S") == CONNECTION_SK), None)
+    if meta is None or meta.get("dialect", {}).get("S") != connections.PUSHER:
+        return
+    user = _user_of(meta)
+    settings = history_settings()
+    if not user or settings.window_seconds <= 0:
+        return
+    for item in items:
+        sk = item.get("sk", {}).get("S", "")
+        name = sk[len(CHANNEL_SK_PREFIX):]
+        if not sk.startswith(CHANNEL_SK_PREFIX) or not settings.keeps_channel(name):
+            continue
+        try:
+            departures.record_departure(user, name, connection_id,
+                                        history.head(history.channel_stream(name)),
+                                        window_seconds=settings.window_seconds)
+        except AppError as err:
+            log.warning("departure of %s not recorded: %s", connection_id, err.code)
+
+
+connections.REMOVAL_HOOKS.append(record_departures)
+
+
+def claim(connection: connections.Connection, name: str) -> Optional[int]:
+    """The id after which ``connection`` should get ``name``'s events replayed, claimed once
+    from a departure of its user; None when there is none (or no user, no history, or the
+    registry failed: then it subscribes as usual)."""
+    user = connection.user_id or connection.bound_user
+    if not user or not history_settings().keeps_channel(name):
+        return None
+    try:
+        taken = departures.take(user, name, connection.connection_id)
+    except AppError as err:
+        log.warning("departures of a user on a channel not read: %s", err.code)
+        return None
+    return taken[1] if taken else None
+
+
+def replayer(connection: connections.Connection, name: str, after: Optional[int],
+             event: Any) -> Optional[Callable[[], None]]:
+    """The work to run once ``subscription_succeeded`` is posted: the replay of ``name`` after
+    ``after`` to ``connection`` in Pusher's frames, then its gate opened. None when ``after`` is
+    None. The callable never raises."""
+    if after is None:
+        return None
+    cid = connection.connection_id
+
+    def post_event(stored: history.StoredEvent) -> None:
+        text = protocol.event_frame(stored.event, stored.data, stored.channel, stored.user_id)
+        if not post.send_to_connection(cid, text, event=event).get("delivered"):
+            raise ConnectionError(cid)
+
+    def failed(reason: str, head: int) -> None:
+        log.info("resume of %s by %s failed (%s): live after %d", name, cid, reason, head)
+
+    def run() -> None:
+        try:
+            result = replay.replay(connection, name, after, post_event, on_failed=failed)
+            log.info("resume of %s by %s: %d replayed", name, cid, result.replayed)
+        except ConnectionError:
+            log.info("resume of %s stopped: %s is gone", name, cid)
+        except Exception:  # the gate stays closed: the subscription ends with the connection
+            log.exception("resume of %s by %s failed", name, cid)
+
+    return run
