@@ -51,12 +51,13 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from chalicelib import aws, jsonutil, observability
 from chalicelib.delivery.sender import Sender
 from chalicelib.delivery.summary import Summary, empty_summary, tally
 from chalicelib.errors import AppError, ConfigError, PayloadTooLarge
+from chalicelib.protocol.gateway import request_context
 from chalicelib.registry import connections, departures
 from chalicelib.settings import history_settings, websocket_settings
 
@@ -109,16 +110,6 @@ def encode_frame(frame: Any) -> bytes:
 
 
 # --- endpoint and client ----------------------------------------------------------------------
-
-def _request_context(event: Any) -> Mapping[str, Any]:
-    if event is None:
-        return {}
-    raw = event.to_dict() if hasattr(event, "to_dict") else event
-    if not isinstance(raw, Mapping):
-        return {}
-    context = raw.get("requestContext")
-    return context if isinstance(context, Mapping) else {}
-
 
 def _execute_api_url(api_id: str, region: str, stage: str) -> str:
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
@@ -246,7 +237,7 @@ def management_endpoint(event: Any = None) -> str:
     ws = websocket_settings()
     if ws.endpoint_url:
         return ws.endpoint_url.rstrip("/")
-    context = _request_context(event)
+    context = request_context(event)
     domain, stage, api_id = (context.get("domainName"), context.get("stage"),
                              context.get("apiId"))
     if isinstance(domain, str) and domain and isinstance(stage, str) and stage:

@@ -42,6 +42,7 @@ from chalicelib import channels, jsonutil, observability
 from chalicelib.auth.identity import authenticate_request, header
 from chalicelib.auth.principal import Principal
 from chalicelib.delivery import post, push, replay
+from chalicelib.protocol.gateway import request_context
 from chalicelib.errors import AppError, BadRequest, PayloadTooLarge, Unauthorized, log_error
 from chalicelib.registry import connections, rates, subscriptions
 from chalicelib.settings import history_settings, websocket_settings
@@ -77,16 +78,6 @@ class UnknownAction(BadRequest):
     code = "unknown_action"
 
 
-def _raw(event: Any) -> Dict[str, Any]:
-    raw = event.to_dict() if hasattr(event, "to_dict") else event
-    return raw if isinstance(raw, dict) else {}
-
-
-def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    context = raw.get("requestContext")
-    return context if isinstance(context, Mapping) else {}
-
-
 # --- $connect ---------------------------------------------------------------------------------
 
 def connect_principal(raw: Mapping[str, Any]) -> Principal:
@@ -101,7 +92,7 @@ def connect_principal(raw: Mapping[str, Any]) -> Principal:
         Unauthorized: (and every TokenError) no valid credentials.
         ConfigError: the JWT settings are missing.
     """
-    authorizer = _context(raw).get("authorizer")
+    authorizer = request_context(raw).get("authorizer")
     if isinstance(authorizer, Mapping) and authorizer.get("sub"):
         return Principal.from_context(authorizer)
     return authenticate_request(raw.get("headers"), raw.get("queryStringParameters"))
@@ -118,7 +109,7 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
         settings or the registry are unavailable — in both cases nothing is written and
         API Gateway refuses the handshake.
     """
-    context = _context(raw)
+    context = request_context(raw)
     connection_id = context.get("connectionId")
     try:
         if not isinstance(connection_id, str) or not connection_id:
@@ -211,7 +202,7 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     Every reply and error frame goes back through PostToConnection. Returns
     ``{"statusCode": 200}``; never raises.
     """
-    connection_id = _context(raw).get("connectionId")
+    connection_id = request_context(raw).get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         log.warning("$default event without requestContext.connectionId")
         return {"statusCode": 200}

@@ -12,19 +12,12 @@ from typing import Any, Dict, Mapping
 from chalicelib.dialects import native
 from chalicelib.dialects.pusher import socket as pusher_socket
 from chalicelib.errors import AppError, log_error
+from chalicelib.protocol.gateway import raw_event, request_context
 from chalicelib.registry import connections
 
 log = logging.getLogger("realtime.ws")
 
 
-def _raw(event: Any) -> Dict[str, Any]:
-    raw = event.to_dict() if hasattr(event, "to_dict") else event
-    return raw if isinstance(raw, dict) else {}
-
-
-def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    context = raw.get("requestContext")
-    return context if isinstance(context, Mapping) else {}
 
 def dialect_of(raw: Mapping[str, Any], connecting: bool = False) -> str:
     """The dialect of the connection an event belongs to: ``connections.NATIVE`` or
@@ -40,7 +33,7 @@ def dialect_of(raw: Mapping[str, Any], connecting: bool = False) -> str:
     takes the dialect the registry recorded for the connection (one Query), native when
     unknown (the native handler then refuses an unregistered connection).
     """
-    authorizer = _context(raw).get("authorizer")
+    authorizer = request_context(raw).get("authorizer")
     if isinstance(authorizer, Mapping):
         if pusher_socket.is_pusher_event(raw):
             return connections.PUSHER
@@ -48,7 +41,7 @@ def dialect_of(raw: Mapping[str, Any], connecting: bool = False) -> str:
             return connections.NATIVE
     if connecting:
         return connections.PUSHER if pusher_socket.requested(raw) else connections.NATIVE
-    connection_id = _context(raw).get("connectionId")
+    connection_id = request_context(raw).get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         return connections.NATIVE
     try:
@@ -69,7 +62,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
         refuses the handshake (:func:`chalicelib.dialects.native.on_connect`,
         :func:`chalicelib.dialects.pusher.socket.on_connect`).
     """
-    raw = _raw(event)
+    raw = raw_event(event)
     if dialect_of(raw, connecting=True) == connections.PUSHER:
         return pusher_socket.on_connect(raw)
     return native.on_connect(raw)
@@ -78,7 +71,7 @@ def on_connect(event: Any, app: Any = None) -> Dict[str, int]:
 def on_message(event: Any, app: Any = None) -> Dict[str, int]:
     """``$default``: one frame, handed to the connection's dialect. Returns
     ``{"statusCode": 200}``; never raises."""
-    raw = _raw(event)
+    raw = raw_event(event)
     if dialect_of(raw) == connections.PUSHER:
         return pusher_socket.on_message(raw, event)
     return native.on_message(raw, event)
@@ -87,7 +80,7 @@ def on_message(event: Any, app: Any = None) -> Dict[str, int]:
 def on_disconnect(event: Any, app: Any = None) -> Dict[str, int]:
     """``$disconnect``: remove the connection and its subscriptions. Idempotent; a registry
     failure is logged (the TTL removes the items later). Returns ``{"statusCode": 200}``."""
-    connection_id = _context(_raw(event)).get("connectionId")
+    connection_id = request_context(raw_event(event)).get("connectionId")
     if isinstance(connection_id, str) and connection_id:
         try:
             removed = connections.remove_connection(connection_id)

@@ -48,6 +48,7 @@ from typing import Any, Dict, Mapping, Optional
 from chalicelib import channels
 from chalicelib.dialects.pusher import resume
 from chalicelib.protocol import pusher as protocol
+from chalicelib.protocol.gateway import request_context
 from chalicelib.registry import cache, connections, presence, rates, subscriptions, table
 from chalicelib.errors import AppError, BadRequest
 from chalicelib.logtext import for_log
@@ -83,11 +84,6 @@ def _query(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return query
 
 
-def _context(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    context = raw.get("requestContext")
-    return context if isinstance(context, Mapping) else {}
-
-
 def enabled() -> bool:
     """``PUSHER_DIALECT``; an invalid value is logged and counts as off."""
     try:
@@ -106,7 +102,7 @@ def requested(raw: Mapping[str, Any]) -> bool:
 def is_pusher_event(raw: Mapping[str, Any]) -> bool:
     """True when a WebSocket event belongs to a Pusher connection: its authorizer context
     says so (API Gateway repeats the ``$connect`` context on every event of the connection)."""
-    authorizer = _context(raw).get("authorizer")
+    authorizer = request_context(raw).get("authorizer")
     return isinstance(authorizer, Mapping) and authorizer.get(CONTEXT_KEY) == DIALECT
 
 
@@ -146,7 +142,7 @@ def on_connect(raw: Mapping[str, Any]) -> Dict[str, int]:
         ``{"statusCode": 200}``; ``503`` when the first frame cannot be handed over (nothing
         stays registered) or the settings are broken.
     """
-    context = _context(raw)
+    context = request_context(raw)
     connection_id = context.get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         log.warning("$connect (pusher) without requestContext.connectionId")
@@ -336,7 +332,7 @@ def on_message(raw: Mapping[str, Any], event: Any = None) -> Dict[str, int]:
     Every answer goes back through PostToConnection; a frame the server cannot take gets a
     ``pusher:error``. Returns ``{"statusCode": 200}``; never raises.
     """
-    connection_id = _context(raw).get("connectionId")
+    connection_id = request_context(raw).get("connectionId")
     if not isinstance(connection_id, str) or not connection_id:
         log.warning("$default (pusher) without requestContext.connectionId")
         return {"statusCode": 200}
