@@ -20,7 +20,7 @@ from chalicelib.delivery.sender import FAILED
 from chalicelib.delivery.summary import Summary, merge
 from chalicelib.errors import AppError, BadRequest, PayloadTooLarge
 from chalicelib.protocol import pusher as pusher_protocol
-from chalicelib.registry import cache, connections, history, subscriptions
+from chalicelib.registry import cache, connections, departures, gates, history, subscriptions
 from chalicelib.settings import history_settings, websocket_settings
 
 log = logging.getLogger("realtime.push")
@@ -94,8 +94,9 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     post.encode_frame(frame)
-    frame, _ = record(history.user_stream(user_id), frame)
-    groups = subscriptions.connections_of_user_by_dialect(user_id)
+    frame, event_id = record(history.user_stream(user_id), frame)
+    groups, live = user_audience(user_id, event_id)
+    _hold_if_offline(user_id, event_id, live)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame,
                            event=event, frames=_user_frames(user_id, frame))
@@ -126,31 +127,62 @@ def record(stream: str, frame: Any) -> Tuple[Any, Optional[int]]:
     return {**frame, "id": event_id}, event_id
 
 
+def _gated(entries, event_id: Optional[int], recheck) -> Dict[str, List[str]]:
+    """``{dialect: [connection id, ...]}`` of the ``(connection id, dialect, gate)`` entries
+    that get event ``event_id`` live (:func:`chalicelib.registry.gates.takes`); entries the
+    index shows waiting are read again consistently (``recheck(ids)``)."""
+    groups: Dict[str, List[str]] = {}
+    waiting: List[str] = []
+    for connection_id, dialect, gate in entries:
+        if gate == gates.GATE_WAIT and event_id is not None:
+            waiting.append(connection_id)
+        elif gates.takes(gate, event_id):
+            groups.setdefault(dialect, []).append(connection_id)
+    if waiting:
+        for connection_id, (dialect, gate) in recheck(waiting).items():
+            if gates.takes(gate, event_id):
+                groups.setdefault(dialect, []).append(connection_id)
+    return groups
+
+
 def channel_audience(channel_name: str, event_id: Optional[int]) -> Dict[str, List[str]]:
     """``{dialect: [connection id, ...]}``: the subscribers of a channel that get event
-    ``event_id`` live. A subscription resuming the channel (its gate, see
-    :mod:`chalicelib.registry.subscriptions`) gets only events after the id its replay
-    reached; while it waits it gets none (its replay sends them). Gates the index may show
-    stale are read again consistently.
+    ``event_id`` live. A subscription resuming the channel (its gate,
+    :mod:`chalicelib.registry.gates`) gets only events after the id its replay reached; while
+    it waits it gets none (its replay sends them).
 
     Raises:
         RegistryUnavailable: the registry could not be read.
     """
     if event_id is None:
         return subscriptions.subscribers_by_dialect(channel_name)
-    groups: Dict[str, List[str]] = {}
-    waiting: List[str] = []
-    for connection_id, dialect, gate in subscriptions.subscribers_with_gates(channel_name):
-        if gate == subscriptions.GATE_WAIT:
-            waiting.append(connection_id)
-        elif gate is None or event_id > gate:
-            groups.setdefault(dialect, []).append(connection_id)
-    if waiting:
-        for connection_id, (dialect, gate) in subscriptions.gates_of(waiting,
-                                                                     channel_name).items():
-            if gate is None or (gate != subscriptions.GATE_WAIT and event_id > gate):
-                groups.setdefault(dialect, []).append(connection_id)
-    return groups
+    return _gated(subscriptions.subscribers_with_gates(channel_name), event_id,
+                  lambda ids: subscriptions.gates_of(ids, channel_name))
+
+
+def user_audience(user_id: str, event_id: Optional[int]) -> Tuple[Dict[str, List[str]], int]:
+    """``({dialect: [connection id, ...]}, live connections)``: a user's connections that get
+    event ``event_id`` live (a signed-in Pusher connection resuming the user's events waits
+    behind its gate, as :func:`channel_audience`), and how many live connections the user has,
+    gated ones included.
+
+    Raises:
+        RegistryUnavailable: the registry could not be read.
+    """
+    entries = subscriptions.connections_of_user_with_gates(user_id)
+    return _gated(entries, event_id, connections.user_gates_of), len(entries)
+
+
+def _hold_if_offline(user_id: str, event_id: Optional[int], live: int) -> None:
+    """An event to a user with no live connection is held: its id is noted so the user's next
+    Pusher sign-in gets it (and what followed) once
+    (:func:`chalicelib.registry.departures.hold`). A failure is logged."""
+    if live or event_id is None:
+        return
+    try:
+        departures.hold(user_id, event_id, window_seconds=history_settings().window_seconds)
+    except AppError as err:
+        log.warning("a held event of a user not noted: %s", err.code)
 
 
 def _user_frames(user_id: str, frame: Any) -> Dict[str, Any]:
@@ -326,8 +358,9 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
         return send_by_dialect({dialect: [notification.address]}, frame, event=event)
     post.encode_frame(frame)
     if notification.target == "user_id":
-        frame, _ = record(history.user_stream(notification.address), frame)
-        groups = subscriptions.connections_of_user_by_dialect(notification.address)
+        frame, event_id = record(history.user_stream(notification.address), frame)
+        groups, live = user_audience(notification.address, event_id)
+        _hold_if_offline(notification.address, event_id, live)
         frames = _user_frames(notification.address, frame)
     else:
         _remember_cache(notification.address, frame)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from chalicelib import observability
-from chalicelib.registry import history, subscriptions
+from chalicelib.registry import gates, history, subscriptions
 from chalicelib.registry.connections import Connection
 from chalicelib.settings import history_settings
 
@@ -81,14 +81,30 @@ def replay(connection: Connection, channel_name: str, after: int,
            on_failed: Optional[Callable[[str, int], None]] = None,
            clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> ReplayResult:
+    """:func:`replay_stream` of a channel: the connection's gated subscription to
+    ``channel_name`` opens at the end."""
+    stream = history.channel_stream(channel_name)
+    return replay_stream(
+        stream, after, post_event,
+        lambda head: subscriptions.open_gate(connection, channel_name, stream, head),
+        on_failed=on_failed, clock=clock, sleep=sleep)
+
+
+def replay_stream(stream: str, after: int, post_event: Callable[[history.StoredEvent], None],
+                  open_gate: Callable[[int], str], *,
+                  on_failed: Optional[Callable[[str, int], None]] = None,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> ReplayResult:
     """Replay a gated subscription's missed events, then open its gate (module docstring).
 
     Args:
-        connection: the resuming connection (its subscription to ``channel_name`` was made
-            with ``gated=True``).
+        stream: the history stream (:func:`chalicelib.registry.history.channel_stream` or
+            ``user_stream``).
         after: the last id the client has (0: it has none).
         post_event: posts one event to the connection (in the connection's dialect); raises
             on failure (the replay stops: the connection is gone or broken).
+        open_gate: ``open_gate(head)`` opens the waiting item at ``head``
+            (:func:`chalicelib.registry.gates.open_gate`'s answers).
         on_failed: ``(reason, head)`` called once, before any live event, when the resume
             fails; the replay then goes on from ``head``.
     Returns:
@@ -97,7 +113,6 @@ def replay(connection: Connection, channel_name: str, after: int,
         RegistryUnavailable: the registry failed (the gate may stay closed: the caller should
             answer an error; the subscription expires with the connection).
     """
-    stream = history.channel_stream(channel_name)
     started = clock()
     head = history.head(stream)
     reason = _resumable(stream, after, head)
@@ -108,10 +123,10 @@ def replay(connection: Connection, channel_name: str, after: int,
     replayed = 0
     while True:
         replayed += _post_range(stream, after, head, post_event, clock, sleep)
-        answer = subscriptions.open_gate(connection, channel_name, stream, head)
-        if answer == subscriptions.SUBSCRIPTION_GONE:
+        answer = open_gate(head)
+        if answer == gates.GONE:
             return ReplayResult(resumed=False, replayed=replayed, head=head, reason="gone")
-        if answer == subscriptions.GATE_OPEN:
+        if answer == gates.GATE_OPEN:
             break
         after, head = head, history.head(stream)
         if clock() - started > DEADLINE_SECONDS:
@@ -119,8 +134,7 @@ def replay(connection: Connection, channel_name: str, after: int,
             reason = reason or "too_busy"
             if on_failed is not None:
                 on_failed(reason, head)
-            while subscriptions.open_gate(connection, channel_name, stream,
-                                          head) == subscriptions.HEAD_MOVED:
+            while open_gate(head) == gates.HEAD_MOVED:
                 head = history.head(stream)
             break
     observability.count("EventsReplayed", replayed)

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from chalicelib.auth.principal import Principal
 from chalicelib.errors import AppError, Unauthorized
-from chalicelib.registry import occupancy, table
+from chalicelib.registry import gates, occupancy, table
 from chalicelib.registry.table import (CHANNEL_SK_PREFIX, CONNECTION_SK, TTL_ATTRIBUTE,
                                        USER_AUDIENCE_PREFIX, RegistryUnavailable)
 
@@ -57,6 +57,8 @@ class Connection:
         bound_user: the user whose JWT signed a private or presence subscription for this
             (Pusher) connection at ``/pusher/auth`` (:func:`bind_user`), or None: whose
             departed connections it may resume (:mod:`chalicelib.registry.departures`).
+        user_after: set while a signed-in Pusher connection waits for its user's events after
+            this id to be replayed (:func:`sign_in` with ``resume_after``), else None.
     """
 
     connection_id: str
@@ -69,6 +71,7 @@ class Connection:
     channels: Tuple[str, ...] = ()
     dialect: str = NATIVE
     bound_user: Optional[str] = None
+    user_after: Optional[int] = None
 
 
 def register(connection_id: str, principal: Optional[Principal], *,
@@ -151,7 +154,7 @@ def get_connection(connection_id: str, *, now: Optional[float] = None) -> Option
             channels.append(sk[len(CHANNEL_SK_PREFIX):])
     if meta is None:
         return None
-    dialect = meta.get("dialect", {}).get("S", NATIVE)
+    dialect, _ = gates.parse_gate(meta.get("dialect", {}).get("S"), NATIVE)
     principal = None
     if "principal" in meta or dialect == NATIVE:
         try:
@@ -166,7 +169,8 @@ def get_connection(connection_id: str, *, now: Optional[float] = None) -> Option
         source_ip=meta.get("source_ip", {}).get("S"),
         user_agent=meta.get("user_agent", {}).get("S"),
         channels=tuple(sorted(channels)), dialect=dialect,
-        bound_user=meta.get("bound_user", {}).get("S"))
+        bound_user=meta.get("bound_user", {}).get("S"),
+        user_after=int(meta["user_after"]["N"]) if "user_after" in meta else None)
 
 
 def remove_connection(connection_id: str) -> int:
@@ -238,7 +242,7 @@ def dialect_of(connection_id: str) -> Optional[str]:
                   ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE}).get("Items", [])
     if not items:
         return None
-    return items[0].get("dialect", {}).get("S", NATIVE)
+    return gates.parse_gate(items[0].get("dialect", {}).get("S"), NATIVE)[0]
 
 
 def remove_connections(connection_ids: Iterable[str]) -> int:
@@ -246,25 +250,52 @@ def remove_connections(connection_ids: Iterable[str]) -> int:
     return sum(remove_connection(connection_id) for connection_id in connection_ids)
 
 
-def sign_in(connection_id: str, user_id: str) -> None:
+def sign_in(connection_id: str, user_id: str, *, resume_after: Optional[int] = None) -> None:
     """A Pusher connection signed in (``pusher:signin``): it joins its user's audience, so
     :func:`connections_of_user` (``send_to_user``) finds it. One conditional UpdateItem on the
     connection item (never re-creates a removed connection).
 
+    Args:
+        resume_after: the user's events after this id are to be replayed to it first
+            (:mod:`chalicelib.dialects.pusher.resume`): its user audience waits behind a gate
+            (:mod:`chalicelib.registry.gates`) until :func:`open_user_gate`.
     Raises:
         Unauthorized: the connection is not registered.
         RegistryUnavailable: DynamoDB failed.
     """
+    update = "SET #aud = :a, #uid = :u"
+    values = {":a": table.s(USER_AUDIENCE_PREFIX + user_id), ":u": table.s(user_id)}
+    if resume_after is not None:
+        update += ", dialect = :d, user_after = :k"
+        values.update({":d": table.s(gates.gate_field(PUSHER, gates.GATE_WAIT)),
+                       ":k": table.n(resume_after)})
     answer = table.conditional(
         "update_item", TableName=table.name(),
         Key={"connection_id": table.s(connection_id), "sk": table.s(CONNECTION_SK)},
-        UpdateExpression="SET #aud = :a, #uid = :u", ConditionExpression="attribute_exists(sk)",
+        UpdateExpression=update, ConditionExpression="attribute_exists(sk)",
         ExpressionAttributeNames={"#aud": "audience", "#uid": "user_id"},
-        ExpressionAttributeValues={":a": table.s(USER_AUDIENCE_PREFIX + user_id),
-                                   ":u": table.s(user_id)})
+        ExpressionAttributeValues=values)
     if "refused" in answer:
         raise Unauthorized(f"connection {connection_id} is not registered",
                            public_message="Connection not registered; reconnect")
+
+
+def open_user_gate(connection: Connection, stream: str, head: int) -> str:
+    """:func:`chalicelib.registry.gates.open_gate` for a signed-in connection's user events
+    (its connection item; ``user_after`` goes)."""
+    return gates.open_gate({"connection_id": table.s(connection.connection_id),
+                            "sk": table.s(CONNECTION_SK)}, connection.dialect, stream, head,
+                           remove=("user_after",))
+
+
+def user_gates_of(connection_ids: List[str]) -> Dict[str, Tuple[str, Any]]:
+    """The current ``(dialect, gate)`` of some connections' items, read consistently.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    return gates.current([{"connection_id": table.s(cid), "sk": table.s(CONNECTION_SK)}
+                          for cid in connection_ids], NATIVE)
 
 
 def bind_user(connection_id: str, user_id: str) -> bool:

@@ -29,6 +29,11 @@ from chalicelib.registry.table import TTL_ATTRIBUTE
 
 DEPARTURE_PREFIX = "left#"
 GONE_PREFIX = "gone#"
+#: the "channel" of a user's own events (``send_to_user``: ``#server-to-user-<id>`` in Pusher's
+#: frames) in departure items; no channel name can start with ``#``
+USER_EVENTS = "#user"
+#: the "connection" of a departure noted for events sent while the user had none (held)
+HELD = "held"
 
 
 def _keep_min(key: Dict[str, Dict[str, str]], after: int, window_seconds: int,
@@ -36,10 +41,10 @@ def _keep_min(key: Dict[str, Dict[str, str]], after: int, window_seconds: int,
     current = time.time() if now is None else now
     table.conditional(
         "update_item", TableName=table.name(), Key=key,
-        UpdateExpression="SET #after = :a, #ttl = :e",
+        UpdateExpression="SET #after = :a, #ttl = :e, left_at = if_not_exists(left_at, :t)",
         ConditionExpression="attribute_not_exists(#after) OR #after > :a",
         ExpressionAttributeNames={"#after": "after", "#ttl": TTL_ATTRIBUTE},
-        ExpressionAttributeValues={":a": table.n(after),
+        ExpressionAttributeValues={":a": table.n(after), ":t": {"N": f"{current:.3f}"},
                                    ":e": table.n(current + window_seconds)})
 
 
@@ -53,6 +58,19 @@ def record_departure(user_id: str, channel_name: str, connection_id: str, after:
     """
     _keep_min({"connection_id": table.s(DEPARTURE_PREFIX + user_id),
                "sk": table.s(f"{channel_name}#{connection_id}")}, after, window_seconds, now)
+
+
+def hold(user_id: str, event_id: int, *, window_seconds: int,
+         now: Optional[float] = None) -> None:
+    """Event ``event_id`` to ``user_id`` found no live connection: hold it (and what follows)
+    for the user's next sign-in, once: a departure of the pseudo-connection :data:`HELD` from
+    :data:`USER_EVENTS` (one conditional UpdateItem; the earliest held event stays).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    record_departure(user_id, USER_EVENTS, HELD, event_id - 1, window_seconds=window_seconds,
+                     now=now)
 
 
 def note_gone(connection_id: str, channel_name: str, event_id: int, *, window_seconds: int,
@@ -77,11 +95,15 @@ def _gone_after(connection_id: str, channel_name: str) -> Optional[int]:
 
 def take(user_id: str, channel_name: str, connection_id: str, *,
          now: Optional[float] = None) -> Optional[Tuple[str, int]]:
-    """Claim, once, a departure of ``user_id`` from ``channel_name`` for ``connection_id``
-    (its new connection): the oldest one (smallest ``after``) not expired and not of
-    ``connection_id`` itself. One consistent Query of the user's departures on the channel, one
-    conditional DeleteItem (two new connections never claim the same departure), one Query of
-    the old connection's gone note.
+    """Claim a departure of ``user_id`` from ``channel_name`` for ``connection_id`` (its new
+    connection): the one recorded last (its ``left_at``), not expired and not of
+    ``connection_id`` itself. The user's other departures from the channel are claimed with it:
+    one recorded late (a removal that came after the user's next connection had already taken
+    over) would otherwise replay, at a later reconnect, events that connection got live. So two
+    connections of a user that leave one channel at the same moment: the first to come back
+    gets the replay. One consistent Query of the user's departures on the channel, one
+    conditional DeleteItem each (two new connections never claim the same departure), one
+    Query of the chosen one's gone note.
 
     Returns:
         ``(old connection id, after)``: replay the channel's events after ``after``; or None.
@@ -95,20 +117,20 @@ def take(user_id: str, channel_name: str, connection_id: str, *,
         KeyConditionExpression="connection_id = :u AND begins_with(sk, :p)",
         ExpressionAttributeValues={":u": table.s(DEPARTURE_PREFIX + user_id),
                                    ":p": table.s(prefix)})
-    found: List[Tuple[int, str, Dict[str, Dict[str, str]]]] = []
+    found: List[Tuple[float, int, str, Dict[str, Dict[str, str]]]] = []
     for item in items:
         old = item["sk"]["S"][len(prefix):]
         if old == connection_id or "#" in old or "after" not in item \
                 or int(item.get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
             continue  # another channel whose name continues with "#...", or expired
-        found.append((int(item["after"]["N"]), old,
-                      {"connection_id": item["connection_id"], "sk": item["sk"]}))
-    for after, old, key in sorted(found):
+        found.append((float(item.get("left_at", {}).get("N", "0")), int(item["after"]["N"]),
+                      old, {"connection_id": item["connection_id"], "sk": item["sk"]}))
+    claimed: Optional[Tuple[str, int]] = None
+    for _, after, old, key in sorted(found, reverse=True):  # the last recorded first
         answer = table.conditional("delete_item", TableName=table.name(), Key=key,
-                                   ConditionExpression="attribute_exists(sk)",
-                                   ReturnValues="ALL_OLD")
-        if "refused" in answer:
-            continue  # claimed by another connection meanwhile
+                                   ConditionExpression="attribute_exists(sk)")
+        if "refused" in answer or claimed is not None:
+            continue  # claimed by another connection meanwhile; or an older one, dropped
         gone = _gone_after(old, channel_name)
-        return old, min(after, gone) if gone is not None else after
-    return None
+        claimed = (old, min(after, gone) if gone is not None else after)
+    return claimed

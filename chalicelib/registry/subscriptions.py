@@ -17,11 +17,10 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from chalicelib.errors import AppError, Unauthorized
-from chalicelib.registry import history, occupancy, table
+from chalicelib.registry import gates, occupancy, table
 from chalicelib.registry.connections import NATIVE, Connection
 from chalicelib.registry.table import (CHANNEL_AUDIENCE_PREFIX, CHANNEL_SK_PREFIX, CONNECTION_SK,
-                                       INDEX_NAME, TTL_ATTRIBUTE, USER_AUDIENCE_PREFIX,
-                                       RegistryUnavailable)
+                                       INDEX_NAME, TTL_ATTRIBUTE, USER_AUDIENCE_PREFIX)
 
 #: subscriptions one connection may hold (each costs one item and one index entry)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 100
@@ -111,7 +110,7 @@ def subscribe(connection: Connection, channel_name: str, *,
     if connection.user_id:
         item["user_id"] = table.s(connection.user_id)
     if gated and channel_name not in before:
-        item["dialect"] = table.s(gate_field(connection.dialect, GATE_WAIT))
+        item["dialect"] = table.s(gates.gate_field(connection.dialect, gates.GATE_WAIT))
     elif connection.dialect != NATIVE:
         item["dialect"] = table.s(connection.dialect)
     if member_user_id is not None:
@@ -223,110 +222,9 @@ def _audience_by_dialect(audience: str, now: Optional[float]) -> Dict[str, List[
     items = _audience_items(audience, now, "connection_id, dialect")
     groups: Dict[str, List[str]] = {}
     for item in items:
-        dialect, _ = parse_gate(item.get("dialect", {}).get("S"))
+        dialect, _ = gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)
         groups.setdefault(dialect, []).append(item["connection_id"]["S"])
     return groups
-
-
-# --- gates: a resumed subscription takes live events only after its replay ---------------------
-#
-# A subscription made to resume a stream starts "waiting": the fan-out of an event leaves it out,
-# while the subscribing handler replays the events the connection missed from the history
-# (:mod:`chalicelib.delivery.replay`). The handler then opens the gate at the last id it
-# replayed, h, in ONE transaction with a check that the stream's head is still h: every later
-# event's fan-out sees "live after h" and delivers, every earlier one was replayed. The gate
-# rides in the subscription item's ``dialect`` attribute, which the index already projects:
-# ``<dialect>|wait`` or ``<dialect>|after=<h>`` (absent: native, no gate), so fan-out needs no
-# extra read, except a consistent one for the rare entries the index still shows waiting.
-
-GATE_WAIT = "wait"
-_GATE_AFTER = "after="
-#: answers of :func:`open_gate`
-GATE_OPEN, HEAD_MOVED, SUBSCRIPTION_GONE = "open", "head_moved", "gone"
-
-
-def gate_field(dialect: str, gate: Any) -> str:
-    """The ``dialect`` attribute of a gated subscription: ``gate`` is :data:`GATE_WAIT` or an
-    id (int: live after it)."""
-    return f"{dialect}|{GATE_WAIT if gate == GATE_WAIT else _GATE_AFTER + str(int(gate))}"
-
-
-def parse_gate(value: Optional[str]) -> Tuple[str, Any]:
-    """``(dialect, gate)`` of a subscription's ``dialect`` attribute: gate None (no gate),
-    :data:`GATE_WAIT`, or an int (live after that id). An unreadable gate counts as none."""
-    if not value:
-        return NATIVE, None
-    dialect, _, gate = value.partition("|")
-    if gate == GATE_WAIT:
-        return dialect, GATE_WAIT
-    if gate.startswith(_GATE_AFTER) and gate[len(_GATE_AFTER):].isdigit():
-        return dialect, int(gate[len(_GATE_AFTER):])
-    return dialect, None
-
-
-def subscribers_with_gates(channel_name: str, *, now: Optional[float] = None
-                           ) -> List[Tuple[str, str, Any]]:
-    """Live subscribers of a channel as ``(connection id, dialect, gate)`` (one Query on the
-    index, paginated; the gate as :func:`parse_gate` reads it, possibly stale).
-
-    Raises:
-        RegistryUnavailable: DynamoDB failed.
-    """
-    items = _audience_items(CHANNEL_AUDIENCE_PREFIX + channel_name, now, "connection_id, dialect")
-    return [(item["connection_id"]["S"], *parse_gate(item.get("dialect", {}).get("S")))
-            for item in items]
-
-
-def gates_of(connection_ids: List[str], channel_name: str) -> Dict[str, Tuple[str, Any]]:
-    """The current ``(dialect, gate)`` of some connections' subscriptions to a channel, read
-    consistently (BatchGetItem, 100 keys a call); unsubscribed connections are left out.
-
-    Raises:
-        RegistryUnavailable: DynamoDB failed.
-    """
-    found: Dict[str, Tuple[str, Any]] = {}
-    for start in range(0, len(connection_ids), 100):
-        keys = [{"connection_id": table.s(cid), "sk": table.s(CHANNEL_SK_PREFIX + channel_name)}
-                for cid in connection_ids[start:start + 100]]
-        for item in table.batch_get(keys, ConsistentRead=True,
-                                    ProjectionExpression="connection_id, dialect"):
-            found[item["connection_id"]["S"]] = parse_gate(item.get("dialect", {}).get("S"))
-    return found
-
-
-def open_gate(connection: Connection, channel_name: str, stream: str, head: int) -> str:
-    """Open a waiting subscription to live events after ``head``, if the stream's head is
-    still ``head``: ONE TransactWriteItems (a ConditionCheck of the history head, an Update of
-    the subscription item on condition it exists).
-
-    Returns:
-        :data:`GATE_OPEN`; :data:`HEAD_MOVED` (replay what came meanwhile, then try again);
-        :data:`SUBSCRIPTION_GONE` (unsubscribed or disconnected meanwhile).
-    Raises:
-        RegistryUnavailable: DynamoDB failed.
-    """
-    check: Dict[str, Any] = {"TableName": table.name(), "Key": history.head_key(stream)}
-    if head:
-        check.update(ConditionExpression="seq = :h",
-                     ExpressionAttributeValues={":h": table.n(head)})
-    else:
-        check["ConditionExpression"] = "attribute_not_exists(seq)"
-    reasons = table.transact([
-        {"ConditionCheck": check},
-        {"Update": {"TableName": table.name(),
-                    "Key": {"connection_id": table.s(connection.connection_id),
-                            "sk": table.s(CHANNEL_SK_PREFIX + channel_name)},
-                    "UpdateExpression": "SET dialect = :d",
-                    "ConditionExpression": "attribute_exists(sk)",
-                    "ExpressionAttributeValues": {
-                        ":d": table.s(gate_field(connection.dialect, head))}}}])
-    if reasons is None:
-        return GATE_OPEN
-    if not table.retryable(reasons):
-        raise RegistryUnavailable(f"opening a subscription's gate refused: {', '.join(reasons)}")
-    if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-        return SUBSCRIPTION_GONE
-    return HEAD_MOVED
 
 
 def member_of(connection_id: str, channel_name: str) -> Optional[str]:
@@ -341,3 +239,51 @@ def member_of(connection_id: str, channel_name: str) -> Optional[str]:
                                              ":s": table.s(CHANNEL_SK_PREFIX + channel_name)},
                   ProjectionExpression="member_user_id").get("Items", [])
     return items[0].get("member_user_id", {}).get("S") if items else None
+
+
+# --- gates (chalicelib.registry.gates) of channel subscriptions ---------------------------------
+
+def subscribers_with_gates(channel_name: str, *, now: Optional[float] = None
+                           ) -> List[Tuple[str, str, Any]]:
+    """Live subscribers of a channel as ``(connection id, dialect, gate)`` (one Query on the
+    index, paginated; the gate as the index shows it, possibly stale).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    items = _audience_items(CHANNEL_AUDIENCE_PREFIX + channel_name, now, "connection_id, dialect")
+    return [(item["connection_id"]["S"],
+             *gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)) for item in items]
+
+
+def gates_of(connection_ids: List[str], channel_name: str) -> Dict[str, Tuple[str, Any]]:
+    """The current ``(dialect, gate)`` of some connections' subscriptions to a channel, read
+    consistently; unsubscribed connections are left out.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    return gates.current([{"connection_id": table.s(cid),
+                           "sk": table.s(CHANNEL_SK_PREFIX + channel_name)}
+                          for cid in connection_ids], NATIVE)
+
+
+def open_gate(connection: Connection, channel_name: str, stream: str, head: int) -> str:
+    """:func:`chalicelib.registry.gates.open_gate` for a connection's subscription to
+    ``channel_name``."""
+    return gates.open_gate({"connection_id": table.s(connection.connection_id),
+                            "sk": table.s(CHANNEL_SK_PREFIX + channel_name)},
+                           connection.dialect, stream, head)
+
+
+def connections_of_user_with_gates(user_id: str, *, now: Optional[float] = None
+                                   ) -> List[Tuple[str, str, Any]]:
+    """Live connections of a user as ``(connection id, dialect, gate)``: the gate of a Pusher
+    connection that resumed the user's events at sign-in (one Query on the index).
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    items = _audience_items(USER_AUDIENCE_PREFIX + user_id, now, "connection_id, dialect")
+    return [(item["connection_id"]["S"],
+             *gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)) for item in items]

@@ -241,7 +241,7 @@ def test_native_websocket_with_a_jwt(deployment, tokens):
             frame = client.receive_until(lambda f: f.get("type") == "event")
             # the HTTP API's data is text, passed on as it came (docs/http-api.md)
             assert frame == {"type": "event", "channel": channel, "event": "greet",
-                             "data": '{"n": 1}'}, frame
+                             "data": '{"n": 1}', "id": 1}, frame  # the channel's first event
     finally:
         header_client.close()
         query_client.close()
@@ -271,6 +271,7 @@ def test_a_message_on_the_push_queue_reaches_the_user(deployment, tokens):
         sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(
             {"user_id": "alice", "event": "job-done", "data": {"job": 42}}))
         frame = client.receive_until(lambda f: f.get("type") == "event", within=30)
+        assert frame.pop("id") >= 1, frame  # its id in alice's history of events
         assert frame == {"type": "event", "event": "job-done", "data": {"job": 42}}, frame
     finally:
         client.close()
@@ -364,10 +365,11 @@ def test_the_registry_is_empty_after_every_client_left(deployment):
     """Every client of the tests above has closed its socket: ``$disconnect`` removed each
     connection with its subscriptions and presence members (the TTL would not here: the
     emulator writes no stream record for it, gap no-ttl-remove-record), and the HTTP API lists
-    no channel. Two kinds of items belong to no connection and stay until their TTL by design:
-    client-event rate windows (chalicelib/registry/rates.py) and presence rosters, which
-    outlive their members to keep the join sequence (chalicelib/registry/presence.py): a
-    roster must count no member."""
+    no channel. Some items belong to no connection and stay until their TTL by design:
+    client-event rate windows (chalicelib/registry/rates.py); presence rosters, which outlive
+    their members to keep the join sequence (chalicelib/registry/presence.py): a roster must
+    count no member; the event history (chalicelib/registry/history.py) and the departures a
+    reconnect resumes (chalicelib/registry/departures.py), kept the history window."""
     dynamodb = deployment.ministack.client("dynamodb")
     table = deployment.stack.outputs["ConnectionsTableName"]
     deadline = time.monotonic() + 30
@@ -389,5 +391,11 @@ def _text(item: dict, key: str) -> str:
 
 
 def _bookkeeping(item: dict) -> bool:
-    """A rate window (``rates.RATE_SK_PREFIX``) or a presence roster (``presence.ROSTER_SK``)."""
+    """A rate window (``rates.RATE_SK_PREFIX``), a presence roster (``presence.ROSTER_SK``), an
+    event of the history or its head (``history#``), a departure or a gone note (``left#``,
+    ``gone#``): each with a TTL within the history window (a head: a week)."""
+    pk = _text(item, "connection_id")
+    if pk.startswith(("history#", "left#", "gone#")):
+        limit = 7 * 24 * 3600 if _text(item, "sk") == "head" else 120
+        return int(item["expires_at"]["N"]) <= time.time() + limit + 5
     return _text(item, "sk").startswith("rate#") or _text(item, "sk") == "roster"

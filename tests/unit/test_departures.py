@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from chalicelib.registry import departures
-from tests.support.websocket import TABLE, aws_env, registry  # noqa: F401
+from tests.support.websocket import aws_env, registry  # noqa: F401
 
 WINDOW = 120
 
@@ -18,14 +18,23 @@ def test_the_smaller_after_stays_whichever_write_comes_first(registry):
     assert departures.take("u1", "private-user-u1", "new=") == ("old=", 6)
 
 
-def test_a_departure_is_claimed_once_and_the_oldest_first(registry):
-    departures.record_departure("u2", "news", "a=", 5, window_seconds=WINDOW)
-    departures.record_departure("u2", "news", "b=", 3, window_seconds=WINDOW)
+def test_the_last_recorded_departure_is_claimed_once_with_the_older_ones(registry):
+    now = time.time()
+    departures.record_departure("u2", "news", "a=", 3, window_seconds=WINDOW, now=now - 5)
+    departures.record_departure("u2", "news", "b=", 8, window_seconds=WINDOW, now=now - 1)
     departures.record_departure("u2", "news-2", "c=", 1, window_seconds=WINDOW)  # not "news"
-    assert departures.take("u2", "news", "new1=") == ("b=", 3)
-    assert departures.take("u2", "news", "new2=") == ("a=", 5)
-    assert departures.take("u2", "news", "new3=") is None
+    # "a=" was recorded before "b=" (a late removal): the connection that came back last left
+    # at 8; "a=" goes with it, never to replay 4..8 again at a later reconnect
+    assert departures.take("u2", "news", "new1=") == ("b=", 8)
+    assert departures.take("u2", "news", "new2=") is None
     assert departures.take("u2", "news-2", "new3=") == ("c=", 1)
+
+
+def test_held_events_are_claimed_at_the_next_sign_in(registry):
+    departures.hold("u4", 5, window_seconds=WINDOW)  # 5 found no connection: held from 4
+    departures.hold("u4", 6, window_seconds=WINDOW)
+    assert departures.take("u4", departures.USER_EVENTS, "new=") == ("held", 4)
+    assert departures.take("u4", departures.USER_EVENTS, "again=") is None
 
 
 def test_only_another_connection_of_the_same_user_within_the_window(registry):

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 from chalicelib.delivery import post, replay
 from chalicelib.errors import AppError
 from chalicelib.protocol import pusher as protocol
-from chalicelib.registry import connections, departures, history
+from chalicelib.registry import connections, departures, gates, history
 from chalicelib.registry.table import CHANNEL_SK_PREFIX, CONNECTION_SK
 from chalicelib.settings import history_settings
 
@@ -48,20 +48,24 @@ def record_departures(connection_id: str, items: List[Dict[str, Any]]) -> None:
     a user leaves a departure on each channel it was subscribed to that keeps history (the
     channel's head read now: one Query and one UpdateItem per channel). Failures are logged."""
     meta = next((item for item in items if item.get("sk", {}).get("S") == CONNECTION_SK), None)
-    if meta is None or meta.get("dialect", {}).get("S") != connections.PUSHER:
+    if meta is None or gates.parse_gate(meta.get("dialect", {}).get("S"),
+                                        connections.NATIVE)[0] != connections.PUSHER:
         return
     user = _user_of(meta)
     settings = history_settings()
     if not user or settings.window_seconds <= 0:
         return
-    for item in items:
-        sk = item.get("sk", {}).get("S", "")
-        name = sk[len(CHANNEL_SK_PREFIX):]
-        if not sk.startswith(CHANNEL_SK_PREFIX) or not settings.keeps_channel(name):
-            continue
+    left = [(item["sk"]["S"][len(CHANNEL_SK_PREFIX):],) for item in items
+            if item.get("sk", {}).get("S", "").startswith(CHANNEL_SK_PREFIX)]
+    streams = [(name, history.channel_stream(name)) for (name,) in left
+               if settings.keeps_channel(name)]
+    signed_in = meta.get("user_id", {}).get("S")
+    if signed_in and settings.keeps_users():  # its #server-to-user- events
+        streams.append((departures.USER_EVENTS, history.user_stream(signed_in)))
+    for name, stream in streams:
         try:
-            departures.record_departure(user, name, connection_id,
-                                        history.head(history.channel_stream(name)),
+            departures.record_departure(signed_in if name == departures.USER_EVENTS else user,
+                                        name, connection_id, history.head(stream),
                                         window_seconds=settings.window_seconds)
         except AppError as err:
             log.warning("departure of %s not recorded: %s", connection_id, err.code)
@@ -110,5 +114,54 @@ def replayer(connection: connections.Connection, name: str, after: Optional[int]
             log.info("resume of %s stopped: %s is gone", name, cid)
         except Exception:  # the gate stays closed: the subscription ends with the connection
             log.exception("resume of %s by %s failed", name, cid)
+
+    return run
+
+
+# --- a user's own events (#server-to-user-), at sign-in -----------------------------------------
+
+def claim_user(connection_id: str, user_id: str) -> Optional[int]:
+    """At ``pusher:signin``: the id after which the user's events are to be replayed to this
+    connection, claimed once from a departure of the user's earlier signed-in connection, or
+    from events held while the user had no connection
+    (:func:`chalicelib.registry.departures.hold`); None when there is none (or on a registry
+    failure: then it signs in as usual)."""
+    if not history_settings().keeps_users():
+        return None
+    try:
+        taken = departures.take(user_id, departures.USER_EVENTS, connection_id)
+    except AppError as err:
+        log.warning("departures of a user's events not read: %s", err.code)
+        return None
+    return taken[1] if taken else None
+
+
+def user_replayer(connection: connections.Connection, event: Any
+                  ) -> Optional[Callable[[], None]]:
+    """The work to run once the ``#server-to-user-<id>`` subscription is answered: the user's
+    events after ``connection.user_after``, in Pusher's frames on that channel (what pusher-js's
+    ``pusher.user.bind`` reads), then the connection's user audience opened. None when the
+    connection resumes nothing. The callable never raises."""
+    if connection.user_after is None or not connection.user_id:
+        return None
+    cid, user = connection.connection_id, connection.user_id
+    stream = history.user_stream(user)
+    channel = protocol.USER_CHANNEL_PREFIX + user
+
+    def post_event(stored: history.StoredEvent) -> None:
+        text = protocol.event_frame(stored.event, stored.data, channel, None)
+        if not post.send_to_connection(cid, text, event=event).get("delivered"):
+            raise ConnectionError(cid)
+
+    def run() -> None:
+        try:
+            result = replay.replay_stream(
+                stream, connection.user_after, post_event,
+                lambda head: connections.open_user_gate(connection, stream, head))
+            log.info("user events resumed by %s: %d replayed", cid, result.replayed)
+        except ConnectionError:
+            log.info("user events resume stopped: %s is gone", cid)
+        except Exception:
+            log.exception("user events resume of %s failed", cid)
 
     return run

@@ -463,7 +463,9 @@ def _join(connection_id: str, data: Mapping[str, Any], name: str, event: Any):
         if connection is None or not connection.user_id \
                 or name != USER_CHANNEL_PREFIX + connection.user_id:
             raise SubscriptionRefused(403, "Sign in as this user first (pusher:signin)")
-        return protocol.subscription_succeeded(name)
+        then = resume.user_replayer(connection, event)  # events held or missed meanwhile
+        answer = protocol.subscription_succeeded(name)
+        return _Answer(answer, then) if then else answer
     try:
         name = channels.validate_channel_name(name)
     except BadRequest as err:
@@ -705,7 +707,8 @@ def _signin(connection_id: str, data: Any, channel: Optional[str], event: Any) -
         user_id = validate_user_id(user_id, "user_data.id")
     except BadRequest as err:
         raise protocol.ProtocolError(err.public_message) from None
-    connections.sign_in(connection_id, user_id)
+    connections.sign_in(connection_id, user_id,
+                        resume_after=resume.claim_user(connection_id, user_id))
     log.info("pusher signin %s as %s", connection_id, for_log(user_id))
     return protocol.encode("pusher:signin_success", {"user_data": user_data})
 
