@@ -44,3 +44,24 @@ def test_only_another_connection_of_the_same_user_within_the_window(registry):
     later = time.time() + WINDOW + 1
     assert departures.take("u3", "news", "y=", now=later) is None  # expired
     assert departures.take("u3", "news", "y=") == ("x=", 4)
+
+
+def test_a_failed_pusher_replay_still_lets_live_events_in(registry, monkeypatch):
+    """A replay that fails (here: the registry refuses mid-way) must not leave the resumed
+    subscription closed for good: its gate opens at the channel's head, live events flow."""
+    from chalicelib.delivery import replay
+    from chalicelib.dialects.pusher import resume
+    from chalicelib.registry import connections, history, subscriptions
+
+    connection = connections.register("p1=", None, dialect=connections.PUSHER)
+    for _ in range(3):
+        history.record(history.channel_stream("news"), "e", 1, window_seconds=WINDOW)
+    assert subscriptions.subscribe(connection, "news", gated=True)
+    assert subscriptions.gates_of(["p1="], "news") == {"p1=": ("pusher", "wait")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("registry refused mid-way")
+
+    monkeypatch.setattr(replay, "replay", broken)
+    resume.replayer(connection, "news", 0, None)()  # never raises
+    assert subscriptions.gates_of(["p1="], "news") == {"p1=": ("pusher", 3)}

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 from chalicelib.delivery import post, replay
 from chalicelib.errors import AppError
 from chalicelib.protocol import pusher as protocol
-from chalicelib.registry import connections, departures, gates, history
+from chalicelib.registry import connections, departures, gates, history, subscriptions
 from chalicelib.registry.table import CHANNEL_SK_PREFIX, CONNECTION_SK
 from chalicelib.settings import history_settings
 
@@ -112,10 +112,24 @@ def replayer(connection: connections.Connection, name: str, after: Optional[int]
             log.info("resume of %s by %s: %d replayed", name, cid, result.replayed)
         except ConnectionError:
             log.info("resume of %s stopped: %s is gone", name, cid)
-        except Exception:  # the gate stays closed: the subscription ends with the connection
+        except Exception:
             log.exception("resume of %s by %s failed", name, cid)
+            open_anyway(history.channel_stream(name), lambda head: subscriptions.open_gate(
+                connection, name, history.channel_stream(name), head))
 
     return run
+
+
+def open_anyway(stream: str, open_gate: Callable[[int], str], attempts: int = 5) -> None:
+    """After a failed replay, open the waiting gate at the stream's current head, so live
+    events flow again rather than never (what was missed stays missed; logged). Never
+    raises."""
+    try:
+        for _ in range(attempts):
+            if open_gate(history.head(stream)) != gates.HEAD_MOVED:
+                return
+    except Exception:
+        log.exception("a gate of %s could not be opened after a failed replay", stream)
 
 
 # --- a user's own events (#server-to-user-), at sign-in -----------------------------------------
@@ -163,5 +177,6 @@ def user_replayer(connection: connections.Connection, event: Any
             log.info("user events resume stopped: %s is gone", cid)
         except Exception:
             log.exception("user events resume of %s failed", cid)
+            open_anyway(stream, lambda head: connections.open_user_gate(connection, stream, head))
 
     return run
