@@ -94,37 +94,54 @@ def send_to_user(user_id: str, frame: Any, *, event: Any = None,
         ConfigError: no management endpoint is configured.
     """
     post.encode_frame(frame)
-    frame, event_id = record(history.user_stream(user_id), frame)
-    groups, live = user_audience(user_id, event_id)
-    _hold_if_offline(user_id, event_id, live)
+    frame, groups, frames = _to_user(user_id, frame)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame,
-                           event=event, frames=_user_frames(user_id, frame))
+                           event=event, frames=frames)
 
 
-def record(stream: str, frame: Any) -> Tuple[Any, Optional[int]]:
-    """Keep an event frame in its stream's history when the stream keeps history
-    (:func:`chalicelib.settings.history_settings`), before any audience is read.
+def record(stream: str, frame: Any, kept: bool) -> Tuple[Any, Optional[int]]:
+    """Keep an event frame in its stream's history when the stream keeps history, before any
+    audience is read.
 
     Args:
         stream: :func:`chalicelib.registry.history.channel_stream` or ``user_stream``.
         frame: the frame to publish; only event frames (``{"type": "event", ...}``) are kept.
+        kept: whether the stream keeps history
+            (:class:`chalicelib.settings.HistorySettings`).
     Returns:
         ``(frame, id)``: the frame with its ``id`` added (native frames carry it; the Pusher
         form leaves it out, as stock clients parse), or the frame unchanged and None.
     Raises:
         RegistryUnavailable: the history could not be written (nothing was delivered).
     """
-    if not (isinstance(frame, Mapping) and frame.get("type") == "event"):
-        return frame, None
-    settings = history_settings()
-    kind, _, name = stream.partition(":")
-    if not (settings.keeps_channel(name) if kind == "channel" else settings.keeps_users()):
+    if not (kept and isinstance(frame, Mapping) and frame.get("type") == "event"):
         return frame, None
     event_id = history.record(stream, frame.get("event"), frame.get("data"),
-                              window_seconds=settings.window_seconds,
+                              window_seconds=history_settings().window_seconds,
                               channel=frame.get("channel"), user_id=frame.get("user_id"))
     return {**frame, "id": event_id}, event_id
+
+
+def _to_user(user_id: str, frame: Any) -> Tuple[Any, Dict[str, List[str]], Dict[str, Any]]:
+    """An event to a user, recorded in the user's history: ``(frame with its id, {dialect:
+    connection ids that get it live}, {dialect: frame} overrides)``; held when the user has
+    no live connection (:func:`_hold_if_offline`)."""
+    frame, event_id = record(history.user_stream(user_id), frame,
+                             history_settings().keeps_users())
+    groups, live = user_audience(user_id, event_id)
+    _hold_if_offline(user_id, event_id, live)
+    return frame, groups, _user_frames(user_id, frame)
+
+
+def _to_channel(channel_name: str, frame: Any
+                ) -> Tuple[Any, Dict[str, List[str]], Optional[post.GoneNote]]:
+    """An event to a channel, recorded in the channel's history: ``(frame with its id,
+    {dialect: subscribers that get it live}, the gone note of its posts)``."""
+    frame, event_id = record(history.channel_stream(channel_name), frame,
+                             history_settings().keeps_channel(channel_name))
+    note = (channel_name, event_id) if event_id is not None else None
+    return frame, channel_audience(channel_name, event_id), note
 
 
 def _gated(entries, event_id: Optional[int], recheck) -> Dict[str, List[str]]:
@@ -228,11 +245,10 @@ def publish_to_channel(channel_name: str, frame: Any, *, event: Any = None,
     post.encode_frame(frame)
     if server_event:
         _remember_cache(channel_name, frame)
-    frame, event_id = record(history.channel_stream(channel_name), frame)
-    groups = channel_audience(channel_name, event_id)
+    frame, groups, note = _to_channel(channel_name, frame)
     return send_by_dialect({dialect: [cid for cid in ids if cid != exclude]
                             for dialect, ids in groups.items()}, frame, event=event,
-                           gone_note=(channel_name, event_id) if event_id else None)
+                           gone_note=note)
 
 
 # --- notifications: the message shape shared by POST /notifications and the SQS worker --------
@@ -357,15 +373,12 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
             dialect = connections.NATIVE
         return send_by_dialect({dialect: [notification.address]}, frame, event=event)
     post.encode_frame(frame)
+    note = None
     if notification.target == "user_id":
-        frame, event_id = record(history.user_stream(notification.address), frame)
-        groups, live = user_audience(notification.address, event_id)
-        _hold_if_offline(notification.address, event_id, live)
-        frames = _user_frames(notification.address, frame)
+        frame, groups, frames = _to_user(notification.address, frame)
     else:
         _remember_cache(notification.address, frame)
-        frame, event_id = record(history.channel_stream(notification.address), frame)
-        groups = channel_audience(notification.address, event_id)
+        frame, groups, note = _to_channel(notification.address, frame)
         frames = {}
     if sum(len(ids) for ids in groups.values()) > websocket_settings().push_shard_threshold:
         # one fan-out per dialect, each group's frame encoded once (a shard carries one frame)
@@ -376,6 +389,4 @@ def deliver(notification: Notification, *, event: Any = None) -> Summary:
                 for key, value in queued.items():
                     total[key] = total.get(key, 0) + value
         return total
-    note = (notification.address, frame["id"]) \
-        if notification.target == "channel" and "id" in frame else None
     return send_by_dialect(groups, frame, event=event, frames=frames, gone_note=note)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from chalicelib import observability
+from chalicelib.delivery import post
 from chalicelib.registry import gates, history, subscriptions
 from chalicelib.registry.connections import Connection
 from chalicelib.settings import history_settings
@@ -110,8 +111,10 @@ def replay_stream(stream: str, after: int, post_event: Callable[[history.StoredE
     Returns:
         a :class:`ReplayResult`.
     Raises:
-        RegistryUnavailable: the registry failed (the gate may stay closed: the caller should
-            answer an error; the subscription expires with the connection).
+        RegistryUnavailable: the registry failed; the gate is still closed, and the caller
+            unsubscribes and answers an error (native) or opens it at the head anyway
+            (:func:`chalicelib.dialects.pusher.resume.open_anyway`).
+        ConnectionLost: ``post_event`` could not deliver (from :func:`poster`).
     """
     started = clock()
     head = history.head(stream)
@@ -171,6 +174,24 @@ def _post_range(stream: str, after: int, head: int,
             posted += 1
             after = stored.id
     return posted
+
+
+class ConnectionLost(Exception):
+    """A replayed event could not be posted (the connection is gone or failing): the replay
+    stops."""
+
+
+def poster(connection_id: str, encode: Callable[[history.StoredEvent], Any],
+           event: Any = None) -> Callable[[history.StoredEvent], None]:
+    """A ``post_event`` for :func:`replay_stream`: posts ``encode(stored)`` to the connection
+    (:func:`chalicelib.delivery.post.send_to_connection`) and raises :class:`ConnectionLost`
+    when it was not delivered."""
+    def post_event(stored: history.StoredEvent) -> None:
+        if not post.send_to_connection(connection_id, encode(stored),
+                                       event=event).get("delivered"):
+            raise ConnectionLost(connection_id)
+
+    return post_event
 
 
 def frame_of(stored: history.StoredEvent) -> Any:

@@ -315,10 +315,6 @@ def _resume_id(frame: Mapping[str, Any]) -> Optional[int]:
     return value
 
 
-class _ConnectionLost(Exception):
-    """A replayed event could not be posted: the replay stops."""
-
-
 def _resume(connection: connections.Connection, name: str, after: int, event: Any) -> None:
     """Replay what the connection missed on ``name`` after ``after``, then let live events in
     (:func:`chalicelib.delivery.replay.replay`); a failed resume is told with
@@ -327,20 +323,16 @@ def _resume(connection: connections.Connection, name: str, after: int, event: An
     frame naming the channel, so the client subscribes again."""
     cid = connection.connection_id
 
-    def post_event(stored) -> None:
-        summary = post.send_to_connection(cid, replay.frame_of(stored), event=event)
-        if not summary.get("delivered"):
-            raise _ConnectionLost(cid)
-
     def failed(reason: str, head: int) -> None:
         _send_quietly(cid, {"type": "resume_failed", "channel": name, "reason": reason,
                             "id": head}, event)
 
     try:
-        result = replay.replay(connection, name, after, post_event, on_failed=failed)
+        result = replay.replay(connection, name, after,
+                               replay.poster(cid, replay.frame_of, event), on_failed=failed)
         log.info("resume of %s by %s: %d replayed, live after %d", name, cid, result.replayed,
                  result.head)
-    except _ConnectionLost:
+    except replay.ConnectionLost:
         log.info("resume of %s stopped: %s is gone", name, cid)
     except AppError as err:
         log_error(err, "$default subscribe (resume)")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
-from chalicelib.delivery import post, replay
+from chalicelib.delivery import replay
 from chalicelib.errors import AppError
 from chalicelib.protocol import pusher as protocol
 from chalicelib.registry import connections, departures, gates, history, subscriptions
@@ -52,20 +52,18 @@ def record_departures(connection_id: str, items: List[Dict[str, Any]]) -> None:
                                         connections.NATIVE)[0] != connections.PUSHER:
         return
     user = _user_of(meta)
-    settings = history_settings()
-    if not user or settings.window_seconds <= 0:
+    if not user:
         return
-    left = [(item["sk"]["S"][len(CHANNEL_SK_PREFIX):],) for item in items
-            if item.get("sk", {}).get("S", "").startswith(CHANNEL_SK_PREFIX)]
-    streams = [(name, history.channel_stream(name)) for (name,) in left
+    settings = history_settings()
+    names = (item["sk"]["S"][len(CHANNEL_SK_PREFIX):] for item in items
+             if item.get("sk", {}).get("S", "").startswith(CHANNEL_SK_PREFIX))
+    streams = [(name, history.channel_stream(name)) for name in names
                if settings.keeps_channel(name)]
-    signed_in = meta.get("user_id", {}).get("S")
-    if signed_in and settings.keeps_users():  # its #server-to-user- events
-        streams.append((departures.USER_EVENTS, history.user_stream(signed_in)))
+    if meta.get("user_id") and settings.keeps_users():  # signed in: its #server-to-user- events
+        streams.append((departures.USER_EVENTS, history.user_stream(user)))
     for name, stream in streams:
         try:
-            departures.record_departure(signed_in if name == departures.USER_EVENTS else user,
-                                        name, connection_id, history.head(stream),
+            departures.record_departure(user, name, connection_id, history.head(stream),
                                         window_seconds=settings.window_seconds)
         except AppError as err:
             log.warning("departure of %s not recorded: %s", connection_id, err.code)
@@ -98,10 +96,8 @@ def replayer(connection: connections.Connection, name: str, after: Optional[int]
         return None
     cid = connection.connection_id
 
-    def post_event(stored: history.StoredEvent) -> None:
-        text = protocol.event_frame(stored.event, stored.data, stored.channel, stored.user_id)
-        if not post.send_to_connection(cid, text, event=event).get("delivered"):
-            raise ConnectionError(cid)
+    post_event = replay.poster(cid, lambda stored: protocol.event_frame(
+        stored.event, stored.data, stored.channel, stored.user_id), event)
 
     def failed(reason: str, head: int) -> None:
         log.info("resume of %s by %s failed (%s): live after %d", name, cid, reason, head)
@@ -110,7 +106,7 @@ def replayer(connection: connections.Connection, name: str, after: Optional[int]
         try:
             result = replay.replay(connection, name, after, post_event, on_failed=failed)
             log.info("resume of %s by %s: %d replayed", name, cid, result.replayed)
-        except ConnectionError:
+        except replay.ConnectionLost:
             log.info("resume of %s stopped: %s is gone", name, cid)
         except Exception:
             log.exception("resume of %s by %s failed", name, cid)
@@ -162,10 +158,8 @@ def user_replayer(connection: connections.Connection, event: Any
     stream = history.user_stream(user)
     channel = protocol.USER_CHANNEL_PREFIX + user
 
-    def post_event(stored: history.StoredEvent) -> None:
-        text = protocol.event_frame(stored.event, stored.data, channel, None)
-        if not post.send_to_connection(cid, text, event=event).get("delivered"):
-            raise ConnectionError(cid)
+    post_event = replay.poster(cid, lambda stored: protocol.event_frame(
+        stored.event, stored.data, channel, None), event)
 
     def run() -> None:
         try:
@@ -173,7 +167,7 @@ def user_replayer(connection: connections.Connection, event: Any
                 stream, connection.user_after, post_event,
                 lambda head: connections.open_user_gate(connection, stream, head))
             log.info("user events resumed by %s: %d replayed", cid, result.replayed)
-        except ConnectionError:
+        except replay.ConnectionLost:
             log.info("user events resume stopped: %s is gone", cid)
         except Exception:
             log.exception("user events resume of %s failed", cid)
