@@ -41,13 +41,10 @@ def cache_get(channel_name: str, *, now: Optional[float] = None) -> Optional[Tup
         RegistryUnavailable: DynamoDB failed or the item is unreadable.
     """
     current = int(time.time() if now is None else now)
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                  KeyConditionExpression="connection_id = :c AND sk = :s",
-                  ExpressionAttributeValues={":c": table.s(CACHE_PK_PREFIX + channel_name),
-                                             ":s": table.s("event")}).get("Items", [])
-    if not items or int(items[0].get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
+    cached = table.item(CACHE_PK_PREFIX + channel_name, "event")
+    if int(cached.get(TTL_ATTRIBUTE, {}).get("N", "0")) <= current:
         return None
     try:
-        return items[0]["event"]["S"], json.loads(items[0]["data"]["S"])
+        return cached["event"]["S"], json.loads(cached["data"]["S"])
     except (KeyError, ValueError):
         raise RegistryUnavailable(f"cache item of {channel_name} is unreadable") from None

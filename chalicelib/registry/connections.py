@@ -33,8 +33,9 @@ log = logging.getLogger("realtime.connections")
 
 #: user agents are truncated to this many characters before storage
 MAX_USER_AGENT_LENGTH = 512
-#: what a connection speaks (:mod:`chalicelib.dialects.native` frames, or Pusher protocol 7 through
-#: :mod:`chalicelib.dialects.pusher.socket`); stored as ``dialect`` on its items only when not native
+#: what a connection speaks (:mod:`chalicelib.dialects.native` frames, or Pusher protocol 7
+#: through :mod:`chalicelib.dialects.pusher.socket`); stored as ``dialect`` on its items only
+#: when not native
 NATIVE = "native"
 PUSHER = "pusher"
 DIALECTS = (NATIVE, PUSHER)
@@ -234,15 +235,11 @@ def dialect_of(connection_id: str) -> Optional[str]:
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = table.call("query", TableName=table.name(),
-                  KeyConditionExpression="connection_id = :c AND sk = :s",
-                  ExpressionAttributeValues={":c": table.s(connection_id),
-                                             ":s": table.s(CONNECTION_SK)},
-                  ProjectionExpression="dialect, #ttl",
-                  ExpressionAttributeNames={"#ttl": TTL_ATTRIBUTE}).get("Items", [])
-    if not items:
+    found = table.item(connection_id, CONNECTION_SK, consistent=False,
+                       projection="dialect, #ttl", names={"#ttl": TTL_ATTRIBUTE})
+    if not found:
         return None
-    return gates.parse_gate(items[0].get("dialect", {}).get("S"), NATIVE)[0]
+    return gates.parse_gate(found.get("dialect", {}).get("S"), NATIVE)[0]
 
 
 def remove_connections(connection_ids: Iterable[str]) -> int:

@@ -86,11 +86,8 @@ def note_gone(connection_id: str, channel_name: str, event_id: int, *, window_se
 
 
 def _gone_after(connection_id: str, channel_name: str) -> Optional[int]:
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                       KeyConditionExpression="connection_id = :c AND sk = :s",
-                       ExpressionAttributeValues={":c": table.s(GONE_PREFIX + connection_id),
-                                                  ":s": table.s(channel_name)}).get("Items", [])
-    return int(items[0]["after"]["N"]) if items and "after" in items[0] else None
+    note = table.item(GONE_PREFIX + connection_id, channel_name)
+    return int(note["after"]["N"]) if "after" in note else None
 
 
 def take(user_id: str, channel_name: str, connection_id: str, *,

@@ -135,11 +135,7 @@ def head(stream: str) -> int:
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                       KeyConditionExpression="connection_id = :c AND sk = :s",
-                       ExpressionAttributeValues={":c": _pk(stream),
-                                                  ":s": table.s(HEAD_SK)}).get("Items", [])
-    return int(items[0].get("seq", {}).get("N", "0")) if items else 0
+    return int(table.item(PREFIX + stream, HEAD_SK).get("seq", {}).get("N", "0"))
 
 
 def events_after(stream: str, after: int, *, upto: Optional[int] = None,

@@ -78,17 +78,13 @@ def vacate_if_empty(channel_name: str, *, ignore: Optional[str] = None,
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                  KeyConditionExpression="connection_id = :c AND sk = :s",
-                  ExpressionAttributeValues={":c": table.s(OCCUPANCY_PREFIX + channel_name),
-                                             ":s": table.s(OCCUPANCY_SK)},
-                  ProjectionExpression="version").get("Items", [])
-    if not items or has_subscribers(channel_name, ignore=ignore, now=now):
+    occupied = table.item(OCCUPANCY_PREFIX + channel_name, OCCUPANCY_SK, projection="version")
+    if not occupied or has_subscribers(channel_name, ignore=ignore, now=now):
         return False
     answer = table.conditional("delete_item", TableName=table.name(),
                                Key=_occupancy_key(channel_name),
                           ConditionExpression="version = :v",
-                          ExpressionAttributeValues={":v": items[0].get("version", table.n(0))})
+                          ExpressionAttributeValues={":v": occupied.get("version", table.n(0))})
     return "refused" not in answer
 
 

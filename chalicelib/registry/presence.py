@@ -144,11 +144,7 @@ def presence_count(channel_name: str) -> int:
 def _roster(channel_name: str) -> Dict[str, Any]:
     """A channel's roster item, ``{}`` when absent (one consistent Query of that key: the
     functions' role allows Query, not GetItem)."""
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                  KeyConditionExpression="connection_id = :c AND sk = :s",
-                  ExpressionAttributeValues={":c": _presence_pk(channel_name),
-                                             ":s": table.s(ROSTER_SK)}).get("Items", [])
-    return items[0] if items else {}
+    return table.item(PRESENCE_PK_PREFIX + channel_name, ROSTER_SK)
 
 
 
@@ -341,8 +337,8 @@ def _correct_count(channel_name: str, seq: int, believed: int, real: int) -> boo
 def presence_recount(channel_name: str) -> int:
     """Count a channel's member items and correct the roster's ``members`` to it when it
     differs: read the roster (consistent Query of its key), count (consistent
-    ``Select=COUNT`` Query), write on condition that ``seq`` and ``members`` are unchanged (no join or leave in
-    between), else again. Idempotent, never below 0: the registry stream calls it for every
+    ``Select=COUNT`` Query), write on condition that ``seq`` and ``members`` are unchanged (no
+    join or leave in between), else again. Idempotent, never below 0: the registry stream calls it for every
     member item TTL deleted, however often the record comes.
 
     Returns:

@@ -219,11 +219,9 @@ def connections_of_user_by_dialect(user_id: str, *,
 
 
 def _audience_by_dialect(audience: str, now: Optional[float]) -> Dict[str, List[str]]:
-    items = _audience_items(audience, now, "connection_id, dialect")
     groups: Dict[str, List[str]] = {}
-    for item in items:
-        dialect, _ = gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)
-        groups.setdefault(dialect, []).append(item["connection_id"]["S"])
+    for connection_id, dialect, _ in _with_gates(audience, now):
+        groups.setdefault(dialect, []).append(connection_id)
     return groups
 
 
@@ -233,12 +231,8 @@ def member_of(connection_id: str, channel_name: str) -> Optional[str]:
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = table.call("query", TableName=table.name(), ConsistentRead=True,
-                  KeyConditionExpression="connection_id = :c AND sk = :s",
-                  ExpressionAttributeValues={":c": table.s(connection_id),
-                                             ":s": table.s(CHANNEL_SK_PREFIX + channel_name)},
-                  ProjectionExpression="member_user_id").get("Items", [])
-    return items[0].get("member_user_id", {}).get("S") if items else None
+    return table.item(connection_id, CHANNEL_SK_PREFIX + channel_name,
+                      projection="member_user_id").get("member_user_id", {}).get("S")
 
 
 # --- gates (chalicelib.registry.gates) of channel subscriptions ---------------------------------
@@ -251,9 +245,7 @@ def subscribers_with_gates(channel_name: str, *, now: Optional[float] = None
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = _audience_items(CHANNEL_AUDIENCE_PREFIX + channel_name, now, "connection_id, dialect")
-    return [(item["connection_id"]["S"],
-             *gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)) for item in items]
+    return _with_gates(CHANNEL_AUDIENCE_PREFIX + channel_name, now)
 
 
 def gates_of(connection_ids: List[str], channel_name: str) -> Dict[str, Tuple[str, Any]]:
@@ -284,6 +276,10 @@ def connections_of_user_with_gates(user_id: str, *, now: Optional[float] = None
     Raises:
         RegistryUnavailable: DynamoDB failed.
     """
-    items = _audience_items(USER_AUDIENCE_PREFIX + user_id, now, "connection_id, dialect")
+    return _with_gates(USER_AUDIENCE_PREFIX + user_id, now)
+
+
+def _with_gates(audience: str, now: Optional[float]) -> List[Tuple[str, str, Any]]:
     return [(item["connection_id"]["S"],
-             *gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE)) for item in items]
+             *gates.parse_gate(item.get("dialect", {}).get("S"), NATIVE))
+            for item in _audience_items(audience, now, "connection_id, dialect")]

@@ -272,6 +272,27 @@ def _items_as_sent(response_dict: Dict[str, Any], customized_response_dict: Dict
     response_dict["body"] = json.dumps(body).encode()
 
 
+
+def item(pk: str, sk: str, *, consistent: bool = True, projection: Optional[str] = None,
+         names: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The item with table key (``pk``, ``sk``), ``{}`` when absent: one Query of that key
+    (the functions' role allows Query, not GetItem), strongly consistent unless
+    ``consistent`` is False, with ``projection`` (and its ``names``) when given.
+
+    Raises:
+        RegistryUnavailable: DynamoDB failed.
+    """
+    options: Dict[str, Any] = {"ConsistentRead": True} if consistent else {}
+    if projection is not None:
+        options["ProjectionExpression"] = projection
+    if names:
+        options["ExpressionAttributeNames"] = names
+    items = call("query", TableName=name(),
+                 KeyConditionExpression="connection_id = :c AND sk = :s",
+                 ExpressionAttributeValues={":c": s(pk), ":s": s(sk)}, **options).get("Items", [])
+    return items[0] if items else {}
+
+
 # --- transactions ---------------------------------------------------------------------------
 
 def transact(items: List[Dict[str, Any]]) -> Optional[List[str]]:
